@@ -1,0 +1,16 @@
+//! portier: a reverse proxy whose features are WebAssembly components.
+//!
+//! The host owns sockets, HTTP, forwarding and state; plugins (WASI preview 2
+//! components implementing a `portier:plugin` world) own decisions. See
+//! `docs/architecture.md` for the request's path through these modules.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod kv;
+pub mod manifest;
+pub mod pipeline;
+pub mod plugin;
+pub mod server;
+pub mod upstream;

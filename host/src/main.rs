@@ -1,0 +1,141 @@
+//! The `portier` command: `run` a manifest, or `check` it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand, ValueEnum};
+use portier::manifest::Manifest;
+use portier::pipeline::Pipeline;
+use portier::plugin::Runtime;
+use portier::server;
+
+/// A reverse proxy whose features are WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log line format (access log and everything else).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the pipeline a manifest describes. SIGHUP reloads it.
+    Run {
+        /// The pipeline manifest (TOML).
+        manifest: PathBuf,
+    },
+    /// Validate a manifest completely (plugins compiled, every init run) and exit.
+    Check {
+        /// The pipeline manifest (TOML).
+        manifest: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match &cli.command {
+        Command::Check { manifest } => check(manifest),
+        Command::Run { manifest } => run(manifest),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTIER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the async runtime")
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::load(path)?;
+    runtime(Some(1))?.block_on(async {
+        let wasm = Runtime::new(manifest.server.cache_dir.as_deref())?;
+        let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
+        println!(
+            "{}: ok ({} upstreams, {} stages)",
+            path.display(),
+            manifest.upstreams.len(),
+            pipeline.stages().len()
+        );
+        Ok(())
+    })
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::load(path)?;
+    runtime(manifest.server.workers)?.block_on(async move {
+        let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
+        let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
+        let listeners = server::bind(&manifest.server.listen).await?;
+        let current: server::Current = Arc::new(ArcSwap::from_pointee(pipeline));
+        tokio::spawn(reload_on_sighup(path.to_owned(), manifest, wasm, current.clone()));
+        server::serve(listeners, current, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Build a complete new pipeline on SIGHUP and swap it in; a bad manifest
+/// leaves the running one serving.
+async fn reload_on_sighup(path: PathBuf, running: Manifest, wasm: Arc<Runtime>, current: server::Current) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload is disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let generation = current.load().generation + 1;
+        let built = async {
+            let m = Manifest::load(&path)?;
+            if m.server.listen != running.server.listen || m.server.workers != running.server.workers {
+                tracing::warn!("listen addresses and workers change only on restart; keeping the current ones");
+            }
+            Pipeline::build(&m, &wasm, generation).await
+        };
+        match built.await {
+            Ok(p) => {
+                current.store(Arc::new(p));
+                tracing::info!(generation, "reloaded the pipeline");
+            }
+            Err(e) => tracing::error!(error = %e, "reload rejected; the running pipeline keeps serving"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,426 @@
+//! The pipeline manifest: parse, then validate into an immutable [`Manifest`].
+//!
+//! Every error names the file, the key and the reason (`ManifestError`), so a
+//! bad manifest is fixed from the message alone. Checks that need the plugins
+//! themselves (the world a component implements, its imports, its `init`)
+//! happen when the pipeline is built, with the same error type.
+
+mod raw;
+mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::plugin::builtin;
+use raw::{RawEndpoint, RawManifest, RawStage, RawUpstream};
+
+/// A manifest error: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `pipeline[1].config.routes[0].upstream`.
+    pub key: String,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// A fully validated manifest; every field has its default applied.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it was read from (errors found later still name it).
+    pub file: PathBuf,
+    /// `[server]`.
+    pub server: Server,
+    /// `[[upstreams]]`, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// `[[pipeline]]`, in file order.
+    pub stages: Vec<Stage>,
+}
+
+/// Listener and process settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Tokio worker threads; `None` means one per CPU.
+    pub workers: Option<usize>,
+    /// Whether to write an access-log line per request.
+    pub access_log: bool,
+    /// Where compiled plugins are cached; `None` means the user cache dir.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A named group of endpoints.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Unique name, referenced by routers.
+    pub name: String,
+    /// The endpoints, in file order (a balancer returns an index into this).
+    pub endpoints: Vec<Endpoint>,
+    /// Deadline for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Deadline for the response head, from sending the request.
+    pub timeout: Duration,
+    /// How long an endpoint that refused a connection is reported unhealthy.
+    pub refused_cooldown: Duration,
+}
+
+/// One backend address.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port` as written.
+    pub address: Authority,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// The role a stage plays, i.e. the WIT world its plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `world filter`: on-request / on-response.
+    Filter,
+    /// `world router`: chooses the upstream.
+    Router,
+    /// `world balancer`: chooses the endpoint.
+    Balancer,
+    /// `world cache-policy`: cache key and storability.
+    CachePolicy,
+}
+
+impl Role {
+    /// The manifest (and WIT world) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Filter => "filter",
+            Role::Router => "router",
+            Role::Balancer => "balancer",
+            Role::CachePolicy => "cache-policy",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "filter" => Role::Filter,
+            "router" => Role::Router,
+            "balancer" => Role::Balancer,
+            "cache-policy" => Role::CachePolicy,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a request when its stage fails (trap, timeout, OOM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer 503; the request goes no further.
+    Closed,
+    /// Skip the stage; the request goes on.
+    Open,
+}
+
+/// Where a stage's component comes from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// Shipped inside the portier binary.
+    Builtin(&'static builtin::Builtin),
+    /// A `.wasm` component on disk (absolute path).
+    File(PathBuf),
+}
+
+/// One pipeline stage.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Position in the pipeline (for error keys: `pipeline[index]`).
+    pub index: usize,
+    /// Unique stage name: logs, kv namespace.
+    pub name: String,
+    /// The world the plugin must implement.
+    pub role: Role,
+    /// The component.
+    pub source: PluginSource,
+    /// Failure policy.
+    pub on_error: FailurePolicy,
+    /// Wall-clock deadline for one plugin call.
+    pub call_timeout: Duration,
+    /// Linear-memory cap per instance, in bytes.
+    pub memory_limit: usize,
+    /// The stage's config table as JSON text.
+    pub config_json: String,
+}
+
+impl Stage {
+    /// The key prefix for errors about this stage.
+    pub fn key(&self) -> String {
+        format!("pipeline[{}]", self.index)
+    }
+}
+
+/// Default connect deadline.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default response-head deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default passive-health cooldown after a refused connection.
+pub const DEFAULT_REFUSED_COOLDOWN: Duration = Duration::from_secs(5);
+/// Default deadline for one plugin call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// Default linear-memory cap per plugin instance.
+pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+
+impl Manifest {
+    /// Read and validate a manifest file.
+    pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ManifestError {
+            file: file.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Manifest::parse(file, &text)
+    }
+
+    /// Validate manifest text; `file` names it in errors and anchors relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let err = |key: String, reason: String| ManifestError { file: file.to_owned(), key, reason };
+        let value: toml::Table = toml::from_str(text).map_err(|e| {
+            err(String::new(), format!("invalid TOML: {}", e.message().trim()))
+        })?;
+        let raw: RawManifest = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                err(key, e.into_inner().to_string())
+            })?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_owned();
+        Validator { file, base: &base }.manifest(raw)
+    }
+}
+
+/// Walks the raw manifest, collecting the first error with its key.
+struct Validator<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ManifestError {
+        ManifestError { file: self.file.to_owned(), key: key.into(), reason: reason.into() }
+    }
+
+    fn manifest(&self, raw: RawManifest) -> Result<Manifest, ManifestError> {
+        let server = self.server(raw.server)?;
+        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        let mut names = HashSet::new();
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            let u = self.upstream(i, u)?;
+            if !names.insert(u.name.clone()) {
+                return Err(self.err(
+                    format!("upstreams[{i}].name"),
+                    format!("duplicate upstream name {:?}", u.name),
+                ));
+            }
+            upstreams.push(u);
+        }
+        let mut stages = Vec::with_capacity(raw.pipeline.len());
+        let mut stage_names = HashSet::new();
+        for (i, s) in raw.pipeline.into_iter().enumerate() {
+            let s = self.stage(i, s)?;
+            if !stage_names.insert(s.name.clone()) {
+                return Err(self.err(
+                    format!("pipeline[{i}].name"),
+                    format!("duplicate stage name {:?}; give this stage its own `name`", s.name),
+                ));
+            }
+            stages.push(s);
+        }
+        self.shape(&upstreams, &stages)?;
+        Ok(Manifest { file: self.file.to_owned(), server, upstreams, stages })
+    }
+
+    fn server(&self, raw: raw::RawServer) -> Result<Server, ManifestError> {
+        let listen_raw = raw.listen.into_vec();
+        if listen_raw.is_empty() {
+            return Err(self.err("server.listen", "at least one address is required"));
+        }
+        let mut listen = Vec::new();
+        for (i, a) in listen_raw.iter().enumerate() {
+            let key = if listen_raw.len() == 1 { "server.listen".to_string() } else { format!("server.listen[{i}]") };
+            let addr: SocketAddr = a.parse().map_err(|_| {
+                self.err(key, format!("{a:?} is not an address of the form ip:port (e.g. \"127.0.0.1:3000\")"))
+            })?;
+            listen.push(addr);
+        }
+        if raw.workers == Some(0) {
+            return Err(self.err("server.workers", "must be at least 1"));
+        }
+        Ok(Server {
+            listen,
+            workers: raw.workers,
+            access_log: raw.access_log.unwrap_or(true),
+            cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
+        })
+    }
+
+    fn duration(&self, key: String, v: Option<String>, default: Duration) -> Result<Duration, ManifestError> {
+        match v {
+            None => Ok(default),
+            Some(s) => units::duration(&s).map_err(|r| self.err(key, r)),
+        }
+    }
+
+    fn upstream(&self, i: usize, raw: RawUpstream) -> Result<Upstream, ManifestError> {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        if raw.name.is_empty() {
+            return Err(self.err(key("name"), "must not be empty"));
+        }
+        if raw.endpoints.is_empty() {
+            return Err(self.err(key("endpoints"), "at least one endpoint is required"));
+        }
+        let mut endpoints = Vec::with_capacity(raw.endpoints.len());
+        for (j, e) in raw.endpoints.into_iter().enumerate() {
+            let (address, weight, akey) = match e {
+                RawEndpoint::Address(a) => (a, None, key(&format!("endpoints[{j}]"))),
+                RawEndpoint::Table(t) => (t.address, t.weight, key(&format!("endpoints[{j}].address"))),
+            };
+            let address = parse_endpoint(&address).map_err(|r| self.err(akey, r))?;
+            if weight == Some(0) {
+                return Err(self.err(key(&format!("endpoints[{j}].weight")), "must be at least 1"));
+            }
+            endpoints.push(Endpoint { address, weight: weight.unwrap_or(1) });
+        }
+        Ok(Upstream {
+            connect_timeout: self.duration(key("connect_timeout"), raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?,
+            timeout: self.duration(key("timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
+            refused_cooldown: self.duration(key("refused_cooldown"), raw.refused_cooldown, DEFAULT_REFUSED_COOLDOWN)?,
+            name: raw.name,
+            endpoints,
+        })
+    }
+
+    fn stage(&self, i: usize, raw: RawStage) -> Result<Stage, ManifestError> {
+        let key = |k: &str| format!("pipeline[{i}].{k}");
+        let declared_role = match raw.role.as_deref() {
+            None => None,
+            Some(r) => Some(Role::parse(r).ok_or_else(|| {
+                self.err(key("role"), format!("unknown role {r:?}; expected filter, router, balancer or cache-policy"))
+            })?),
+        };
+        let (source, role, default_name) = if let Some(b) = builtin::find(&raw.plugin) {
+            if let Some(r) = declared_role.filter(|r| *r != b.role) {
+                return Err(self.err(
+                    key("role"),
+                    format!("built-in plugin {:?} is a {}, not a {r}", b.name, b.role),
+                ));
+            }
+            (PluginSource::Builtin(b), b.role, b.name.to_string())
+        } else if raw.plugin.ends_with(".wasm") || raw.plugin.contains('/') {
+            let path = self.base.join(&raw.plugin);
+            if !path.is_file() {
+                return Err(self.err(key("plugin"), format!("no plugin file at {}", path.display())));
+            }
+            let role = declared_role.ok_or_else(|| {
+                self.err(key("role"), "required for a plugin file: one of filter, router, balancer, cache-policy")
+            })?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+            (PluginSource::File(path), role, stem)
+        } else {
+            return Err(self.err(
+                key("plugin"),
+                format!(
+                    "{:?} is neither a built-in plugin ({}) nor a path to a .wasm file",
+                    raw.plugin,
+                    builtin::names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        let name = raw.name.unwrap_or(default_name);
+        if name.is_empty() {
+            return Err(self.err(key("name"), "must not be empty"));
+        }
+        let on_error = match raw.on_error.as_deref() {
+            None | Some("fail-closed") => FailurePolicy::Closed,
+            Some("fail-open") => FailurePolicy::Open,
+            Some(other) => {
+                return Err(self.err(key("on_error"), format!("{other:?}: expected \"fail-closed\" or \"fail-open\"")));
+            }
+        };
+        let call_timeout = self.duration(key("call_timeout"), raw.call_timeout, DEFAULT_CALL_TIMEOUT)?;
+        if call_timeout.is_zero() {
+            return Err(self.err(key("call_timeout"), "must be greater than zero"));
+        }
+        let memory_limit = match raw.memory_limit {
+            None => DEFAULT_MEMORY_LIMIT,
+            Some(s) => units::bytes(&s).map_err(|r| self.err(key("memory_limit"), r))?,
+        };
+        let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
+            .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
+        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, config_json })
+    }
+
+    /// Rules about the pipeline as a whole.
+    fn shape(&self, upstreams: &[Upstream], stages: &[Stage]) -> Result<(), ManifestError> {
+        let find = |role| stages.iter().filter(move |s: &&Stage| s.role == role);
+        for role in [Role::Router, Role::Balancer] {
+            if let Some(second) = find(role).nth(1) {
+                return Err(self.err(second.key(), format!("a pipeline has at most one {role} stage")));
+            }
+        }
+        if let Some(c) = find(Role::CachePolicy).next() {
+            return Err(self.err(
+                c.key() + ".role",
+                "cache-policy stages are not served by this version of portier yet",
+            ));
+        }
+        let router = find(Role::Router).next();
+        if let (Some(r), Some(b)) = (router, find(Role::Balancer).next()) {
+            if b.index < r.index {
+                return Err(self.err(b.key(), format!("the balancer must come after the router ({})", r.key())));
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(self.err("upstreams", "at least one upstream is required"));
+        }
+        if router.is_none() && upstreams.len() > 1 {
+            return Err(self.err(
+                "pipeline",
+                format!("{} upstreams but no router stage to choose between them", upstreams.len()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parse `host:port` (an IP, `[v6]`, or a DNS name, and a port).
+fn parse_endpoint(s: &str) -> Result<Authority, String> {
+    let bad = || format!("{s:?} is not an endpoint of the form host:port (e.g. \"127.0.0.1:3001\")");
+    let a: Authority = s.parse().map_err(|_| bad())?;
+    if a.port_u16().is_none() || a.host().is_empty() || a.as_str().contains('@') {
+        return Err(bad());
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! The manifest exactly as written: serde shapes with `deny_unknown_fields`.
+//!
+//! Nothing here is validated beyond types; `super::validate` turns this into
+//! a [`super::Manifest`].
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub pipeline: Vec<RawStage>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: OneOrMany,
+    pub workers: Option<usize>,
+    pub access_log: Option<bool>,
+    pub cache_dir: Option<String>,
+}
+
+/// A value that may be written as one string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub endpoints: Vec<RawEndpoint>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+    pub refused_cooldown: Option<String>,
+}
+
+/// One endpoint: `"host:port"` or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Address(String),
+    Table(RawEndpointTable),
+}
+
+/// The table form of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+/// `[[pipeline]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub plugin: String,
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub on_error: Option<String>,
+    pub call_timeout: Option<String>,
+    pub memory_limit: Option<String>,
+    pub config: Option<toml::Table>,
+}

@@ -1,0 +1,96 @@
+//! Manifest validation: each kind of mistake is rejected with its key.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(Path::new("/etc/portier/m.toml"), text)
+}
+
+fn key_of(text: &str) -> String {
+    let e = parse(text).expect_err("manifest should be rejected");
+    assert_eq!(e.file, Path::new("/etc/portier/m.toml"));
+    e.key
+}
+
+const UPSTREAM: &str = "[[upstreams]]\nname = \"api\"\nendpoints = [\"127.0.0.1:3001\"]\n";
+
+#[test]
+fn minimal_manifest_gets_defaults() {
+    let m = parse(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}")).unwrap();
+    assert_eq!(m.server.listen, vec!["127.0.0.1:3000".parse::<SocketAddr>().unwrap()]);
+    assert!(m.server.access_log);
+    let u = &m.upstreams[0];
+    assert_eq!((u.timeout, u.connect_timeout), (DEFAULT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT));
+    assert_eq!(u.endpoints[0].weight, 1);
+}
+
+#[test]
+fn builtin_stage_takes_its_role_and_name_and_config_becomes_json() {
+    let m = parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}\
+         [[pipeline]]\nplugin = \"balancer\"\non_error = \"fail-open\"\ncall_timeout = \"5ms\"\n\
+         memory_limit = \"8MiB\"\nconfig = {{ algorithm = \"round-robin\" }}\n"
+    ))
+    .unwrap();
+    let s = &m.stages[0];
+    assert_eq!((s.name.as_str(), s.role, s.on_error), ("balancer", Role::Balancer, FailurePolicy::Open));
+    assert_eq!((s.call_timeout, s.memory_limit), (Duration::from_millis(5), 8 << 20));
+    assert_eq!(s.config_json, r#"{"algorithm":"round-robin"}"#);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    assert_eq!(key_of("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n"), "server");
+    let e = parse("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n").unwrap_err();
+    assert!(e.reason.contains("lisen"), "{e}");
+    assert_eq!(
+        key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"router\"\nroel = \"x\"\n")),
+        "pipeline[0]"
+    );
+}
+
+#[test]
+fn bad_addresses_name_the_exact_key() {
+    assert_eq!(key_of(&format!("[server]\nlisten = \"localhost\"\n{UPSTREAM}")), "server.listen");
+    assert_eq!(
+        key_of("[server]\nlisten = \"127.0.0.1:3000\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"nope\"]\n"),
+        "upstreams[0].endpoints[0]"
+    );
+}
+
+#[test]
+fn duplicate_upstreams_and_missing_router_are_rejected() {
+    let two = format!("{UPSTREAM}[[upstreams]]\nname = \"api\"\nendpoints = [\"127.0.0.1:3002\"]\n");
+    assert_eq!(key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{two}")), "upstreams[1].name");
+    let distinct = two.replace("name = \"api\"\nendpoints = [\"127.0.0.1:3002\"]", "name = \"web\"\nendpoints = [\"127.0.0.1:3002\"]");
+    assert_eq!(key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{distinct}")), "pipeline");
+}
+
+#[test]
+fn plugin_files_must_exist_and_declare_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.toml");
+    let text = format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"auth.wasm\"\n");
+    assert_eq!(Manifest::parse(&file, &text).unwrap_err().key, "pipeline[0].plugin");
+    std::fs::write(dir.path().join("auth.wasm"), b"").unwrap();
+    assert_eq!(Manifest::parse(&file, &text).unwrap_err().key, "pipeline[0].role");
+    let ok = Manifest::parse(&file, &format!("{text}role = \"filter\"\n")).unwrap();
+    assert_eq!(ok.stages[0].name, "auth");
+}
+
+#[test]
+fn pipeline_shape_rules_hold() {
+    let base = format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}");
+    let two_routers = format!("{base}[[pipeline]]\nplugin = \"router\"\n[[pipeline]]\nplugin = \"router\"\nname = \"r2\"\n");
+    assert_eq!(key_of(&two_routers), "pipeline[1]");
+    let order = format!("{base}[[pipeline]]\nplugin = \"balancer\"\n[[pipeline]]\nplugin = \"router\"\n");
+    assert_eq!(key_of(&order), "pipeline[0]");
+    let builtin_wrong_role = format!("{base}[[pipeline]]\nplugin = \"router\"\nrole = \"filter\"\n");
+    assert_eq!(key_of(&builtin_wrong_role), "pipeline[0].role");
+}
+
+#[test]
+fn error_display_is_file_key_reason() {
+    let e = ManifestError { file: "m.toml".into(), key: "server.listen".into(), reason: "bad".into() };
+    assert_eq!(e.to_string(), "m.toml: server.listen: bad");
+}

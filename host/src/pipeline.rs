@@ -1,0 +1,247 @@
+//! One pipeline generation: the stages of a manifest, its upstreams and
+//! their connection pools, and the request path through them.
+//!
+//! ```text
+//! request ─▶ filter.on-request ─▶ … ─▶ router.route ─▶ balancer.pick ─▶ forward
+//!                                                                        │
+//! client ◀─ filter.on-response ◀─ … (reverse order, filters that ran) ◀──┘
+//! ```
+//! A stage may answer instead of passing the request on; a failing stage
+//! gets its failure policy. Reload builds a whole new `Pipeline` and swaps it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{AccessRecord, Logged, ProxyBody};
+use crate::error::Fault;
+use crate::forward::Forwarder;
+use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role};
+use crate::plugin::heads::{RequestHead, ResponseHead};
+use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
+use crate::upstream::{Upstream, Upstreams};
+
+/// A complete, immutable pipeline built from one manifest.
+pub struct Pipeline {
+    /// Counts reloads: 1 for the first pipeline of a process.
+    pub generation: u64,
+    stages: Vec<Stage>,
+    upstreams: Arc<Upstreams>,
+    forwarder: Forwarder,
+    access_log: bool,
+}
+
+/// How far the request got: where its response comes from.
+enum Outcome {
+    /// Forward to this endpoint.
+    Forward(Arc<Upstream>, usize),
+    /// A stage answered.
+    Respond(PluginResponse),
+    /// The proxy answers with an error.
+    Fail(Fault),
+}
+
+impl Pipeline {
+    /// Load every stage (compile, link, type-check, run `init`).
+    pub async fn build(manifest: &Manifest, runtime: &Runtime, generation: u64) -> Result<Pipeline, ManifestError> {
+        let upstreams = Arc::new(Upstreams::new(&manifest.upstreams));
+        let mut stages = Vec::with_capacity(manifest.stages.len());
+        for spec in &manifest.stages {
+            stages.push(runtime.load_stage(&manifest.file, spec, upstreams.clone()).await?);
+        }
+        Ok(Pipeline {
+            generation,
+            stages,
+            forwarder: Forwarder::new(&upstreams),
+            upstreams,
+            access_log: manifest.server.access_log,
+        })
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Serve one request.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Logged> {
+        let start = Instant::now();
+        let (parts, body) = req.into_parts();
+        let record = self.access_log.then(|| (parts.method.clone(), parts.uri.clone()));
+        let mut head = RequestHead { parts, client };
+
+        // === request stages ===
+        let mut upstream: Option<Arc<Upstream>> = None;
+        let mut picked: Option<usize> = None;
+        // Stages [0, reached) saw the request; their filters see the response.
+        let mut reached = self.stages.len();
+        let mut outcome = None;
+        for (i, stage) in self.stages.iter().enumerate() {
+            // A failed call was logged where it happened; here only the policy matters.
+            let failed = |_: StageError| match stage.policy {
+                FailurePolicy::Open => None,
+                FailurePolicy::Closed => Some(Outcome::Fail(Fault::Plugin)),
+            };
+            outcome = match stage.role {
+                Role::Filter => {
+                    let (h, r) = stage.on_request(head).await;
+                    head = h;
+                    match r {
+                        Ok(FilterAction::Continue) => None,
+                        Ok(FilterAction::Respond(resp)) => Some(Outcome::Respond(resp)),
+                        Err(e) => failed(e),
+                    }
+                }
+                Role::Router => {
+                    let (h, r) = stage.route(head).await;
+                    head = h;
+                    match r {
+                        Ok(RouteDecision::Upstream(name)) => match self.upstreams.get(&name) {
+                            Some(u) => {
+                                upstream = Some(u.clone());
+                                None
+                            }
+                            None => {
+                                tracing::error!(stage = %stage.name, upstream = %name, "router chose an upstream that does not exist");
+                                Some(Outcome::Fail(Fault::PluginContract))
+                            }
+                        },
+                        Ok(RouteDecision::Respond(resp)) => Some(Outcome::Respond(resp)),
+                        Err(e) => failed(e),
+                    }
+                }
+                Role::Balancer => {
+                    let Some(up) = upstream.clone().or_else(|| self.upstreams.single().cloned()) else {
+                        // The router failed open: nothing to balance; decided below.
+                        continue;
+                    };
+                    let (h, r) = stage.pick(head, &up.name).await;
+                    head = h;
+                    match r {
+                        Ok(Some(idx)) if (idx as usize) < up.endpoints.len() => {
+                            picked = Some(idx as usize);
+                            None
+                        }
+                        Ok(Some(idx)) => {
+                            tracing::error!(stage = %stage.name, index = idx, upstream = %up.name, "balancer picked an endpoint that does not exist");
+                            Some(Outcome::Fail(Fault::PluginContract))
+                        }
+                        Ok(None) => Some(Outcome::Fail(Fault::NoEndpoint)),
+                        Err(e) => failed(e),
+                    }
+                }
+                Role::CachePolicy => None,
+            };
+            if outcome.is_some() {
+                reached = i;
+                break;
+            }
+        }
+        let outcome = outcome.unwrap_or_else(|| {
+            let Some(up) = upstream.or_else(|| self.upstreams.single().cloned()) else {
+                return Outcome::Fail(Fault::Plugin);
+            };
+            match picked.or_else(|| self.upstreams.round_robin(&up)) {
+                Some(i) => Outcome::Forward(up, i),
+                None => Outcome::Fail(Fault::NoEndpoint),
+            }
+        });
+
+        // === upstream ===
+        let mut served_by = None;
+        let (resp_parts, resp_body) = match outcome {
+            Outcome::Forward(up, i) => {
+                served_by = Some(up.endpoints[i].address.to_string());
+                // Filters' on-response see the request as the pipeline left it, so
+                // they keep a copy; without such filters the head moves as is.
+                let parts = if self.stages[..reached].iter().any(|s| s.role == Role::Filter) {
+                    clone_parts(&head.parts)
+                } else {
+                    std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
+                };
+                match self.forwarder.forward(&self.upstreams, &up, i, parts, body, client).await {
+                    Ok(resp) => {
+                        let (p, b) = resp.into_parts();
+                        (p, ProxyBody::Upstream(b))
+                    }
+                    Err(fault) => error_response(fault),
+                }
+            }
+            Outcome::Respond(r) => plugin_response(r),
+            Outcome::Fail(fault) => error_response(fault),
+        };
+
+        // === response stages, reverse order ===
+        let mut resp = ResponseHead { parts: resp_parts };
+        let mut resp_body = resp_body;
+        for stage in self.stages[..reached].iter().rev().filter(|s| s.role == Role::Filter) {
+            let (h, r, out) = stage.on_response(head, resp).await;
+            head = h;
+            resp = r;
+            if let (Err(_), FailurePolicy::Closed) = (out, stage.policy) {
+                let (p, b) = error_response(Fault::Plugin);
+                resp = ResponseHead { parts: p };
+                resp_body = b;
+                break;
+            }
+        }
+
+        let record = record.map(|(method, uri)| AccessRecord {
+            start,
+            client,
+            method,
+            uri,
+            status: resp.parts.status,
+            upstream: served_by,
+        });
+        Response::from_parts(resp.parts, Logged::new(resp_body, record))
+    }
+}
+
+/// Request parts minus extensions (which are not `Clone`).
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+/// The proxy's own error answer: fixed text, nothing about the backend.
+fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
+    let status = fault.status();
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    text_response(status, text)
+}
+
+fn text_response(status: StatusCode, text: String) -> (http::response::Parts, ProxyBody) {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    (r.into_parts().0, ProxyBody::full(text))
+}
+
+/// A response a plugin made. Invalid status or headers are the plugin's bug: 500.
+fn plugin_response(p: PluginResponse) -> (http::response::Parts, ProxyBody) {
+    let mut r = Response::new(());
+    match StatusCode::from_u16(p.status) {
+        Ok(s) => *r.status_mut() = s,
+        Err(_) => {
+            tracing::error!(status = p.status, "plugin responded with an invalid status");
+            return error_response(Fault::PluginContract);
+        }
+    }
+    for (k, v) in &p.headers {
+        match crate::plugin::heads::header_pair(k, v) {
+            Ok((n, v)) => {
+                r.headers_mut().append(n, v);
+            }
+            Err(e) => tracing::warn!(error = %e, "dropping invalid header from a plugin response"),
+        }
+    }
+    (r.into_parts().0, ProxyBody::full(p.body))
+}

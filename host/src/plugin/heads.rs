@@ -1,0 +1,145 @@
+//! The request and response heads plugins see, as host-owned resources.
+//!
+//! For a plugin call the head is moved into the instance's resource table and
+//! moved back out afterwards: no header is copied unless the guest asks for it.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::HeaderMap;
+
+/// A request head plus what the proxy knows about its client.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, URI, version, headers.
+    pub parts: http::request::Parts,
+    /// The client's socket address.
+    pub client: SocketAddr,
+}
+
+/// An upstream (or generated) response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status, version, headers.
+    pub parts: http::response::Parts,
+}
+
+/// Why a plugin's edit of a head was refused (sent to the guest as text).
+pub type EditError = String;
+
+impl RequestHead {
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.parts.uri.path()
+    }
+
+    /// The query string without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.parts.uri.query()
+    }
+
+    /// The requested host without port: Host header, else the URI authority.
+    pub fn host(&self) -> Option<&str> {
+        let raw = match self.parts.headers.get(http::header::HOST) {
+            Some(h) => h.to_str().ok()?,
+            None => self.parts.uri.host()?,
+        };
+        Some(strip_port(raw))
+    }
+
+    /// Replace path and/or query, keeping the URI's scheme and authority.
+    pub fn set_path_and_query(&mut self, path: &str, query: Option<&str>) -> Result<(), EditError> {
+        if !path.starts_with('/') {
+            return Err(format!("path {path:?} must start with '/'"));
+        }
+        let pq = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let pq: PathAndQuery = pq.parse().map_err(|e| format!("invalid path or query: {e}"))?;
+        let mut uri = std::mem::take(&mut self.parts.uri).into_parts();
+        uri.path_and_query = Some(pq);
+        self.parts.uri = http::Uri::from_parts(uri).map_err(|e| format!("invalid URI: {e}"))?;
+        Ok(())
+    }
+}
+
+/// `host:port` -> `host`, `[::1]:80` -> `[::1]`.
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.find(']').map(|i| &h[..=i]).unwrap_or(h);
+    }
+    match h.rfind(':') {
+        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+        _ => h,
+    }
+}
+
+/// Header access shared by both heads.
+pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Every value of a header (values that are not text are skipped).
+pub fn header_all(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+}
+
+/// Validate a header name and value from a guest.
+pub fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), EditError> {
+    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    let v = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
+    Ok((n, v))
+}
+
+/// Set a header, replacing existing values.
+pub fn set_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), EditError> {
+    let (n, v) = header_pair(name, value)?;
+    headers.insert(n, v);
+    Ok(())
+}
+
+/// Append a header value.
+pub fn append_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), EditError> {
+    let (n, v) = header_pair(name, value)?;
+    headers.append(n, v);
+    Ok(())
+}
+
+/// Remove every value of a header (an invalid name matches nothing).
+pub fn remove_header(headers: &mut HeaderMap, name: &str) {
+    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(uri: &str, host: Option<&str>) -> RequestHead {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        RequestHead { parts, client: "127.0.0.1:1".parse().unwrap() }
+    }
+
+    #[test]
+    fn host_comes_from_the_host_header_without_port() {
+        assert_eq!(head("/", Some("example.com:8080")).host(), Some("example.com"));
+        assert_eq!(head("/", Some("[::1]:80")).host(), Some("[::1]"));
+        assert_eq!(head("http://a.test/x", None).host(), Some("a.test"));
+    }
+
+    #[test]
+    fn rewriting_the_path_keeps_or_replaces_the_query() {
+        let mut h = head("/api/users?id=1", None);
+        let q = h.query().map(str::to_owned);
+        h.set_path_and_query("/users", q.as_deref()).unwrap();
+        assert_eq!(h.parts.uri.to_string(), "/users?id=1");
+        assert!(h.set_path_and_query("users", None).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The host side of the WIT imports: what a plugin may ask of the proxy.
+//!
+//! One [`StageState`] lives in each instance's `Store`. The imports here are
+//! thin adapters: the capabilities themselves (`crate::kv`,
+//! `crate::upstream`) are plain Rust and unit-tested without wasm.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Result, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::portier::plugin::{clock, config, kv, log, types, upstreams};
+use super::heads::{self, RequestHead, ResponseHead};
+use crate::kv::Namespace;
+use crate::upstream::Upstreams;
+
+/// What every instance of one stage shares.
+#[derive(Clone)]
+pub struct StageShared {
+    /// Stage name (logs).
+    pub name: Arc<str>,
+    /// The stage's config as JSON text.
+    pub config_json: Arc<str>,
+    /// The stage's kv namespace.
+    pub kv: Namespace,
+    /// The pipeline generation's upstreams.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// Per-instance store data.
+pub struct StageState {
+    pub(super) table: ResourceTable,
+    wasi: WasiCtx,
+    pub(super) limits: StoreLimits,
+    pub(super) shared: StageShared,
+    /// When the current call must have returned.
+    pub(super) deadline: Instant,
+}
+
+impl StageState {
+    /// Fresh state: no WASI capabilities beyond the defaults (no files, env, sockets).
+    pub fn new(shared: StageShared, limits: StoreLimits) -> StageState {
+        StageState {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().build(),
+            limits,
+            shared,
+            deadline: Instant::now(),
+        }
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+// === impl types ===
+
+impl types::Host for StageState {}
+
+impl types::HostRequestHead for StageState {
+    fn method(&mut self, h: Resource<RequestHead>) -> Result<String> {
+        Ok(self.table.get(&h)?.parts.method.as_str().to_owned())
+    }
+    fn path(&mut self, h: Resource<RequestHead>) -> Result<String> {
+        Ok(self.table.get(&h)?.path().to_owned())
+    }
+    fn set_path(&mut self, h: Resource<RequestHead>, path: String) -> Result<Result<(), String>> {
+        let head = self.table.get_mut(&h)?;
+        let query = head.query().map(str::to_owned);
+        Ok(head.set_path_and_query(&path, query.as_deref()))
+    }
+    fn query(&mut self, h: Resource<RequestHead>) -> Result<Option<String>> {
+        Ok(self.table.get(&h)?.query().map(str::to_owned))
+    }
+    fn set_query(&mut self, h: Resource<RequestHead>, query: Option<String>) -> Result<Result<(), String>> {
+        let head = self.table.get_mut(&h)?;
+        let path = head.path().to_owned();
+        Ok(head.set_path_and_query(&path, query.as_deref()))
+    }
+    fn host(&mut self, h: Resource<RequestHead>) -> Result<Option<String>> {
+        Ok(self.table.get(&h)?.host().map(str::to_owned))
+    }
+    fn header(&mut self, h: Resource<RequestHead>, name: String) -> Result<Option<String>> {
+        Ok(heads::header(&self.table.get(&h)?.parts.headers, &name))
+    }
+    fn header_all(&mut self, h: Resource<RequestHead>, name: String) -> Result<Vec<String>> {
+        Ok(heads::header_all(&self.table.get(&h)?.parts.headers, &name))
+    }
+    fn set_header(&mut self, h: Resource<RequestHead>, name: String, value: String) -> Result<Result<(), String>> {
+        Ok(heads::set_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    }
+    fn append_header(&mut self, h: Resource<RequestHead>, name: String, value: String) -> Result<Result<(), String>> {
+        Ok(heads::append_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    }
+    fn remove_header(&mut self, h: Resource<RequestHead>, name: String) -> Result<()> {
+        heads::remove_header(&mut self.table.get_mut(&h)?.parts.headers, &name);
+        Ok(())
+    }
+    fn client_addr(&mut self, h: Resource<RequestHead>) -> Result<String> {
+        Ok(self.table.get(&h)?.client.to_string())
+    }
+    fn drop(&mut self, _h: Resource<RequestHead>) -> Result<()> {
+        // Heads are only ever lent to the guest (`borrow<>`); the host takes them back.
+        Ok(())
+    }
+}
+
+impl types::HostResponseHead for StageState {
+    fn status(&mut self, h: Resource<ResponseHead>) -> Result<u16> {
+        Ok(self.table.get(&h)?.parts.status.as_u16())
+    }
+    fn set_status(&mut self, h: Resource<ResponseHead>, status: u16) -> Result<Result<(), String>> {
+        let head = self.table.get_mut(&h)?;
+        Ok(match http::StatusCode::from_u16(status) {
+            Ok(s) => {
+                head.parts.status = s;
+                Ok(())
+            }
+            Err(_) => Err(format!("invalid status code {status}")),
+        })
+    }
+    fn header(&mut self, h: Resource<ResponseHead>, name: String) -> Result<Option<String>> {
+        Ok(heads::header(&self.table.get(&h)?.parts.headers, &name))
+    }
+    fn header_all(&mut self, h: Resource<ResponseHead>, name: String) -> Result<Vec<String>> {
+        Ok(heads::header_all(&self.table.get(&h)?.parts.headers, &name))
+    }
+    fn set_header(&mut self, h: Resource<ResponseHead>, name: String, value: String) -> Result<Result<(), String>> {
+        Ok(heads::set_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    }
+    fn append_header(&mut self, h: Resource<ResponseHead>, name: String, value: String) -> Result<Result<(), String>> {
+        Ok(heads::append_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    }
+    fn remove_header(&mut self, h: Resource<ResponseHead>, name: String) -> Result<()> {
+        heads::remove_header(&mut self.table.get_mut(&h)?.parts.headers, &name);
+        Ok(())
+    }
+    fn drop(&mut self, _h: Resource<ResponseHead>) -> Result<()> {
+        Ok(())
+    }
+}
+
+// === impl log, clock, config ===
+
+impl log::Host for StageState {
+    fn log(&mut self, level: log::Level, message: String) -> Result<()> {
+        let stage = &*self.shared.name;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "portier::plugin", stage, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "portier::plugin", stage, "{message}"),
+            log::Level::Info => tracing::info!(target: "portier::plugin", stage, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "portier::plugin", stage, "{message}"),
+            log::Level::Error => tracing::error!(target: "portier::plugin", stage, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for StageState {
+    fn now_ms(&mut self) -> Result<u64> {
+        Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    }
+    fn monotonic_ns(&mut self) -> Result<u64> {
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        Ok(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+}
+
+impl config::Host for StageState {
+    fn get(&mut self) -> Result<String> {
+        Ok(self.shared.config_json.to_string())
+    }
+}
+
+// === impl kv ===
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+impl kv::Host for StageState {
+    async fn get(&mut self, key: String) -> Result<Result<Option<Vec<u8>>, String>> {
+        Ok(self.shared.kv.get(&key).map_err(|e| e.to_string()))
+    }
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<Result<(), String>> {
+        Ok(self.shared.kv.set(&key, value, ttl(ttl_ms)).map_err(|e| e.to_string()))
+    }
+    async fn delete(&mut self, key: String) -> Result<Result<bool, String>> {
+        Ok(self.shared.kv.delete(&key).map_err(|e| e.to_string()))
+    }
+    async fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<Result<i64, String>> {
+        Ok(self.shared.kv.increment(&key, delta, ttl(ttl_ms)).map_err(|e| e.to_string()))
+    }
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Result<bool, String>> {
+        Ok(self.shared.kv.compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms)).map_err(|e| e.to_string()))
+    }
+}
+
+// === impl upstreams ===
+
+impl upstreams::Host for StageState {
+    fn names(&mut self) -> Result<Vec<String>> {
+        Ok(self.shared.upstreams.names().to_vec())
+    }
+    fn endpoints(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Endpoint>>> {
+        let ups = &self.shared.upstreams;
+        Ok(ups.get(&upstream).map(|u| {
+            ups.view(u)
+                .into_iter()
+                .map(|e| upstreams::Endpoint {
+                    index: e.index,
+                    address: e.address,
+                    weight: e.weight,
+                    healthy: e.healthy,
+                    in_flight: e.in_flight,
+                    latency_ewma_us: e.latency_ewma_us,
+                })
+                .collect()
+        }))
+    }
+}

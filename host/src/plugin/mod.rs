@@ -1,0 +1,374 @@
+//! The plugin sandbox: compiling components, instantiating them, calling them
+//! under a deadline and a memory cap, and reusing instances.
+//!
+//! Three lifetimes, visible in the types:
+//! - process: [`Runtime`] (Engine, Linker, epoch ticker, kv store);
+//! - pipeline generation: [`Stage`] (compiled component, `InstancePre`, idle instances);
+//! - call: a head pushed into one instance's resource table and taken back.
+
+pub mod builtin;
+mod bindings;
+pub mod heads;
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use wasmtime::component::{Component, Linker, Resource};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+
+use crate::kv::Kv;
+use crate::manifest::{self, ManifestError, PluginSource, Role};
+use crate::upstream::Upstreams;
+use bindings::balancer::{Balancer, BalancerPre};
+use bindings::filter::{Filter, FilterPre};
+use bindings::router::{Router, RouterPre};
+use heads::{RequestHead, ResponseHead};
+use host::{StageShared, StageState};
+
+pub use bindings::portier::plugin::types::Response as PluginResponse;
+
+/// How often the epoch ticks: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Idle instances kept per stage; more are created under load and dropped after.
+const MAX_IDLE_INSTANCES: usize = 64;
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the wasm runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// Why one plugin call failed. The request gets the stage's failure policy.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The call ran past its deadline.
+    #[error("call exceeded its {0:?} deadline")]
+    Timeout(Duration),
+    /// The guest trapped (panic, out-of-bounds, out of memory...).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// A fresh instance could not be created or its `init` failed.
+    #[error("instance could not start: {0}")]
+    Start(String),
+}
+
+/// Process-wide wasm state: one per `portier` process, shared by every pipeline generation.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StageState>,
+    kv: Kv,
+}
+
+impl Runtime {
+    /// Engine with async calls, epoch deadlines and an on-disk compilation cache.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Runtime, RuntimeError> {
+        let err = |e: wasmtime::Error| RuntimeError(format!("{e:#}"));
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let dir = cache_dir.map(Path::to_owned).or_else(default_cache_dir);
+        if let Some(dir) = dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(Cache::new(cache).map_err(err)?));
+        }
+        let engine = Engine::new(&config).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(err)?;
+        spawn_epoch_ticker(&engine);
+        Ok(Runtime { engine, linker, kv: Kv::default() })
+    }
+
+    /// Compile, link, type-check and start one stage; errors name the manifest key.
+    pub async fn load_stage(
+        &self,
+        manifest: &Path,
+        spec: &manifest::Stage,
+        upstreams: Arc<Upstreams>,
+    ) -> Result<Stage, ManifestError> {
+        let err = |key: String, reason: String| ManifestError { file: manifest.to_owned(), key, reason };
+        let plugin_key = format!("{}.plugin", spec.key());
+        let bytes: Vec<u8> = match &spec.source {
+            PluginSource::Builtin(b) => b.wasm.to_vec(),
+            PluginSource::File(p) => std::fs::read(p)
+                .map_err(|e| err(plugin_key.clone(), format!("cannot read {}: {e}", p.display())))?,
+        };
+        let engine = self.engine.clone();
+        // Compiling is CPU-bound (and may take a while cold): keep it off the async workers.
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| err(plugin_key.clone(), format!("compilation aborted: {e}")))?
+            .map_err(|e| err(plugin_key.clone(), format!("not a valid component: {e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| err(plugin_key.clone(), format!("imports something portier does not grant: {e:#}")))?;
+        let not_world = |e: wasmtime::Error| {
+            err(plugin_key.clone(), format!("does not implement world `{}`: {e:#}", spec.role))
+        };
+        let pre = match spec.role {
+            Role::Filter => RolePre::Filter(FilterPre::new(pre).map_err(not_world)?),
+            Role::Router => RolePre::Router(RouterPre::new(pre).map_err(not_world)?),
+            Role::Balancer => RolePre::Balancer(BalancerPre::new(pre).map_err(not_world)?),
+            Role::CachePolicy => {
+                return Err(err(format!("{}.role", spec.key()), "cache-policy stages are not served yet".into()));
+            }
+        };
+        let stage = Stage {
+            name: spec.name.clone(),
+            role: spec.role,
+            policy: spec.on_error,
+            call_timeout: spec.call_timeout,
+            memory_limit: spec.memory_limit,
+            engine: self.engine.clone(),
+            pre,
+            shared: StageShared {
+                name: spec.name.as_str().into(),
+                config_json: spec.config_json.as_str().into(),
+                kv: self.kv.namespace(&spec.name),
+                upstreams,
+            },
+            idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
+            failures: AtomicU64::new(0),
+        };
+        // Start one instance now: this runs the plugin's `init`, so bad config
+        // rejects the manifest instead of failing the first request.
+        match stage.start_instance().await {
+            Ok(inst) => {
+                let _ = stage.idle.push(inst);
+                Ok(stage)
+            }
+            Err(StageError::Start(reason)) => Err(init_error(manifest, spec, reason)),
+            Err(e) => Err(err(format!("{}.config", spec.key()), format!("init failed: {e}"))),
+        }
+    }
+}
+
+/// Turn an init rejection into a manifest error. Plugins prefix their message
+/// with the config key (`routes[0].upstream: ...`); fold it into our key.
+fn init_error(manifest: &Path, spec: &manifest::Stage, reason: String) -> ManifestError {
+    let base = format!("{}.config", spec.key());
+    let (key, reason) = match reason.split_once(": ") {
+        Some((k, r)) if !k.is_empty() && !k.contains(char::is_whitespace) => (format!("{base}.{k}"), r.to_string()),
+        _ => (base, reason),
+    };
+    ManifestError { file: manifest.to_owned(), key, reason }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("portier"))
+}
+
+/// One thread for the whole process advances the epoch; stores compare
+/// against it, so deadlines cost nothing until they are near.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("portier-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+enum RolePre {
+    Filter(FilterPre<StageState>),
+    Router(RouterPre<StageState>),
+    Balancer(BalancerPre<StageState>),
+}
+
+enum RoleInstance {
+    Filter(Filter),
+    Router(Router),
+    Balancer(Balancer),
+}
+
+/// A ready instance: its own store, so a trap discards only this one.
+struct Instance {
+    store: Store<StageState>,
+    role: RoleInstance,
+}
+
+/// What a filter decided for a request.
+#[derive(Debug)]
+pub enum FilterAction {
+    /// Go on.
+    Continue,
+    /// Answer now.
+    Respond(PluginResponse),
+}
+
+/// What a router decided for a request.
+#[derive(Debug)]
+pub enum RouteDecision {
+    /// Forward to this upstream.
+    Upstream(String),
+    /// Answer now.
+    Respond(PluginResponse),
+}
+
+/// A loaded stage of one pipeline generation.
+pub struct Stage {
+    /// Stage name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its failure policy.
+    pub policy: manifest::FailurePolicy,
+    call_timeout: Duration,
+    memory_limit: usize,
+    engine: Engine,
+    pre: RolePre,
+    shared: StageShared,
+    idle: ArrayQueue<Instance>,
+    failures: AtomicU64,
+}
+
+macro_rules! with_instance {
+    // Take an instance, lend it `$heads`, run `$call`, take the heads back,
+    // and return the instance to the pool unless the call failed.
+    ($self:ident, $variant:ident($b:ident), [$($head:ident),*], |$store:ident, $($res:ident),*| $call:expr) => {{
+        let mut inst = match $self.take().await {
+            Ok(i) => i,
+            Err(e) => return ($($head,)* Err(e)),
+        };
+        inst.store.data_mut().deadline = Instant::now() + $self.call_timeout;
+        inst.store.set_epoch_deadline(1);
+        let table = &mut inst.store.data_mut().table;
+        $(let $res = table.push($head).expect("resource table has room");)*
+        let out = match &inst.role {
+            RoleInstance::$variant($b) => {
+                let $store = &mut inst.store;
+                // The guest gets borrows; the host keeps ownership to take the heads back.
+                $(let $res = Resource::new_borrow($res.rep());)*
+                $call.await
+            }
+            _ => Err(wasmtime::Error::msg("stage role mismatch")),
+        };
+        let table = &mut inst.store.data_mut().table;
+        $(let $head = table.delete($res).expect("the host's resource is still in the table");)*
+        ($($head,)* $self.finish(inst, out))
+    }};
+}
+
+impl Stage {
+    /// Run a filter's `on-request`.
+    pub async fn on_request(&self, head: RequestHead) -> (RequestHead, Result<FilterAction, StageError>) {
+        let (head, out) = with_instance!(self, Filter(f), [head], |store, req| f.call_on_request(store, req));
+        (head, out.map(|a| match a {
+            bindings::filter::Action::Continue => FilterAction::Continue,
+            bindings::filter::Action::Respond(r) => FilterAction::Respond(r),
+        }))
+    }
+
+    /// Run a filter's `on-response`.
+    pub async fn on_response(
+        &self,
+        req: RequestHead,
+        resp: ResponseHead,
+    ) -> (RequestHead, ResponseHead, Result<(), StageError>) {
+        with_instance!(self, Filter(f), [req, resp], |store, r, s| f.call_on_response(store, r, s))
+    }
+
+    /// Run a router's `route`.
+    pub async fn route(&self, head: RequestHead) -> (RequestHead, Result<RouteDecision, StageError>) {
+        let (head, out) = with_instance!(self, Router(r), [head], |store, req| r.call_route(store, req));
+        (head, out.map(|d| match d {
+            bindings::router::Route::Upstream(u) => RouteDecision::Upstream(u),
+            bindings::router::Route::Respond(r) => RouteDecision::Respond(r),
+        }))
+    }
+
+    /// Run a balancer's `pick`.
+    pub async fn pick(&self, head: RequestHead, upstream: &str) -> (RequestHead, Result<Option<u32>, StageError>) {
+        with_instance!(self, Balancer(b), [head], |store, req| b.call_pick(store, req, upstream))
+    }
+
+    /// How many calls of this stage have failed since it was loaded.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    async fn take(&self) -> Result<Instance, StageError> {
+        match self.idle.pop() {
+            Some(i) => Ok(i),
+            None => self.start_instance().await,
+        }
+    }
+
+    /// A new instance with its `init` run.
+    async fn start_instance(&self) -> Result<Instance, StageError> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).trap_on_grow_failure(true).build();
+        let mut store = Store::new(&self.engine, StageState::new(self.shared.clone(), limits));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Not late yet: let other requests run on this worker, then continue.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.data_mut().deadline = Instant::now() + self.call_timeout;
+        store.set_epoch_deadline(1);
+        let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
+        let config = &*self.shared.config_json;
+        let (role, init) = match &self.pre {
+            RolePre::Filter(p) => {
+                let i = p.instantiate_async(&mut store).await.map_err(start)?;
+                let r = i.call_init(&mut store, config).await;
+                (RoleInstance::Filter(i), r)
+            }
+            RolePre::Router(p) => {
+                let i = p.instantiate_async(&mut store).await.map_err(start)?;
+                let r = i.call_init(&mut store, config).await;
+                (RoleInstance::Router(i), r)
+            }
+            RolePre::Balancer(p) => {
+                let i = p.instantiate_async(&mut store).await.map_err(start)?;
+                let r = i.call_init(&mut store, config).await;
+                (RoleInstance::Balancer(i), r)
+            }
+        };
+        match init {
+            Ok(Ok(())) => Ok(Instance { store, role }),
+            Ok(Err(msg)) => Err(StageError::Start(msg)),
+            Err(e) => Err(classify(e, self.call_timeout)),
+        }
+    }
+
+    fn finish<R>(&self, inst: Instance, out: wasmtime::Result<R>) -> Result<R, StageError> {
+        match out {
+            Ok(r) => {
+                // A full pool means load has dropped: let this instance go.
+                let _ = self.idle.push(inst);
+                Ok(r)
+            }
+            Err(e) => {
+                // The instance's state is unknown after a trap: discard it.
+                drop(inst);
+                let e = classify(e, self.call_timeout);
+                self.failures.fetch_add(1, Relaxed);
+                tracing::error!(stage = %self.name, role = %self.role, error = %e, "plugin call failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, timeout: Duration) -> StageError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => StageError::Timeout(timeout),
+        _ => StageError::Trap(format!("{e:?}")),
+    }
+}
