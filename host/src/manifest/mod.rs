@@ -168,8 +168,28 @@ pub struct Stage {
     pub call_timeout: Duration,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit: usize,
+    /// When repeated failures take the stage out of service.
+    pub quarantine: Quarantine,
     /// The stage's config table as JSON text.
     pub config_json: String,
+}
+
+/// A stage failing more than `failures` times within `window` is not called
+/// for `duration`: requests get its failure policy directly, then it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Failures tolerated per window; 0 disables quarantine.
+    pub failures: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long the stage stays out of service.
+    pub duration: Duration,
+}
+
+impl Default for Quarantine {
+    fn default() -> Quarantine {
+        Quarantine { failures: 20, window: Duration::from_secs(10), duration: Duration::from_secs(30) }
+    }
 }
 
 impl Stage {
@@ -374,9 +394,20 @@ impl Validator<'_> {
             None => DEFAULT_MEMORY_LIMIT,
             Some(s) => units::bytes(&s).map_err(|r| self.err(key("memory_limit"), r))?,
         };
+        let quarantine = match raw.quarantine {
+            None => Quarantine::default(),
+            Some(q) => {
+                let d = Quarantine::default();
+                Quarantine {
+                    failures: q.failures.unwrap_or(d.failures),
+                    window: self.duration(key("quarantine.window"), q.window, d.window)?,
+                    duration: self.duration(key("quarantine.duration"), q.duration, d.duration)?,
+                }
+            }
+        };
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
-        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, config_json })
+        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, quarantine, config_json })
     }
 
     /// Rules about the pipeline as a whole.

@@ -80,5 +80,15 @@ pub struct RawStage {
     pub on_error: Option<String>,
     pub call_timeout: Option<String>,
     pub memory_limit: Option<String>,
+    pub quarantine: Option<RawQuarantine>,
     pub config: Option<toml::Table>,
+}
+
+/// `quarantine = { failures = 20, window = "10s", duration = "30s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantine {
+    pub failures: Option<u32>,
+    pub window: Option<String>,
+    pub duration: Option<String>,
 }

@@ -10,6 +10,7 @@ pub mod builtin;
 mod bindings;
 pub mod heads;
 mod host;
+mod wasi;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,6 +54,9 @@ pub enum StageError {
     /// A fresh instance could not be created or its `init` failed.
     #[error("instance could not start: {0}")]
     Start(String),
+    /// The stage failed too often recently and is not being called.
+    #[error("stage is quarantined after repeated failures")]
+    Quarantined,
 }
 
 /// Process-wide wasm state: one per `portier` process, shared by every pipeline generation.
@@ -76,7 +80,7 @@ impl Runtime {
         }
         let engine = Engine::new(&config).map_err(err)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        wasi::add_to_linker(&mut linker).map_err(err)?;
         bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(err)?;
         spawn_epoch_ticker(&engine);
         Ok(Runtime { engine, linker, kv: Kv::default() })
@@ -132,7 +136,7 @@ impl Runtime {
                 upstreams,
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
-            failures: AtomicU64::new(0),
+            health: StageHealth::new(spec.quarantine),
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
         // rejects the manifest instead of failing the first request.
@@ -231,7 +235,7 @@ pub struct Stage {
     pre: RolePre,
     shared: StageShared,
     idle: ArrayQueue<Instance>,
-    failures: AtomicU64,
+    health: StageHealth,
 }
 
 macro_rules! with_instance {
@@ -296,10 +300,13 @@ impl Stage {
 
     /// How many calls of this stage have failed since it was loaded.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Relaxed)
+        self.health.total.load(Relaxed)
     }
 
     async fn take(&self) -> Result<Instance, StageError> {
+        if self.health.quarantined() {
+            return Err(StageError::Quarantined);
+        }
         match self.idle.pop() {
             Some(i) => Ok(i),
             None => self.start_instance().await,
@@ -358,8 +365,10 @@ impl Stage {
                 // The instance's state is unknown after a trap: discard it.
                 drop(inst);
                 let e = classify(e, self.call_timeout);
-                self.failures.fetch_add(1, Relaxed);
                 tracing::error!(stage = %self.name, role = %self.role, error = %e, "plugin call failed");
+                if let Some(d) = self.health.record_failure() {
+                    tracing::error!(stage = %self.name, for_ms = d.as_millis() as u64, "stage quarantined after repeated failures; its failure policy applies meanwhile");
+                }
                 Err(e)
             }
         }
@@ -370,5 +379,96 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> StageError {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => StageError::Timeout(timeout),
         _ => StageError::Trap(format!("{e:?}")),
+    }
+}
+
+/// Failure counting and quarantine for one stage. Relaxed atomics: a race
+/// costs at most one extra call or one early reset, never a wrong answer.
+struct StageHealth {
+    policy: manifest::Quarantine,
+    origin: Instant,
+    total: AtomicU64,
+    window_start_ms: AtomicU64,
+    window_failures: AtomicU64,
+    quarantined_until_ms: AtomicU64,
+}
+
+impl StageHealth {
+    fn new(policy: manifest::Quarantine) -> StageHealth {
+        StageHealth {
+            policy,
+            origin: Instant::now(),
+            total: AtomicU64::new(0),
+            window_start_ms: AtomicU64::new(0),
+            window_failures: AtomicU64::new(0),
+            quarantined_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn quarantined(&self) -> bool {
+        let until = self.quarantined_until_ms.load(Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Count a failure; `Some(duration)` when it starts a quarantine.
+    fn record_failure(&self) -> Option<Duration> {
+        self.total.fetch_add(1, Relaxed);
+        let q = self.policy;
+        if q.failures == 0 {
+            return None;
+        }
+        let now = self.now_ms();
+        let start = self.window_start_ms.load(Relaxed);
+        let count = if now.saturating_sub(start) > q.window.as_millis() as u64 {
+            self.window_start_ms.store(now, Relaxed);
+            self.window_failures.store(1, Relaxed);
+            1
+        } else {
+            self.window_failures.fetch_add(1, Relaxed) + 1
+        };
+        if count > q.failures as u64 {
+            self.quarantined_until_ms.store(now + q.duration.as_millis() as u64, Relaxed);
+            // The next window starts fresh once the quarantine ends.
+            self.window_failures.store(0, Relaxed);
+            self.window_start_ms.store(now + q.duration.as_millis() as u64, Relaxed);
+            return Some(q.duration);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_starts_after_more_than_n_failures_in_the_window_and_ends() {
+        let h = StageHealth::new(manifest::Quarantine {
+            failures: 3,
+            window: Duration::from_secs(10),
+            duration: Duration::from_millis(50),
+        });
+        for _ in 0..3 {
+            assert_eq!(h.record_failure(), None);
+        }
+        assert!(!h.quarantined());
+        assert_eq!(h.record_failure(), Some(Duration::from_millis(50)));
+        assert!(h.quarantined());
+        std::thread::sleep(Duration::from_millis(70));
+        assert!(!h.quarantined(), "quarantine ends and the stage is tried again");
+        assert_eq!(h.total.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn zero_failures_disables_quarantine() {
+        let h = StageHealth::new(manifest::Quarantine { failures: 0, ..Default::default() });
+        for _ in 0..100 {
+            assert_eq!(h.record_failure(), None);
+        }
+        assert!(!h.quarantined());
     }
 }
