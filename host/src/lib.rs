@@ -5,6 +5,7 @@
 //! `docs/architecture.md` for the request's path through these modules.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -12,5 +13,6 @@ pub mod kv;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod server;
 pub mod upstream;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portier::manifest::Manifest;
 use portier::pipeline::Pipeline;
 use portier::plugin::Runtime;
+use portier::reload::Reloader;
 use portier::server;
 
 /// A reverse proxy whose features are WebAssembly components.
@@ -29,6 +31,9 @@ enum Command {
     Run {
         /// The pipeline manifest (TOML).
         manifest: PathBuf,
+        /// Also reload when the manifest or a plugin file it names changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a manifest completely (plugins compiled, every init run) and exit.
     Check {
@@ -48,7 +53,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Check { manifest } => check(manifest),
-        Command::Run { manifest } => run(manifest),
+        Command::Run { manifest, watch } => run(manifest, *watch),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,43 +98,28 @@ fn check(path: &Path) -> anyhow::Result<()> {
     })
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
     runtime(manifest.server.workers)?.block_on(async move {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
         let listeners = server::bind(&manifest.server.listen).await?;
+        let admin = match manifest.admin {
+            Some(a) => Some(server::bind(&[a]).await?.remove(0)),
+            None => None,
+        };
         let current: server::Current = Arc::new(ArcSwap::from_pointee(pipeline));
-        tokio::spawn(reload_on_sighup(path.to_owned(), manifest, wasm, current.clone()));
+        let reloader = Arc::new(Reloader::new(path.to_owned(), manifest, wasm, current.clone()));
+        tokio::spawn(reloader.clone().on_sighup());
+        if watch {
+            tokio::spawn(reloader.clone().watch(Duration::from_secs(1)));
+        }
+        if let Some(listener) = admin {
+            tokio::spawn(portier::admin::serve(listener, reloader));
+        }
         server::serve(listeners, current, shutdown_signal()).await;
         Ok(())
     })
-}
-
-/// Build a complete new pipeline on SIGHUP and swap it in; a bad manifest
-/// leaves the running one serving.
-async fn reload_on_sighup(path: PathBuf, running: Manifest, wasm: Arc<Runtime>, current: server::Current) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload is disabled");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let generation = current.load().generation + 1;
-        let built = async {
-            let m = Manifest::load(&path)?;
-            if m.server.listen != running.server.listen || m.server.workers != running.server.workers {
-                tracing::warn!("listen addresses and workers change only on restart; keeping the current ones");
-            }
-            Pipeline::build(&m, &wasm, generation).await
-        };
-        match built.await {
-            Ok(p) => {
-                current.store(Arc::new(p));
-                tracing::info!(generation, "reloaded the pipeline");
-            }
-            Err(e) => tracing::error!(error = %e, "reload rejected; the running pipeline keeps serving"),
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,39 @@ impl Pipeline {
         &self.stages
     }
 
+    /// What `/status` on the admin listener shows.
+    pub fn status(&self) -> serde_json::Value {
+        let stages: Vec<_> = self
+            .stages
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name, "role": s.role.as_str(),
+                    "failures": s.failures(), "quarantined": s.quarantined(),
+                })
+            })
+            .collect();
+        let upstreams: Vec<_> = self
+            .upstreams
+            .names()
+            .iter()
+            .filter_map(|n| self.upstreams.get(n))
+            .map(|u| {
+                let eps: Vec<_> = self
+                    .upstreams
+                    .view(u)
+                    .into_iter()
+                    .map(|e| serde_json::json!({
+                        "address": e.address, "weight": e.weight, "healthy": e.healthy,
+                        "in_flight": e.in_flight, "latency_ewma_us": e.latency_ewma_us,
+                    }))
+                    .collect();
+                serde_json::json!({ "name": u.name, "endpoints": eps })
+            })
+            .collect();
+        serde_json::json!({ "generation": self.generation, "stages": stages, "upstreams": upstreams })
+    }
+
     /// Serve one request.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Logged> {
         let start = Instant::now();

@@ -49,6 +49,8 @@ pub struct Manifest {
     pub file: PathBuf,
     /// `[server]`.
     pub server: Server,
+    /// `[admin]`: where the admin API listens, if anywhere.
+    pub admin: Option<SocketAddr>,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[pipeline]]`, in file order.
@@ -251,6 +253,10 @@ impl Validator<'_> {
 
     fn manifest(&self, raw: RawManifest) -> Result<Manifest, ManifestError> {
         let server = self.server(raw.server)?;
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => Some(self.address("admin.listen".into(), &a.listen)?),
+        };
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut names = HashSet::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
@@ -276,7 +282,7 @@ impl Validator<'_> {
             stages.push(s);
         }
         self.shape(&upstreams, &stages)?;
-        Ok(Manifest { file: self.file.to_owned(), server, upstreams, stages })
+        Ok(Manifest { file: self.file.to_owned(), server, admin, upstreams, stages })
     }
 
     fn server(&self, raw: raw::RawServer) -> Result<Server, ManifestError> {
@@ -287,10 +293,7 @@ impl Validator<'_> {
         let mut listen = Vec::new();
         for (i, a) in listen_raw.iter().enumerate() {
             let key = if listen_raw.len() == 1 { "server.listen".to_string() } else { format!("server.listen[{i}]") };
-            let addr: SocketAddr = a.parse().map_err(|_| {
-                self.err(key, format!("{a:?} is not an address of the form ip:port (e.g. \"127.0.0.1:3000\")"))
-            })?;
-            listen.push(addr);
+            listen.push(self.address(key, a)?);
         }
         if raw.workers == Some(0) {
             return Err(self.err("server.workers", "must be at least 1"));
@@ -301,6 +304,10 @@ impl Validator<'_> {
             access_log: raw.access_log.unwrap_or(true),
             cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
         })
+    }
+
+    fn address(&self, key: String, a: &str) -> Result<SocketAddr, ManifestError> {
+        a.parse().map_err(|_| self.err(key, format!("{a:?} is not an address of the form ip:port (e.g. \"127.0.0.1:3000\")")))
     }
 
     fn duration(&self, key: String, v: Option<String>, default: Duration) -> Result<Duration, ManifestError> {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawManifest {
     pub server: RawServer,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
@@ -24,6 +25,13 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub access_log: Option<bool>,
     pub cache_dir: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
 }
 
 /// A value that may be written as one string or a list of strings.

@@ -298,6 +298,11 @@ impl Stage {
         with_instance!(self, Balancer(b), [head], |store, req| b.call_pick(store, req, upstream))
     }
 
+    /// Whether the stage is quarantined right now.
+    pub fn quarantined(&self) -> bool {
+        self.health.quarantined()
+    }
+
     /// How many calls of this stage have failed since it was loaded.
     pub fn failures(&self) -> u64 {
         self.health.total.load(Relaxed)
