@@ -1,0 +1,133 @@
+//! The stage's configuration: the manifest's `config` table, as JSON text.
+//!
+//! Plugins receive the same text in their role's `init`; [`parse`] turns it
+//! into a typed struct with errors that name the failing key, which is what
+//! `portier check` shows the operator.
+//!
+//! ```
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     limits: Vec<Limit>,
+//! }
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Limit {
+//!     per_ip: u32,
+//! }
+//!
+//! let err = portier_sdk::config::parse::<Config>(r#"{"limits": [{"per_ip": -1}]}"#).err().unwrap();
+//! assert_eq!(err, "limits[0].per_ip: invalid value: integer `-1`, expected u32");
+//! ```
+
+use serde::de::DeserializeOwned;
+
+/// The stage's `config` table as JSON text (`"{}"` when the manifest has none).
+pub fn get() -> String {
+    crate::wit::config::get()
+}
+
+/// Deserialize a config from JSON; an error reads `"key.path: reason"`.
+///
+/// Use `#[serde(deny_unknown_fields)]` on config structs so a misspelled key
+/// is an error rather than silently ignored.
+pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = reason(e.inner());
+        if path == "." {
+            reason
+        } else {
+            format!("{path}: {reason}")
+        }
+    })?;
+    de.end().map_err(|e| reason(&e))?;
+    Ok(value)
+}
+
+/// The error without serde_json's position: the host wrote the JSON from the
+/// manifest, so "line 1 column 57" would point into text the user never saw.
+/// Syntax errors keep it, as there the position is all there is to say.
+fn reason(e: &serde_json::Error) -> String {
+    let mut message = e.to_string();
+    if e.is_data()
+        && e.line() != 0
+        && let Some(at) = message.rfind(" at line ")
+    {
+        message.truncate(at);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        #[serde(default)]
+        routes: Vec<Route>,
+        #[allow(dead_code)]
+        default: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Route {
+        upstream: String,
+    }
+
+    #[test]
+    fn parses_valid_config() {
+        let config: Config = parse(r#"{"routes": [{"upstream": "api"}]}"#).unwrap();
+        assert_eq!(config.routes[0].upstream, "api");
+        let empty: Config = parse("{}").unwrap();
+        assert!(empty.routes.is_empty());
+    }
+
+    #[test]
+    fn type_error_names_the_key_path() {
+        let err =
+            parse::<Config>(r#"{"routes": [{"upstream": "a"}, {"upstream": 7}]}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "routes[1].upstream: invalid type: integer `7`, expected a string"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let err =
+            parse::<Config>(r#"{"routes": [{"upstream": "a", "upstrem": "b"}]}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "routes[0].upstrem: unknown field `upstrem`, expected `upstream`"
+        );
+    }
+
+    #[test]
+    fn missing_key_names_its_parent() {
+        let err = parse::<Config>(r#"{"routes": [{}]}"#).unwrap_err();
+        assert_eq!(err, "routes[0]: missing field `upstream`");
+    }
+
+    #[test]
+    fn top_level_errors_have_no_path() {
+        let err = parse::<Config>("3").unwrap_err();
+        assert_eq!(err, "invalid type: integer `3`, expected struct Config");
+    }
+
+    #[test]
+    fn syntax_errors_keep_their_position() {
+        let err = parse::<Config>("{").unwrap_err();
+        assert!(err.contains("line 1 column 1"), "{err}");
+        let err = parse::<Config>("{} x").unwrap_err();
+        assert!(err.starts_with("trailing characters"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! # misbehave — a filter that fails on purpose
+//!
+//! The sandbox tests put it in a pipeline to prove that a broken plugin
+//! costs the requests it breaks and nothing else.
+//!
+//! ```toml
+//! [[pipeline]]
+//! plugin = "misbehave.wasm"
+//! role = "filter"
+//! config = { mode = "spin" }   # spin | alloc | panic | panic-every-10th
+//! ```
+//!
+//! - `spin`, `alloc`, `panic`: misbehave only on requests that carry an
+//!   `x-misbehave` header (loop forever / grow memory without bound / panic),
+//!   so the tests can mix them with well-behaved requests.
+//! - `panic-every-10th`: panic on every 10th request counted across all
+//!   instances (a shared kv counter), whatever its headers.
+
+use portier_sdk::{Action, Filter, Request, config, kv};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum Mode {
+    Spin,
+    Alloc,
+    Panic,
+    PanicEvery10th,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    mode: Mode,
+}
+
+struct Misbehave(Mode);
+
+impl Filter for Misbehave {
+    fn init(json: &str) -> Result<Self, String> {
+        let Config { mode } = config::parse(json)?;
+        Ok(Misbehave(mode))
+    }
+
+    fn on_request(&self, request: &Request) -> Action {
+        if let Mode::PanicEvery10th = self.0 {
+            let n = kv::increment("requests", 1, None).expect("kv works");
+            if n % 10 == 0 {
+                panic!("request {n} is a 10th request");
+            }
+            return Action::Continue;
+        }
+        if request.header("x-misbehave").is_none() {
+            return Action::Continue;
+        }
+        match self.0 {
+            Mode::Spin => spin(),
+            Mode::Alloc => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Mode::Panic => panic!("asked to panic"),
+            Mode::PanicEvery10th => unreachable!(),
+        }
+    }
+}
+
+/// Never returns; only the host's deadline ends it.
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+portier_sdk::export_filter!(Misbehave);
