@@ -40,12 +40,12 @@ fn builtin_stage_takes_its_role_and_name_and_config_becomes_json() {
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    assert_eq!(key_of("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n"), "server");
+    assert_eq!(key_of("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n"), "server.lisen");
     let e = parse("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n").unwrap_err();
     assert!(e.reason.contains("lisen"), "{e}");
     assert_eq!(
         key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"router\"\nroel = \"x\"\n")),
-        "pipeline[0]"
+        "pipeline[0].roel"
     );
 }
 

@@ -35,8 +35,8 @@ pub struct StageState {
     wasi: WasiCtx,
     pub(super) limits: StoreLimits,
     pub(super) shared: StageShared,
-    /// When the current call must have returned.
-    pub(super) deadline: Instant,
+    /// Epoch ticks the current call may still run for (see `Stage::budget`).
+    pub(super) ticks_left: u64,
 }
 
 impl StageState {
@@ -47,7 +47,7 @@ impl StageState {
             wasi: WasiCtx::builder().build(),
             limits,
             shared,
-            deadline: Instant::now(),
+            ticks_left: 0,
         }
     }
 }

@@ -45,8 +45,8 @@ pub struct RuntimeError(String);
 /// Why one plugin call failed. The request gets the stage's failure policy.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    /// The call ran past its deadline.
-    #[error("call exceeded its {0:?} deadline")]
+    /// The call ran for longer than its budget.
+    #[error("call ran past its {0:?} budget")]
     Timeout(Duration),
     /// The guest trapped (panic, out-of-bounds, out of memory...).
     #[error("plugin trapped: {0}")]
@@ -246,8 +246,7 @@ macro_rules! with_instance {
             Ok(i) => i,
             Err(e) => return ($($head,)* Err(e)),
         };
-        inst.store.data_mut().deadline = Instant::now() + $self.call_timeout;
-        inst.store.set_epoch_deadline(1);
+        $self.arm_deadline(&mut inst.store);
         let table = &mut inst.store.data_mut().table;
         $(let $res = table.push($head).expect("resource table has room");)*
         let out = match &inst.role {
@@ -323,16 +322,20 @@ impl Stage {
         let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).trap_on_grow_failure(true).build();
         let mut store = Store::new(&self.engine, StageState::new(self.shared.clone(), limits));
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Not late yet: let other requests run on this worker, then continue.
-                Ok(UpdateDeadline::Yield(1))
+        // This callback runs only when a tick arrives while guest code is
+        // running, so counting its calls charges the plugin for the time it
+        // ran, not for time spent queued behind other requests after a yield
+        // or preempted by the OS: a busy proxy does not fail healthy plugins.
+        store.epoch_deadline_callback(|mut ctx| {
+            let left = &mut ctx.data_mut().ticks_left;
+            if *left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            *left -= 1;
+            // Let other requests run on this worker, then continue.
+            Ok(UpdateDeadline::Yield(1))
         });
-        store.data_mut().deadline = Instant::now() + self.call_timeout;
-        store.set_epoch_deadline(1);
+        self.arm_deadline(&mut store);
         let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
         let config = &*self.shared.config_json;
         let (role, init) = match &self.pre {
@@ -357,6 +360,13 @@ impl Stage {
             Ok(Err(msg)) => Err(StageError::Start(msg)),
             Err(e) => Err(classify(e, self.call_timeout)),
         }
+    }
+
+    /// Give the next call its budget: `call_timeout` in epoch ticks.
+    fn arm_deadline(&self, store: &mut Store<StageState>) {
+        let ticks = self.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        store.data_mut().ticks_left = ticks;
+        store.set_epoch_deadline(1);
     }
 
     fn finish<R>(&self, inst: Instance, out: wasmtime::Result<R>) -> Result<R, StageError> {

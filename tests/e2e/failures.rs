@@ -1,0 +1,168 @@
+//! Failures proves what a client sees when the upstream lets it down: 504
+//! when the response head is later than `timeout`, 502 when a connection is
+//! refused or dropped, then 503 while the refused endpoint cools down — and
+//! that no error reply names the backend it failed to reach.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::support::{Backend, Portier, assert_no_backend_leak, free_addr};
+
+/// One upstream over `endpoint` with extra upstream keys, then `pipeline`.
+fn manifest(endpoint: std::net::SocketAddr, upstream_extra: &str, pipeline: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{endpoint}"]
+{upstream_extra}
+
+{pipeline}
+"#,
+        listen = free_addr(),
+    )
+}
+
+const BALANCER: &str = r#"
+[[pipeline]]
+plugin = "balancer"
+"#;
+
+#[tokio::test]
+async fn slow_backend_gets_504_once_the_upstream_timeout_passes() {
+    let timeout = Duration::from_millis(300);
+    // Far slower than the timeout, so only the timeout can end the request early.
+    let backend = Backend::new("slow")
+        .delay(Duration::from_secs(10))
+        .start()
+        .await;
+    let proxy = Portier::start(&manifest(backend.addr(), r#"timeout = "300ms""#, "")).await;
+
+    let started = Instant::now();
+    let reply = proxy.client().get("/slow").await;
+    let took = started.elapsed();
+
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        took >= timeout - Duration::from_millis(20),
+        "504 before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "504 long after the 300ms timeout: {took:?}"
+    );
+    assert_eq!(backend.requests(), 1, "the request did reach the backend");
+    assert_no_backend_leak(&reply, backend.addr());
+}
+
+#[tokio::test]
+async fn refused_connection_is_502_then_503_while_cooling_down() {
+    // Nothing listens here: every connect is refused.
+    let nowhere = free_addr();
+    let proxy = Portier::start(&manifest(nowhere, "", "")).await;
+    let client = proxy.client();
+
+    let first = client.get("/").await;
+    assert_eq!(first.status, StatusCode::BAD_GATEWAY, "{}", first.text());
+    assert_no_backend_leak(&first, nowhere);
+
+    // The only endpoint is now unhealthy for refused_cooldown (default 5s):
+    // no usable endpoint, and the proxy does not even try.
+    for _ in 0..3 {
+        let next = client.get("/").await;
+        assert_eq!(
+            next.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            next.text()
+        );
+        assert_no_backend_leak(&next, nowhere);
+    }
+}
+
+#[tokio::test]
+async fn balancer_stage_sees_the_refused_endpoint_unhealthy_and_503s() {
+    let nowhere = free_addr();
+    let proxy = Portier::start(&manifest(nowhere, "", BALANCER)).await;
+    let client = proxy.client();
+
+    assert_eq!(client.get("/").await.status, StatusCode::BAD_GATEWAY);
+    let next = client.get("/").await;
+    assert_eq!(
+        next.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        next.text()
+    );
+    assert_no_backend_leak(&next, nowhere);
+}
+
+#[tokio::test]
+async fn backend_closing_without_a_response_is_502() {
+    let backend = Backend::new("rude").hang_up().start().await;
+    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+
+    let reply = proxy.client().get("/").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(
+        backend.requests() >= 1,
+        "the request never reached the backend"
+    );
+    assert_no_backend_leak(&reply, backend.addr());
+}
+
+#[tokio::test]
+async fn proxy_keeps_serving_after_upstream_errors() {
+    // One slow and one healthy upstream behind a router: a 504 on one path
+    // must not disturb the other path or the client's connection.
+    let slow = Backend::new("slow")
+        .delay(Duration::from_secs(10))
+        .start()
+        .await;
+    let fast = Backend::new("fast").start().await;
+    let manifest = format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[[upstreams]]
+name = "slow"
+endpoints = ["{slow}"]
+timeout = "200ms"
+
+[[upstreams]]
+name = "fast"
+endpoints = ["{fast}"]
+
+[[pipeline]]
+plugin = "router"
+config = {{ default = "fast", routes = [ {{ prefix = "/slow/", upstream = "slow" }} ] }}
+"#,
+        listen = free_addr(),
+        slow = slow.addr(),
+        fast = fast.addr(),
+    );
+    let proxy = Portier::start(&manifest).await;
+    let client = proxy.client();
+
+    for i in 0..3 {
+        assert_eq!(
+            client.get(&format!("/slow/{i}")).await.status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            client.get(&format!("/fast/{i}")).await.echo().backend,
+            "fast"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests: a real `portier` process built by cargo, real compiled
+//! plugins, real hyper backends on real sockets, and a real HTTP client.
+//!
+//! One module per concern, each test named for what it proves. `support`
+//! holds the fakes and the process handle. Tests are independent (own ports,
+//! processes and temp dirs) and run in parallel; every wait is bounded.
+
+mod support;
+
+mod balancing;
+mod failures;
+mod forwarding;
+mod manifest_errors;
+mod quickstart;
+mod routing;

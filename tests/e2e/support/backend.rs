@@ -1,0 +1,378 @@
+//! Fake upstreams in the style of linkerd2-proxy's test servers: a builder
+//! says how the backend behaves, `start` binds a real socket and serves
+//! HTTP/1.1 with hyper until `stop` or drop.
+//!
+//! By default a backend echoes what it received as JSON, so a test can check
+//! exactly what the proxy forwarded:
+//!
+//! ```json
+//! {"backend":"a","method":"GET","path":"/x","query":"q=1",
+//!  "headers":[["host","example"],...],"body_len":0,"body_sha256":"e3b0..."}
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::body::{self, Body};
+
+/// What a [`Backend::held_response`] backend sends before it is released.
+pub const HELD_FIRST: &[u8] = b"first part, sent at once\n";
+/// What a [`Backend::held_response`] backend sends after `release_held`.
+pub const HELD_REST: &[u8] = b"rest, sent when released\n";
+
+/// How long `stop` may take before the test fails.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a fake upstream; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    name: String,
+    delay: Option<Duration>,
+    answer: Answer,
+    response_headers: Vec<(String, String)>,
+    listen: Option<SocketAddr>,
+}
+
+/// What a backend answers with.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// The JSON echo of the request.
+    Echo,
+    /// This many bytes of the test pattern, streamed.
+    Pattern(u64),
+    /// [`HELD_FIRST`] at once, [`HELD_REST`] after `release_held`.
+    Held,
+    /// Close the connection without answering.
+    HangUp,
+}
+
+/// A backend serving on a real socket; stops (closing every connection) on
+/// `stop` or drop.
+pub struct RunningBackend {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What every connection of one backend shares.
+struct State {
+    config: Backend,
+    requests: AtomicUsize,
+    body_bytes: AtomicU64,
+    /// Permits for held responses to finish; closed on stop.
+    gate: Semaphore,
+}
+
+// === impl Backend ===
+
+impl Backend {
+    /// A backend that answers 200 with `x-backend: NAME` and the JSON echo.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            delay: None,
+            answer: Answer::Echo,
+            response_headers: Vec::new(),
+            listen: None,
+        }
+    }
+
+    /// Wait this long (after reading the request body) before the response head.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Add a header to every response; call again with the same name to repeat it.
+    pub fn response_header(mut self, name: &str, value: &str) -> Self {
+        self.response_headers
+            .push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Answer with `len` bytes of the test pattern (see `body::pattern_sha256`),
+    /// streamed in chunks, instead of the echo.
+    pub fn large_response(mut self, len: u64) -> Self {
+        self.answer = Answer::Pattern(len);
+        self
+    }
+
+    /// Send the head and [`HELD_FIRST`] at once, then hold the body open until
+    /// [`RunningBackend::release_held`]: proves the proxy streams responses.
+    pub fn held_response(mut self) -> Self {
+        self.answer = Answer::Held;
+        self
+    }
+
+    /// Read the request head, then close the connection without a response.
+    pub fn hang_up(mut self) -> Self {
+        self.answer = Answer::HangUp;
+        self
+    }
+
+    /// Listen on this address instead of an ephemeral port (to restart a
+    /// stopped backend where the proxy expects it).
+    pub fn listen_on(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Bind and serve in the background.
+    pub async fn start(self) -> RunningBackend {
+        let bind = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("backend {}: bind {bind}: {e}", self.name));
+        let addr = listener.local_addr().expect("local_addr");
+        let state = Arc::new(State {
+            config: self,
+            requests: AtomicUsize::new(0),
+            body_bytes: AtomicU64::new(0),
+            gate: Semaphore::new(0),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
+        RunningBackend {
+            addr,
+            state,
+            shutdown,
+            task: Mutex::new(Some(task)),
+        }
+    }
+}
+
+// === impl RunningBackend ===
+
+impl RunningBackend {
+    /// The name given to [`Backend::new`].
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received so far (counted when the head arrives).
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Request-body bytes received so far, over all requests, counted as they
+    /// arrive (not when a body ends).
+    pub fn body_bytes_received(&self) -> u64 {
+        self.state.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Let one held response send the rest of its body.
+    pub fn release_held(&self) {
+        self.state.gate.add_permits(1);
+    }
+
+    /// Close the listener and every open connection, and wait until they are
+    /// closed: afterwards the port refuses connections and any keep-alive
+    /// connection the proxy pooled has been closed under it, as when a backend
+    /// process is killed.
+    pub async fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.state.gate.close();
+        let task = self.task.lock().expect("backend task lock").take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, task)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "backend {} did not stop within {STOP_TIMEOUT:?}",
+                        self.name()
+                    )
+                });
+        }
+    }
+}
+
+impl Drop for RunningBackend {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.state.gate.close();
+        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            // Aborting drops the task's JoinSet, which aborts every connection.
+            task.abort();
+        }
+    }
+}
+
+/// Accept connections until shutdown, then close every connection and wait
+/// until each is gone.
+async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Err: the RunningBackend was dropped; stop all the same.
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors or similar: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let state = state.clone();
+                let mut shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    // Dropping the connection closes its socket, mid-request or idle.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = shutdown.changed() => {}
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Answer one request as the backend's config says.
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let config = &state.config;
+    if let Answer::HangUp = config.answer {
+        // hyper closes the connection when the service fails, without a response.
+        return Err(io::Error::other("hanging up, as configured"));
+    }
+
+    let (parts, mut incoming) = req.into_parts();
+    // Hash while streaming: a 10 MiB body is never held whole.
+    let mut hasher = Sha256::new();
+    let mut body_len = 0u64;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(io::Error::other)?;
+        if let Some(data) = frame.data_ref() {
+            hasher.update(data);
+            body_len += data.len() as u64;
+            state
+                .body_bytes
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+        }
+    }
+
+    if let Some(delay) = config.delay {
+        tokio::time::sleep(delay).await;
+    }
+
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header("x-backend", &config.name);
+    for (name, value) in &config.response_headers {
+        response = response.header(name, value);
+    }
+    let body = match config.answer {
+        Answer::Echo => {
+            let headers: Vec<(&str, String)> = parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let echo = serde_json::json!({
+                "backend": config.name,
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "query": parts.uri.query(),
+                "headers": headers,
+                "body_len": body_len,
+                "body_sha256": body::hex(&hasher.finalize()),
+            });
+            response = response.header("content-type", "application/json");
+            body::full(echo.to_string())
+        }
+        Answer::Pattern(len) => body::pattern(len),
+        Answer::Held => {
+            let (tx, body) = body::channel();
+            let state = state.clone();
+            tokio::spawn(async move {
+                if tx.send(Bytes::from_static(HELD_FIRST)).await.is_err() {
+                    return;
+                }
+                // Closed on stop: the body then ends short, which is fine for a dead backend.
+                if let Ok(permit) = state.gate.acquire().await {
+                    permit.forget();
+                    let _ = tx.send(Bytes::from_static(HELD_REST)).await;
+                }
+            });
+            body
+        }
+        Answer::HangUp => unreachable!("answered above"),
+    };
+    Ok(response.body(body).expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::Backend;
+
+    /// The balancing tests rely on `stop` killing pooled keep-alive
+    /// connections, not only the listener.
+    #[tokio::test]
+    async fn stop_closes_idle_keep_alive_connections_and_the_port() {
+        let backend = Backend::new("b").start().await;
+        let mut conn = tokio::net::TcpStream::connect(backend.addr())
+            .await
+            .unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+
+        backend.stop().await;
+
+        // EOF (or a reset) at once, not a connection left open after the kill.
+        let read = tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "connection still open: {read:?}"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(backend.addr())
+                .await
+                .is_err(),
+            "port still accepts"
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The `portier` binary under test: `Portier` runs it as a real process on a
+//! manifest the test writes; `check` runs `portier check`.
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::backend::RunningBackend;
+use super::client::Client;
+
+/// The binary cargo built for this test run.
+pub const PORTIER: &str = env!("CARGO_BIN_EXE_portier");
+
+/// Where the host's build script put the compiled built-in plugins.
+pub const PLUGIN_DIR: &str = env!("PORTIER_PLUGIN_DIR");
+
+/// How long a proxy may take to listen; the first start of a test run may
+/// compile every plugin while other tests do the same.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long `portier check` may run (it compiles plugins too).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a test waits for a log line to appear.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often bounded waits poll.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A free port on 127.0.0.1 (bound, read and released; the proxy binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// `127.0.0.1:` a [`free_port`].
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// The path of a built-in plugin's `.wasm` file, for manifests that load it by path.
+pub fn plugin_path(name: &str) -> String {
+    format!("{PLUGIN_DIR}/{name}.wasm")
+}
+
+/// A TOML array of the backends' addresses: `["127.0.0.1:1", "127.0.0.1:2"]`.
+pub fn endpoints(backends: &[&RunningBackend]) -> String {
+    let quoted: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A `portier` command with a test-run-wide plugin cache (so plugins compile
+/// once per run, not per test, and nothing lands in the user's ~/.cache), no
+/// colours in its logs, and the user's RUST_LOG replaced by PORTIER_TEST_LOG
+/// (so the default filter, which logs access lines, is what tests see).
+fn portier_command() -> Command {
+    let mut command = Command::new(PORTIER);
+    command
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/xdg-cache"),
+        )
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        // Not the manifest's directory: relative plugin paths must resolve
+        // against the manifest, not the working directory.
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    if let Ok(filter) = std::env::var("PORTIER_TEST_LOG") {
+        command.env("RUST_LOG", filter);
+    }
+    command
+}
+
+/// Read a captured output file, without ANSI colour codes.
+fn read_log(path: &Path) -> String {
+    strip_ansi(&fs::read_to_string(path).unwrap_or_default())
+}
+
+/// Remove `ESC [ ... letter` sequences, in case the binary colours its logs anyway.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `server.listen` of a manifest (its first address when a list).
+fn listen_addr(manifest: &str) -> SocketAddr {
+    let table: toml::Table = toml::from_str(manifest)
+        .unwrap_or_else(|e| panic!("test manifest is not TOML: {e}\n{manifest}"));
+    let listen = &table["server"]["listen"];
+    let first = listen
+        .as_str()
+        .or_else(|| listen.as_array().and_then(|a| a.first()?.as_str()));
+    first
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("test manifest needs server.listen as ip:port: {listen}"))
+}
+
+// === impl Portier ===
+
+/// A running `portier run` process; killed on drop, and its log printed when
+/// the test is failing.
+pub struct Portier {
+    child: Child,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Portier {
+    /// Write `manifest` to a fresh directory, run `portier run` on it, and wait
+    /// until `server.listen` accepts connections.
+    pub async fn start(manifest: &str) -> Self {
+        Self::start_with_args(manifest, &[]).await
+    }
+
+    /// [`Portier::start`] with extra arguments after the manifest path.
+    pub async fn start_with_args(manifest: &str, args: &[&str]) -> Self {
+        let addr = listen_addr(manifest);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest_path = dir.path().join("portier.toml");
+        fs::write(&manifest_path, manifest).expect("write manifest");
+        let stdout = File::create(dir.path().join("stdout.log")).expect("stdout.log");
+        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
+        let child = portier_command()
+            .arg("run")
+            .arg(&manifest_path)
+            .args(args)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
+        let mut proxy = Self { child, addr, dir };
+        proxy.wait_until_listening().await;
+        proxy
+    }
+
+    async fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "portier exited ({status}) before listening on {}\n{}",
+                    self.addr,
+                    self.logs()
+                );
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "portier not listening on {} after {START_TIMEOUT:?}\n{}",
+                    self.addr,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The address it listens on (`server.listen`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A fresh keep-alive client for this proxy.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// Everything it wrote so far: stdout, then stderr.
+    pub fn logs(&self) -> String {
+        let stdout = read_log(&self.dir.path().join("stdout.log"));
+        let stderr = read_log(&self.dir.path().join("stderr.log"));
+        format!("--- portier stdout ---\n{stdout}--- portier stderr ---\n{stderr}")
+    }
+
+    /// Wait (bounded) for a log line matching `matches` and return it; fails
+    /// the test, showing the log, when none appears.
+    pub async fn wait_for_log_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|line| matches(line)) {
+                return line.to_owned();
+            }
+            if Instant::now() >= deadline {
+                panic!("no log line {what} within {LOG_TIMEOUT:?}\n{logs}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Portier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("portier on {} ({}):\n{}", self.addr, PORTIER, self.logs());
+        }
+    }
+}
+
+// === portier check ===
+
+/// The outcome of `portier check`.
+#[derive(Debug)]
+pub struct Checked {
+    /// The manifest path given on the command line.
+    pub path: PathBuf,
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// What it wrote to stdout.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+    /// The manifest text, for failure messages.
+    manifest: String,
+}
+
+/// Write `manifest` to a fresh directory and run `portier check` on it.
+pub fn check(manifest: &str) -> Checked {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("portier.toml");
+    fs::write(&path, manifest).expect("write manifest");
+    check_file(&path)
+}
+
+/// Run `portier check PATH` (bounded by a timeout).
+pub fn check_file(path: &Path) -> Checked {
+    let out = tempfile::tempdir().expect("temp dir");
+    let stdout_path = out.path().join("stdout.log");
+    let stderr_path = out.path().join("stderr.log");
+    let mut child = portier_command()
+        .arg("check")
+        .arg(path)
+        .stdout(File::create(&stdout_path).expect("stdout.log"))
+        .stderr(File::create(&stderr_path).expect("stderr.log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
+    let deadline = Instant::now() + CHECK_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "portier check {} still running after {CHECK_TIMEOUT:?}",
+                path.display()
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    Checked {
+        path: path.to_owned(),
+        status,
+        stdout: read_log(&stdout_path),
+        stderr: read_log(&stderr_path),
+        manifest: fs::read_to_string(path).unwrap_or_default(),
+    }
+}
+
+impl Checked {
+    /// Assert the manifest was accepted.
+    pub fn assert_ok(&self) {
+        assert!(
+            self.status.success(),
+            "portier check rejected {}:\n{self}",
+            self.path.display()
+        );
+    }
+
+    /// Assert the manifest was rejected with `PATH: KEY: reason` for exactly
+    /// this key; returns stderr for further checks on the reason.
+    pub fn assert_rejected_at(&self, key: &str) -> &str {
+        self.assert_rejected_with(&format!("{}: {key}: ", self.path.display()))
+    }
+
+    /// Assert the manifest was rejected with `PATH: KEY...` for a key that
+    /// starts with `prefix` (when the contract leaves the rest of the key open).
+    pub fn assert_rejected_under(&self, prefix: &str) -> &str {
+        self.assert_rejected_with(&format!("{}: {prefix}", self.path.display()))
+    }
+
+    fn assert_rejected_with(&self, expected: &str) -> &str {
+        assert!(
+            !self.status.success(),
+            "portier check accepted a bad manifest:\n{self}"
+        );
+        assert!(
+            self.stderr.contains(expected),
+            "stderr should contain {expected:?}:\n{self}"
+        );
+        &self.stderr
+    }
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit: {}\n--- stderr ---\n{}--- stdout ---\n{}--- manifest ---\n{}",
+            self.status, self.stderr, self.stdout, self.manifest
+        )
+    }
+}
