@@ -94,6 +94,7 @@ impl Reloader {
     fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
         let mut files = vec![self.path.clone()];
         if let Ok(m) = Manifest::load(&self.path) {
+            files.extend(m.includes.iter().cloned());
             files.extend(m.stages.iter().filter_map(|s| match &s.source {
                 PluginSource::File(p) => Some(p.clone()),
                 PluginSource::Builtin(_) => None,

@@ -47,6 +47,8 @@ impl std::error::Error for ManifestError {}
 pub struct Manifest {
     /// The file it was read from (errors found later still name it).
     pub file: PathBuf,
+    /// Files named by `include`, resolved (watched for changes like the manifest).
+    pub includes: Vec<PathBuf>,
     /// `[server]`.
     pub server: Server,
     /// `[admin]`: where the admin API listens, if anywhere.
@@ -172,8 +174,19 @@ pub struct Stage {
     pub memory_limit: usize,
     /// When repeated failures take the stage out of service.
     pub quarantine: Quarantine,
+    /// Capabilities beyond the defaults.
+    pub grants: Grants,
     /// The stage's config table as JSON text.
     pub config_json: String,
+}
+
+/// Extra capabilities a manifest grants one stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Host directories preopened read-only: (guest path, host path).
+    pub dirs: Vec<(String, PathBuf)>,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
 }
 
 /// A stage failing more than `failures` times within `window` is not called
@@ -236,8 +249,41 @@ impl Manifest {
                 err(key, e.into_inner().to_string())
             })?;
         let base = file.parent().unwrap_or(Path::new(".")).to_owned();
-        Validator { file, base: &base }.manifest(raw)
+        let validator = Validator { file, base: &base };
+        let mut included = Vec::new();
+        let mut includes = Vec::new();
+        for (i, inc) in raw.include.iter().enumerate() {
+            let path = base.join(inc);
+            if !path.is_file() {
+                return Err(err(format!("include[{i}]"), format!("no file at {}", path.display())));
+            }
+            included.extend(load_include(&path)?);
+            includes.push(path);
+        }
+        let mut m = validator.manifest(raw, included)?;
+        m.includes = includes;
+        Ok(m)
     }
+}
+
+/// Read an included file and validate its upstreams (errors name that file).
+fn load_include(path: &Path) -> Result<Vec<(PathBuf, usize, Upstream)>, ManifestError> {
+    let err = |key: String, reason: String| ManifestError { file: path.to_owned(), key, reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(String::new(), format!("cannot read: {e}")))?;
+    let value: toml::Table =
+        toml::from_str(&text).map_err(|e| err(String::new(), format!("invalid TOML: {}", e.message().trim())))?;
+    let raw: raw::RawInclude = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+        let key = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        err(if key == "." { String::new() } else { key }, format!("{reason} (an included file holds only [[upstreams]])"))
+    })?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let v = Validator { file: path, base: &base };
+    raw.upstreams
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| Ok((path.to_owned(), i, v.upstream(i, u)?)))
+        .collect()
 }
 
 /// Walks the raw manifest, collecting the first error with its key.
@@ -251,14 +297,24 @@ impl Validator<'_> {
         ManifestError { file: self.file.to_owned(), key: key.into(), reason: reason.into() }
     }
 
-    fn manifest(&self, raw: RawManifest) -> Result<Manifest, ManifestError> {
+    fn manifest(&self, raw: RawManifest, included: Vec<(PathBuf, usize, Upstream)>) -> Result<Manifest, ManifestError> {
         let server = self.server(raw.server)?;
         let admin = match raw.admin {
             None => None,
             Some(a) => Some(self.address("admin.listen".into(), &a.listen)?),
         };
-        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        let mut upstreams = Vec::with_capacity(included.len() + raw.upstreams.len());
         let mut names = HashSet::new();
+        for (file, i, u) in included {
+            if !names.insert(u.name.clone()) {
+                return Err(ManifestError {
+                    file,
+                    key: format!("upstreams[{i}].name"),
+                    reason: format!("duplicate upstream name {:?}", u.name),
+                });
+            }
+            upstreams.push(u);
+        }
         for (i, u) in raw.upstreams.into_iter().enumerate() {
             let u = self.upstream(i, u)?;
             if !names.insert(u.name.clone()) {
@@ -282,7 +338,7 @@ impl Validator<'_> {
             stages.push(s);
         }
         self.shape(&upstreams, &stages)?;
-        Ok(Manifest { file: self.file.to_owned(), server, admin, upstreams, stages })
+        Ok(Manifest { file: self.file.to_owned(), includes: Vec::new(), server, admin, upstreams, stages })
     }
 
     fn server(&self, raw: raw::RawServer) -> Result<Server, ManifestError> {
@@ -412,9 +468,27 @@ impl Validator<'_> {
                 }
             }
         };
+        let grants = self.grants(i, raw.grants)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
-        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, quarantine, config_json })
+        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, quarantine, grants, config_json })
+    }
+
+    fn grants(&self, i: usize, raw: Option<raw::RawGrants>) -> Result<Grants, ManifestError> {
+        let Some(raw) = raw else { return Ok(Grants::default()) };
+        let mut dirs = Vec::new();
+        for (guest, host) in raw.dirs {
+            let key = format!("pipeline[{i}].grants.dirs.{guest}");
+            if !guest.starts_with('/') {
+                return Err(self.err(key, "the guest path must be absolute, e.g. \"/rules\""));
+            }
+            let host = self.base.join(host);
+            if !host.is_dir() {
+                return Err(self.err(key, format!("no directory at {}", host.display())));
+            }
+            dirs.push((guest, host));
+        }
+        Ok(Grants { dirs, env: raw.env.into_iter().collect() })
     }
 
     /// Rules about the pipeline as a whole.

@@ -9,6 +9,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawManifest {
+    #[serde(default)]
+    pub include: Vec<String>,
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
@@ -89,7 +91,26 @@ pub struct RawStage {
     pub call_timeout: Option<String>,
     pub memory_limit: Option<String>,
     pub quarantine: Option<RawQuarantine>,
+    pub grants: Option<RawGrants>,
     pub config: Option<toml::Table>,
+}
+
+/// `grants = { dirs = { "/rules" = "rules" }, env = { MODE = "strict" } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    #[serde(default)]
+    pub dirs: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// A file named by `include`: shared upstream definitions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInclude {
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
 }
 
 /// `quarantine = { failures = 20, window = "10s", duration = "30s" }`.

@@ -94,3 +94,47 @@ fn error_display_is_file_key_reason() {
     let e = ManifestError { file: "m.toml".into(), key: "server.listen".into(), reason: "bad".into() };
     assert_eq!(e.to_string(), "m.toml: server.listen: bad");
 }
+
+#[test]
+fn included_upstreams_come_first_and_their_errors_name_the_included_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("shared")).unwrap();
+    let shared = dir.path().join("shared/upstreams.toml");
+    std::fs::write(&shared, UPSTREAM).unwrap();
+    let file = dir.path().join("prod.toml");
+    let text = "include = [\"shared/upstreams.toml\"]\n[server]\nlisten = \"127.0.0.1:3000\"\n\
+                [[upstreams]]\nname = \"web\"\nendpoints = [\"127.0.0.1:3002\"]\n\
+                [[pipeline]]\nplugin = \"router\"\n";
+    let m = Manifest::parse(&file, text).unwrap();
+    let names: Vec<_> = m.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(m.includes, [shared.clone()]);
+
+    std::fs::write(&shared, "[[upstreams]]\nname = \"api\"\nendpoints = [\"nope\"]\n").unwrap();
+    let e = Manifest::parse(&file, text).unwrap_err();
+    assert_eq!((e.file.as_path(), e.key.as_str()), (shared.as_path(), "upstreams[0].endpoints[0]"));
+
+    std::fs::write(&shared, format!("{UPSTREAM}[server]\nlisten = \"127.0.0.1:1\"\n")).unwrap();
+    let e = Manifest::parse(&file, text).unwrap_err();
+    assert_eq!((e.file.as_path(), e.key.as_str()), (shared.as_path(), "server"));
+
+    let missing = text.replace("shared/upstreams.toml", "shared/nope.toml");
+    assert_eq!(Manifest::parse(&file, &missing).unwrap_err().key, "include[0]");
+}
+
+#[test]
+fn granted_directories_must_exist_and_be_absolute_in_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let file = dir.path().join("m.toml");
+    let stage = |grants: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"headers\"\ngrants = {grants}\n")
+    };
+    let m = Manifest::parse(&file, &stage("{ dirs = { \"/rules\" = \"rules\" }, env = { MODE = \"strict\" } }")).unwrap();
+    assert_eq!(m.stages[0].grants.dirs, [("/rules".to_string(), dir.path().join("rules"))]);
+    assert_eq!(m.stages[0].grants.env, [("MODE".to_string(), "strict".to_string())]);
+    let e = Manifest::parse(&file, &stage("{ dirs = { \"/rules\" = \"missing\" } }")).unwrap_err();
+    assert_eq!(e.key, "pipeline[0].grants.dirs./rules");
+    let e = Manifest::parse(&file, &stage("{ dirs = { \"rules\" = \"rules\" } }")).unwrap_err();
+    assert_eq!(e.key, "pipeline[0].grants.dirs.rules");
+}

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result, StoreLimits};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::portier::plugin::{clock, config, kv, log, types, upstreams};
 use super::heads::{self, RequestHead, ResponseHead};
 use crate::kv::Namespace;
+use crate::manifest::Grants;
 use crate::upstream::Upstreams;
 
 /// What every instance of one stage shares.
@@ -27,6 +28,8 @@ pub struct StageShared {
     pub kv: Namespace,
     /// The pipeline generation's upstreams.
     pub upstreams: Arc<Upstreams>,
+    /// Capabilities the manifest grants beyond the defaults.
+    pub grants: Arc<Grants>,
 }
 
 /// Per-instance store data.
@@ -40,15 +43,22 @@ pub struct StageState {
 }
 
 impl StageState {
-    /// Fresh state: no WASI capabilities beyond the defaults (no files, env, sockets).
-    pub fn new(shared: StageShared, limits: StoreLimits) -> StageState {
-        StageState {
+    /// Fresh state: no files, environment or sockets beyond the stage's grants.
+    pub fn new(shared: StageShared, limits: StoreLimits) -> Result<StageState> {
+        let mut wasi = WasiCtx::builder();
+        for (guest, host) in &shared.grants.dirs {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
+        }
+        for (k, v) in &shared.grants.env {
+            wasi.env(k, v);
+        }
+        Ok(StageState {
             table: ResourceTable::new(),
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             limits,
             shared,
             ticks_left: 0,
-        }
+        })
     }
 }
 

@@ -134,6 +134,7 @@ impl Runtime {
                 config_json: spec.config_json.as_str().into(),
                 kv: self.kv.namespace(&spec.name),
                 upstreams,
+                grants: Arc::new(spec.grants.clone()),
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
             health: StageHealth::new(spec.quarantine),
@@ -320,7 +321,9 @@ impl Stage {
     /// A new instance with its `init` run.
     async fn start_instance(&self) -> Result<Instance, StageError> {
         let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).trap_on_grow_failure(true).build();
-        let mut store = Store::new(&self.engine, StageState::new(self.shared.clone(), limits));
+        let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
+        let state = StageState::new(self.shared.clone(), limits).map_err(start)?;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // This callback runs only when a tick arrives while guest code is
         // running, so counting its calls charges the plugin for the time it
@@ -336,7 +339,6 @@ impl Stage {
             Ok(UpdateDeadline::Yield(1))
         });
         self.arm_deadline(&mut store);
-        let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
         let config = &*self.shared.config_json;
         let (role, init) = match &self.pre {
             RolePre::Filter(p) => {
