@@ -9,7 +9,7 @@ fn main() {
     let host = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = host.parent().unwrap();
     let plugins = root.join("plugins");
-    for p in ["Cargo.toml", "Cargo.lock", "sdk", "router", "balancer", "headers"] {
+    for p in ["Cargo.toml", "Cargo.lock", "sdk", "router", "balancer", "headers", "api-key", "rate-limit"] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

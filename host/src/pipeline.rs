@@ -34,14 +34,24 @@ pub struct Pipeline {
     access_log: bool,
 }
 
-/// How far the request got: where its response comes from.
-enum Outcome {
-    /// Forward to this endpoint.
+/// Where a request's response comes from, as the request stages decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Forward to `upstream.endpoints[index]`.
     Forward(Arc<Upstream>, usize),
     /// A stage answered.
     Respond(PluginResponse),
     /// The proxy answers with an error.
     Fail(Fault),
+}
+
+/// The request stages' verdict.
+#[derive(Debug)]
+pub struct Decision {
+    /// What to do with the request.
+    pub outcome: Outcome,
+    /// Stages `[0, reached)` saw the request; their filters see the response.
+    pub reached: usize,
 }
 
 impl Pipeline {
@@ -99,26 +109,61 @@ impl Pipeline {
         serde_json::json!({ "generation": self.generation, "stages": stages, "upstreams": upstreams })
     }
 
-    /// Serve one request.
+    /// Serve one request: request stages, upstream, response stages.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Logged> {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let record = self.access_log.then(|| (parts.method.clone(), parts.uri.clone()));
-        let mut head = RequestHead { parts, client };
+        let (mut head, decision) = self.request_stages(RequestHead { parts, client }).await;
 
-        // === request stages ===
+        let mut served_by = None;
+        let (resp_parts, resp_body) = match decision.outcome {
+            Outcome::Forward(up, i) => {
+                served_by = Some(up.endpoints[i].address.to_string());
+                // Filters' on-response see the request as the pipeline left it, so
+                // they keep a copy; without such filters the head moves as is.
+                let parts = if self.stages[..decision.reached].iter().any(|s| s.role == Role::Filter) {
+                    clone_parts(&head.parts)
+                } else {
+                    std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
+                };
+                match self.forwarder.forward(&self.upstreams, &up, i, parts, body, client).await {
+                    Ok(resp) => {
+                        let (p, b) = resp.into_parts();
+                        (p, ProxyBody::Upstream(b))
+                    }
+                    Err(fault) => error_response(fault),
+                }
+            }
+            Outcome::Respond(r) => plugin_response(r),
+            Outcome::Fail(fault) => error_response(fault),
+        };
+
+        let (resp, body) =
+            self.response_stages(head, ResponseHead { parts: resp_parts }, resp_body, decision.reached).await;
+        let record = record.map(|(method, uri)| AccessRecord {
+            start,
+            client,
+            method,
+            uri,
+            status: resp.parts.status,
+            upstream: served_by,
+        });
+        Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// Run the request stages in order and decide where the response comes
+    /// from. No I/O: usable in-process by tests and benchmarks.
+    pub async fn request_stages(&self, mut head: RequestHead) -> (RequestHead, Decision) {
         let mut upstream: Option<Arc<Upstream>> = None;
         let mut picked: Option<usize> = None;
-        // Stages [0, reached) saw the request; their filters see the response.
-        let mut reached = self.stages.len();
-        let mut outcome = None;
         for (i, stage) in self.stages.iter().enumerate() {
             // A failed call was logged where it happened; here only the policy matters.
             let failed = |_: StageError| match stage.policy {
                 FailurePolicy::Open => None,
                 FailurePolicy::Closed => Some(Outcome::Fail(Fault::Plugin)),
             };
-            outcome = match stage.role {
+            let outcome = match stage.role {
                 Role::Filter => {
                     let (h, r) = stage.on_request(head).await;
                     head = h;
@@ -168,69 +213,40 @@ impl Pipeline {
                 }
                 Role::CachePolicy => None,
             };
-            if outcome.is_some() {
-                reached = i;
-                break;
+            if let Some(outcome) = outcome {
+                return (head, Decision { outcome, reached: i });
             }
         }
-        let outcome = outcome.unwrap_or_else(|| {
-            let Some(up) = upstream.or_else(|| self.upstreams.single().cloned()) else {
-                return Outcome::Fail(Fault::Plugin);
-            };
-            match picked.or_else(|| self.upstreams.round_robin(&up)) {
+        let outcome = match upstream.or_else(|| self.upstreams.single().cloned()) {
+            // Only reachable when the router failed open with several upstreams.
+            None => Outcome::Fail(Fault::Plugin),
+            Some(up) => match picked.or_else(|| self.upstreams.round_robin(&up)) {
                 Some(i) => Outcome::Forward(up, i),
                 None => Outcome::Fail(Fault::NoEndpoint),
-            }
-        });
-
-        // === upstream ===
-        let mut served_by = None;
-        let (resp_parts, resp_body) = match outcome {
-            Outcome::Forward(up, i) => {
-                served_by = Some(up.endpoints[i].address.to_string());
-                // Filters' on-response see the request as the pipeline left it, so
-                // they keep a copy; without such filters the head moves as is.
-                let parts = if self.stages[..reached].iter().any(|s| s.role == Role::Filter) {
-                    clone_parts(&head.parts)
-                } else {
-                    std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
-                };
-                match self.forwarder.forward(&self.upstreams, &up, i, parts, body, client).await {
-                    Ok(resp) => {
-                        let (p, b) = resp.into_parts();
-                        (p, ProxyBody::Upstream(b))
-                    }
-                    Err(fault) => error_response(fault),
-                }
-            }
-            Outcome::Respond(r) => plugin_response(r),
-            Outcome::Fail(fault) => error_response(fault),
+            },
         };
+        (head, Decision { outcome, reached: self.stages.len() })
+    }
 
-        // === response stages, reverse order ===
-        let mut resp = ResponseHead { parts: resp_parts };
-        let mut resp_body = resp_body;
+    /// Run `on-response` of the filters among stages `[0, reached)`, in
+    /// reverse order. A fail-closed failure replaces the response with 503.
+    pub async fn response_stages(
+        &self,
+        mut head: RequestHead,
+        mut resp: ResponseHead,
+        body: ProxyBody,
+        reached: usize,
+    ) -> (ResponseHead, ProxyBody) {
         for stage in self.stages[..reached].iter().rev().filter(|s| s.role == Role::Filter) {
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;
             if let (Err(_), FailurePolicy::Closed) = (out, stage.policy) {
                 let (p, b) = error_response(Fault::Plugin);
-                resp = ResponseHead { parts: p };
-                resp_body = b;
-                break;
+                return (ResponseHead { parts: p }, b);
             }
         }
-
-        let record = record.map(|(method, uri)| AccessRecord {
-            start,
-            client,
-            method,
-            uri,
-            status: resp.parts.status,
-            upstream: served_by,
-        });
-        Response::from_parts(resp.parts, Logged::new(resp_body, record))
+        (resp, body)
     }
 }
 

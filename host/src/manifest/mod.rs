@@ -172,12 +172,23 @@ pub struct Stage {
     pub call_timeout: Duration,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit: usize,
+    /// Whether instances are reused across requests.
+    pub isolation: Isolation,
     /// When repeated failures take the stage out of service.
     pub quarantine: Quarantine,
     /// Capabilities beyond the defaults.
     pub grants: Grants,
     /// The stage's config table as JSON text.
     pub config_json: String,
+}
+
+/// How much state a stage's requests may share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Instances are reused across requests (fast; a plugin's memory persists between calls).
+    Pooled,
+    /// Every call gets a fresh instance, `init` included: nothing leaks between requests.
+    PerRequest,
 }
 
 /// Extra capabilities a manifest grants one stage.
@@ -224,6 +235,8 @@ pub const DEFAULT_REFUSED_COOLDOWN: Duration = Duration::from_secs(5);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Default linear-memory cap per plugin instance.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// The largest `memory_limit` a stage may ask for (the instance pool's slot size).
+pub const MAX_MEMORY_LIMIT: usize = 1 << 30;
 
 impl Manifest {
     /// Read and validate a manifest file.
@@ -457,6 +470,16 @@ impl Validator<'_> {
             None => DEFAULT_MEMORY_LIMIT,
             Some(s) => units::bytes(&s).map_err(|r| self.err(key("memory_limit"), r))?,
         };
+        if memory_limit > MAX_MEMORY_LIMIT {
+            return Err(self.err(key("memory_limit"), "at most 1GiB"));
+        }
+        let isolation = match raw.isolation.as_deref() {
+            None | Some("pooled") => Isolation::Pooled,
+            Some("per-request") => Isolation::PerRequest,
+            Some(other) => {
+                return Err(self.err(key("isolation"), format!("{other:?}: expected \"pooled\" or \"per-request\"")));
+            }
+        };
         let quarantine = match raw.quarantine {
             None => Quarantine::default(),
             Some(q) => {
@@ -471,7 +494,7 @@ impl Validator<'_> {
         let grants = self.grants(i, raw.grants)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
-        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, quarantine, grants, config_json })
+        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, isolation, quarantine, grants, config_json })
     }
 
     fn grants(&self, i: usize, raw: Option<raw::RawGrants>) -> Result<Grants, ManifestError> {

@@ -90,6 +90,7 @@ pub struct RawStage {
     pub on_error: Option<String>,
     pub call_timeout: Option<String>,
     pub memory_limit: Option<String>,
+    pub isolation: Option<String>,
     pub quarantine: Option<RawQuarantine>,
     pub grants: Option<RawGrants>,
     pub config: Option<toml::Table>,

@@ -18,18 +18,24 @@ pub struct Builtin {
 
 macro_rules! builtin {
     ($name:literal, $role:expr) => {
+        builtin!($name, $name, $role)
+    };
+    // Cargo names a crate's artifact with `_` for `-`: "api-key" is api_key.wasm.
+    ($name:literal, $file:literal, $role:expr) => {
         Builtin {
             name: $name,
             role: $role,
-            wasm: include_bytes!(concat!(env!("PORTIER_PLUGIN_DIR"), "/", $name, ".wasm")),
+            wasm: include_bytes!(concat!(env!("PORTIER_PLUGIN_DIR"), "/", $file, ".wasm")),
         }
     };
 }
 
-static BUILTINS: [Builtin; 3] = [
+static BUILTINS: [Builtin; 5] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
+    builtin!("api-key", "api_key", Role::Filter),
+    builtin!("rate-limit", "rate_limit", Role::Filter),
 ];
 
 /// The built-in plugin with this name.

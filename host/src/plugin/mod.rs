@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Cache, CacheConfig, Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
+};
 
 use crate::kv::Kv;
 use crate::manifest::{self, ManifestError, PluginSource, Role};
@@ -36,6 +39,8 @@ pub use bindings::portier::plugin::types::Response as PluginResponse;
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Idle instances kept per stage; more are created under load and dropped after.
 const MAX_IDLE_INSTANCES: usize = 64;
+/// Live instances across all stages and generations (the pool's size).
+const MAX_INSTANCES: u32 = 1000;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +77,23 @@ impl Runtime {
         let err = |e: wasmtime::Error| RuntimeError(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.allocation_strategy(pooling());
         let dir = cache_dir.map(Path::to_owned).or_else(default_cache_dir);
         if let Some(dir) = dir {
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             config.cache(Some(Cache::new(cache).map_err(err)?));
         }
-        let engine = Engine::new(&config).map_err(err)?;
+        let engine = match Engine::new(&config) {
+            Ok(e) => e,
+            Err(e) => {
+                // The pool reserves address space up front; where that is not
+                // allowed (a ulimit -v, say), instances are allocated on demand.
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).map_err(err)?
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(err)?;
         bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(err)?;
@@ -125,6 +140,7 @@ impl Runtime {
             name: spec.name.clone(),
             role: spec.role,
             policy: spec.on_error,
+            isolation: spec.isolation,
             call_timeout: spec.call_timeout,
             memory_limit: spec.memory_limit,
             engine: self.engine.clone(),
@@ -143,7 +159,7 @@ impl Runtime {
         // rejects the manifest instead of failing the first request.
         match stage.start_instance().await {
             Ok(inst) => {
-                let _ = stage.idle.push(inst);
+                stage.put_back(inst);
                 Ok(stage)
             }
             Err(StageError::Start(reason)) => Err(init_error(manifest, spec, reason)),
@@ -161,6 +177,19 @@ fn init_error(manifest: &Path, spec: &manifest::Stage, reason: String) -> Manife
         _ => (base, reason),
     };
     ManifestError { file: manifest.to_owned(), key, reason }
+}
+
+/// Pooled instance slots: instantiation becomes a few page-table operations
+/// (what makes `isolation = "per-request"` affordable), and memory is reused.
+fn pooling() -> InstanceAllocationStrategy {
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * 4)
+        .total_memories(MAX_INSTANCES * 2)
+        .total_tables(MAX_INSTANCES * 4)
+        .total_stacks(MAX_INSTANCES)
+        .max_memory_size(manifest::MAX_MEMORY_LIMIT);
+    InstanceAllocationStrategy::Pooling(p)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -230,6 +259,7 @@ pub struct Stage {
     pub role: Role,
     /// Its failure policy.
     pub policy: manifest::FailurePolicy,
+    isolation: manifest::Isolation,
     call_timeout: Duration,
     memory_limit: usize,
     engine: Engine,
@@ -318,6 +348,14 @@ impl Stage {
         }
     }
 
+    /// After a successful call: keep the instance for the next request, unless
+    /// the stage wants isolation or the pool is full (load has dropped).
+    fn put_back(&self, inst: Instance) {
+        if self.isolation == manifest::Isolation::Pooled {
+            let _ = self.idle.push(inst);
+        }
+    }
+
     /// A new instance with its `init` run.
     async fn start_instance(&self) -> Result<Instance, StageError> {
         let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).trap_on_grow_failure(true).build();
@@ -374,8 +412,7 @@ impl Stage {
     fn finish<R>(&self, inst: Instance, out: wasmtime::Result<R>) -> Result<R, StageError> {
         match out {
             Ok(r) => {
-                // A full pool means load has dropped: let this instance go.
-                let _ = self.idle.push(inst);
+                self.put_back(inst);
                 Ok(r)
             }
             Err(e) => {
