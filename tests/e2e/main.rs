@@ -11,5 +11,6 @@ mod balancing;
 mod failures;
 mod forwarding;
 mod manifest_errors;
+mod policy_plugins;
 mod quickstart;
 mod routing;

@@ -313,16 +313,27 @@ plugin = "balancer"
 fn every_example_manifest_passes_check() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = Vec::new();
-    for entry in fs::read_dir(&examples).unwrap_or_else(|e| panic!("{}: {e}", examples.display())) {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            check_file(&path).assert_ok();
-            checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    // `env/shared/` holds include files, which are not manifests on their own.
+    for dir in [examples.clone(), examples.join("env")] {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                check_file(&path).assert_ok();
+                let relative = path.strip_prefix(&examples).unwrap();
+                checked.push(relative.to_string_lossy().into_owned());
+            }
         }
     }
-    // Guards against walking the wrong directory and checking nothing.
-    assert!(
-        checked.iter().any(|n| n == "quickstart.toml"),
-        "examples checked: {checked:?}"
-    );
+    // Guards against walking the wrong directories and checking nothing.
+    for expected in [
+        "quickstart.toml",
+        "env/dev.toml",
+        "env/staging.toml",
+        "env/prod.toml",
+    ] {
+        assert!(
+            checked.iter().any(|n| n == expected),
+            "{expected} not checked; examples checked: {checked:?}"
+        );
+    }
 }

@@ -1,0 +1,241 @@
+//! # rate-limit — at most N requests per client per window
+//!
+//! A filter that counts requests per client in the stage's shared `kv` and
+//! answers `429 Too Many Requests` once a client is over its budget. The
+//! count is exact across the host's instances of the stage, and across a
+//! fleet of proxies sharing a kv backend.
+//!
+//! ```toml
+//! [[pipeline]]
+//! plugin = "rate-limit"
+//! config = { requests = 100, window = "60s" }                        # per client IP
+//! # config = { requests = 100, window = "1m", key = { header = "x-api-key" } }
+//! ```
+//!
+//! Behaviour:
+//!
+//! - `requests` (at least 1) and `window` (`"500ms"`, `"60s"`, `"1m"`, `"1h"`,
+//!   `"1d"`) are required. `key` is `"client-ip"` (default: the client's
+//!   address without the port) or `{ header = "name" }` (the header's value;
+//!   requests without it are counted by client IP).
+//! - Sliding window, approximated with two fixed-window counters in `kv`:
+//!   the previous window's count, weighted by how much of it the sliding
+//!   window still covers, plus the current one's. No burst of twice the limit
+//!   around a window boundary; two kv calls per request.
+//! - Over the limit: `429`, `text/plain` body `429 Too Many Requests\n`,
+//!   `retry-after` (seconds until one more request fits, rounded up) and
+//!   `ratelimit-limit` / `ratelimit-remaining: 0` / `ratelimit-reset`.
+//!   Refused requests do not count against the budget.
+//! - **If `kv` fails, requests go through** (fail open) and the plugin logs
+//!   a warning, once, and an info line when `kv` works again: a broken
+//!   limiter must not take the site down.
+//! - Unknown keys, `requests = 0` and bad durations are rejected at init.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use portier_sdk::{Action, Filter, HttpResponse, Request, clock, config, kv, log};
+use serde::Deserialize;
+
+mod window;
+
+use window::{Position, Verdict};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    requests: u32,
+    window: String,
+    #[serde(default)]
+    key: Key,
+}
+
+/// What a client is.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Key {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// A request header's value (e.g. an API key), else the client's IP.
+    Header(String),
+}
+
+/// The rate-limit filter.
+pub struct RateLimit {
+    limit: u64,
+    /// Window length in milliseconds.
+    window: u64,
+    key: Key,
+    kv_failing: Cell<bool>,
+}
+
+impl Filter for RateLimit {
+    fn init(json: &str) -> Result<Self, String> {
+        let Config {
+            requests,
+            window,
+            key,
+        } = config::parse(json)?;
+        if requests == 0 {
+            return Err("requests: must be at least 1".to_string());
+        }
+        let window =
+            window::parse_duration(&window).map_err(|reason| format!("window: {reason}"))?;
+        let key = match key {
+            Key::Header(name) => {
+                Key::Header(check_header(&name).map_err(|reason| format!("key.header: {reason}"))?)
+            }
+            Key::ClientIp => Key::ClientIp,
+        };
+        Ok(RateLimit {
+            limit: u64::from(requests),
+            window,
+            key,
+            kv_failing: Cell::new(false),
+        })
+    }
+
+    fn on_request(&self, request: &Request) -> Action {
+        let client = self.client(request);
+        match self.count(&client) {
+            Ok(Verdict::Allow) => Action::Continue,
+            Ok(Verdict::Deny { retry_after }) => {
+                let seconds = retry_after.div_ceil(1000).to_string();
+                Action::Respond(
+                    HttpResponse::text(429, "429 Too Many Requests\n")
+                        .header("retry-after", &seconds)
+                        .header("ratelimit-limit", self.limit.to_string())
+                        .header("ratelimit-remaining", "0")
+                        .header("ratelimit-reset", seconds),
+                )
+            }
+            Err(e) => {
+                if !self.kv_failing.replace(true) {
+                    log::warn(format!("{e}; not limiting until kv works again"));
+                }
+                Action::Continue
+            }
+        }
+    }
+}
+
+portier_sdk::export_filter!(RateLimit);
+
+impl RateLimit {
+    /// The kv key prefix of this request's client.
+    fn client(&self, request: &Request) -> String {
+        if let Key::Header(name) = &self.key
+            && let Some(value) = request.header(name)
+        {
+            return format!("h:{value}");
+        }
+        format!("ip:{}", client_ip(&request.client_addr()))
+    }
+
+    /// Count the request in the current window and decide.
+    fn count(&self, client: &str) -> Result<Verdict, kv::Error> {
+        let Position { index, elapsed } = Position::at(clock::now_ms(), self.window);
+        let current_key = format!("{client}@{index}");
+        // The counter is read as "previous" all through the next window.
+        let ttl = Duration::from_millis(self.window.saturating_mul(2) - elapsed);
+        let current = kv::increment(&current_key, 1, Some(ttl))?;
+        let current = u64::try_from(current).unwrap_or(0);
+        let previous = if current > self.limit {
+            0 // over on this window alone: the previous one cannot help
+        } else {
+            let previous_key = format!("{client}@{}", index.wrapping_sub(1));
+            kv::get(&previous_key)?
+                .and_then(|bytes| String::from_utf8(bytes).ok()?.parse().ok())
+                .unwrap_or(0)
+        };
+        if self.kv_failing.replace(false) {
+            log::info("kv is available again; limiting again");
+        }
+        let verdict = window::decide(self.limit, self.window, elapsed, previous, current);
+        if verdict != Verdict::Allow {
+            // Refused requests do not use up the budget. If this fails, the
+            // request merely counts, which errs on the strict side.
+            let _ = kv::increment(&current_key, -1, None);
+        }
+        Ok(verdict)
+    }
+}
+
+/// The IP of `"ip:port"` or `"[ipv6]:port"`.
+fn client_ip(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((ip, _port)) if !ip.contains(':') => ip,
+        _ => addr,
+    }
+}
+
+/// The lowercased name, if it is an HTTP token.
+fn check_header(name: &str) -> Result<String, String> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_drops_the_port() {
+        assert_eq!(client_ip("10.0.0.7:51234"), "10.0.0.7");
+        assert_eq!(client_ip("[::1]:51234"), "::1");
+        assert_eq!(client_ip("[2001:db8::1]:80"), "2001:db8::1");
+        assert_eq!(client_ip("2001:db8::1"), "2001:db8::1");
+        assert_eq!(client_ip("10.0.0.7"), "10.0.0.7");
+    }
+
+    #[test]
+    fn config_defaults_and_key_forms() {
+        let plugin = RateLimit::init(r#"{"requests": 5, "window": "10s"}"#).unwrap();
+        assert_eq!((plugin.limit, plugin.window), (5, 10_000));
+        assert!(matches!(plugin.key, Key::ClientIp));
+        let plugin =
+            RateLimit::init(r#"{"requests": 5, "window": "1m", "key": {"header": "X-Api-Key"}}"#)
+                .unwrap();
+        assert!(matches!(&plugin.key, Key::Header(name) if name == "x-api-key"));
+        let plugin =
+            RateLimit::init(r#"{"requests": 5, "window": "1m", "key": "client-ip"}"#).unwrap();
+        assert!(matches!(plugin.key, Key::ClientIp));
+    }
+
+    #[test]
+    fn bad_config_is_keyed() {
+        let err = |json: &str| RateLimit::init(json).err().unwrap();
+        assert_eq!(err(r#"{"window": "1s"}"#), "missing field `requests`");
+        assert_eq!(
+            err(r#"{"requests": 0, "window": "1s"}"#),
+            "requests: must be at least 1"
+        );
+        assert_eq!(
+            err(r#"{"requests": 1, "window": "soon"}"#),
+            r#"window: expected a duration like "500ms", "60s", "1m" or "1h" (got "soon")"#
+        );
+        assert_eq!(
+            err(r#"{"requests": 1, "window": "0ms"}"#),
+            "window: must be longer than 0"
+        );
+        assert_eq!(
+            err(r#"{"requests": 1, "window": "1s", "key": "ip"}"#),
+            "key: unknown variant `ip`, expected `client-ip` or `header`"
+        );
+        assert_eq!(
+            err(r#"{"requests": 1, "window": "1s", "key": {"header": "a b"}}"#),
+            r#"key.header: invalid header name "a b""#
+        );
+        assert_eq!(
+            err(r#"{"requests": 1, "window": "1s", "per_ip": 3}"#),
+            "per_ip: unknown field `per_ip`, expected one of `requests`, `window`, `key`"
+        );
+    }
+}
