@@ -65,7 +65,7 @@ pub struct AccessRecord {
     /// Status sent.
     pub status: StatusCode,
     /// The endpoint that served it, if one did.
-    pub upstream: Option<String>,
+    pub upstream: Option<http::uri::Authority>,
 }
 
 /// A response body that counts bytes and writes the access log line when the
@@ -118,7 +118,7 @@ impl Drop for Logged {
             path = %r.uri,
             status = r.status.as_u16(),
             duration_ms = format_args!("{:.3}", r.start.elapsed().as_secs_f64() * 1000.0),
-            upstream = r.upstream.as_deref().unwrap_or("-"),
+            upstream = r.upstream.as_ref().map_or("-", |a| a.as_str()),
             bytes = self.bytes,
             complete,
         );

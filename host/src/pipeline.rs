@@ -119,7 +119,7 @@ impl Pipeline {
         let mut served_by = None;
         let (resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
-                served_by = Some(up.endpoints[i].address.to_string());
+                served_by = Some(up.endpoints[i].address.clone());
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy; without such filters the head moves as is.
                 let parts = if self.stages[..decision.reached].iter().any(|s| s.role == Role::Filter) {

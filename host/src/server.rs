@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -19,6 +19,9 @@ use crate::pipeline::Pipeline;
 /// The pipeline requests are served by; reload swaps it atomically, and
 /// requests already running keep the generation they started with.
 pub type Current = Arc<ArcSwap<Pipeline>>;
+
+/// How long a client may take to send a complete request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long open connections may take to finish after shutdown is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +66,10 @@ pub async fn serve(listeners: Vec<TcpListener>, current: Current, shutdown: impl
                     let pipeline = current.load_full();
                     async move { Ok::<_, Infallible>(pipeline.handle(req, client).await) }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // A client that never finishes its request head must not hold a connection forever.
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+                builder.http2().timer(TokioTimer::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
