@@ -81,11 +81,13 @@ impl Reloader {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if self.fingerprint() != seen {
+            let now = self.fingerprint();
+            if now != seen {
+                // Taken before reloading: a write that lands during the reload
+                // shows up as a change on the next tick instead of being lost.
+                seen = now;
                 tracing::info!(manifest = %self.path.display(), "change detected");
                 let _ = self.reload().await;
-                // Files named by the new manifest are now the ones to watch.
-                seen = self.fingerprint();
             }
         }
     }

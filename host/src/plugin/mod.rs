@@ -373,8 +373,10 @@ impl Stage {
                 return Ok(UpdateDeadline::Interrupt);
             }
             *left -= 1;
-            // Let other requests run on this worker, then continue.
-            Ok(UpdateDeadline::Yield(1))
+            // Let other requests run on this worker, then continue. tokio's
+            // yield_now (not a bare re-poll) lets the worker also poll its I/O
+            // driver, so a spinning plugin does not stall the sockets it shares.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         self.arm_deadline(&mut store);
         let config = &*self.shared.config_json;
