@@ -8,9 +8,12 @@
 mod support;
 
 mod balancing;
+mod capabilities;
 mod failures;
 mod forwarding;
 mod manifest_errors;
 mod policy_plugins;
 mod quickstart;
+mod reload;
 mod routing;
+mod sandbox;

@@ -11,10 +11,12 @@ pub mod body;
 
 mod backend;
 mod client;
+mod plugins;
 mod proxy;
 
 pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Reply};
+pub use plugins::test_plugin;
 pub use proxy::{Portier, check, check_file, endpoints, free_addr, plugin_path};
 
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::backend::RunningBackend;
-use super::client::Client;
+use super::client::{Client, Reply};
 
 /// The binary cargo built for this test run.
 pub const PORTIER: &str = env!("CARGO_BIN_EXE_portier");
@@ -106,17 +106,34 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// `server.listen` of a manifest (its first address when a list).
-fn listen_addr(manifest: &str) -> SocketAddr {
+/// `server.listen` of a manifest (its first address when a list), and
+/// `admin.listen` if it has one.
+fn listen_addrs(manifest: &str) -> (SocketAddr, Option<SocketAddr>) {
     let table: toml::Table = toml::from_str(manifest)
         .unwrap_or_else(|e| panic!("test manifest is not TOML: {e}\n{manifest}"));
+    let admin = table.get("admin").map(|admin| {
+        admin["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("test manifest needs admin.listen as ip:port"))
+    });
     let listen = &table["server"]["listen"];
     let first = listen
         .as_str()
         .or_else(|| listen.as_array().and_then(|a| a.first()?.as_str()));
-    first
+    let listen = first
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("test manifest needs server.listen as ip:port: {listen}"))
+        .unwrap_or_else(|| panic!("test manifest needs server.listen as ip:port: {listen}"));
+    (listen, admin)
+}
+
+/// Replace `path` with `contents` atomically (write a sibling, rename it
+/// over), so a watching proxy never reads a half-written file.
+fn replace_file(path: &Path, contents: &[u8]) {
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
 // === impl Portier ===
@@ -126,35 +143,100 @@ fn listen_addr(manifest: &str) -> SocketAddr {
 pub struct Portier {
     child: Child,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     dir: TempDir,
+}
+
+/// How to start a `portier run`: the manifest, files beside it, and extra
+/// arguments and environment variables. Build with [`Portier::launch`].
+#[must_use = "a Launch does nothing until `start`"]
+pub struct Launch {
+    manifest: String,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Write this file (path relative to the manifest's directory) before starting.
+    pub fn file(mut self, relative: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Self {
+        self.files
+            .push((relative.as_ref().to_owned(), contents.as_ref().to_owned()));
+        self
+    }
+
+    /// Add an argument after the manifest path (e.g. `--watch`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Set an environment variable for the process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Write the manifest (as `portier.toml`) and the files to a fresh
+    /// directory, run `portier run` on it, and wait until `server.listen`
+    /// (and `admin.listen`, if any) accept connections.
+    pub async fn start(self) -> Portier {
+        let (addr, admin) = listen_addrs(&self.manifest);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest_path = dir.path().join("portier.toml");
+        fs::write(&manifest_path, &self.manifest).expect("write manifest");
+        for (relative, contents) in &self.files {
+            let path = dir.path().join(relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("create the file's directory");
+            }
+            fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        let stdout = File::create(dir.path().join("stdout.log")).expect("stdout.log");
+        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
+        let child = portier_command()
+            .arg("run")
+            .arg(&manifest_path)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
+        let mut proxy = Portier {
+            child,
+            addr,
+            admin,
+            dir,
+        };
+        proxy.wait_until_listening().await;
+        proxy
+    }
 }
 
 impl Portier {
     /// Write `manifest` to a fresh directory, run `portier run` on it, and wait
     /// until `server.listen` accepts connections.
     pub async fn start(manifest: &str) -> Self {
-        Self::start_with_args(manifest, &[]).await
+        Self::launch(manifest).start().await
     }
 
     /// [`Portier::start`] with extra arguments after the manifest path.
     pub async fn start_with_args(manifest: &str, args: &[&str]) -> Self {
-        let addr = listen_addr(manifest);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let manifest_path = dir.path().join("portier.toml");
-        fs::write(&manifest_path, manifest).expect("write manifest");
-        let stdout = File::create(dir.path().join("stdout.log")).expect("stdout.log");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
-        let child = portier_command()
-            .arg("run")
-            .arg(&manifest_path)
-            .args(args)
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
-        let mut proxy = Self { child, addr, dir };
-        proxy.wait_until_listening().await;
-        proxy
+        args.iter()
+            .fold(Self::launch(manifest), |launch, arg| launch.arg(arg))
+            .start()
+            .await
+    }
+
+    /// A [`Launch`] for `manifest`, to add files, arguments or environment first.
+    pub fn launch(manifest: &str) -> Launch {
+        Launch {
+            manifest: manifest.to_owned(),
+            files: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     async fn wait_until_listening(&mut self) {
@@ -167,7 +249,11 @@ impl Portier {
                     self.logs()
                 );
             }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            let mut listening = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+            if let (true, Some(admin)) = (listening, self.admin) {
+                listening = tokio::net::TcpStream::connect(admin).await.is_ok();
+            }
+            if listening {
                 return;
             }
             if Instant::now() >= deadline {
@@ -189,6 +275,93 @@ impl Portier {
     /// A fresh keep-alive client for this proxy.
     pub fn client(&self) -> Client {
         Client::new(self.addr)
+    }
+
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory holding the manifest (`portier.toml`) and the logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The manifest the process was started on.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("portier.toml")
+    }
+
+    /// Replace the manifest on disk (atomically); nothing else happens until
+    /// a reload.
+    pub fn rewrite_manifest(&self, manifest: &str) {
+        replace_file(&self.manifest_path(), manifest.as_bytes());
+    }
+
+    /// Replace (or create) a file relative to the manifest's directory, atomically.
+    pub fn rewrite_file(&self, relative: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
+        replace_file(&self.dir.path().join(relative), contents.as_ref());
+    }
+
+    /// Send the process SIGHUP (asks it to reload).
+    pub fn sighup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -HUP {} failed: {status}",
+            self.pid()
+        );
+    }
+
+    /// Fail the test unless the process is still running.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("portier exited ({status})\n{}", self.logs());
+        }
+    }
+
+    /// A keep-alive client for the admin listener (`admin.listen`).
+    pub fn admin(&self) -> Client {
+        Client::new(self.admin.expect("the manifest has no [admin] listen"))
+    }
+
+    /// `GET /status` on the admin listener, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let reply = self.admin().get("/status").await;
+        assert_eq!(
+            reply.status,
+            http::StatusCode::OK,
+            "GET /status: {}",
+            reply.text()
+        );
+        serde_json::from_slice(&reply.body)
+            .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {}", reply.text()))
+    }
+
+    /// The pipeline generation `/status` reports.
+    pub async fn generation(&self) -> u64 {
+        let status = self.status().await;
+        status["generation"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("/status has no numeric generation: {status}"))
+    }
+
+    /// `POST /reload` on the admin listener.
+    pub async fn reload(&self) -> Reply {
+        let admin = self.admin();
+        let request = admin
+            .request(http::Method::POST, "/reload")
+            .body(super::body::empty())
+            .expect("request");
+        admin.send(request).await
+    }
+
+    /// How many log lines so far match `matches`.
+    pub fn count_log_lines(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.logs().lines().filter(|line| matches(line)).count()
     }
 
     /// Everything it wrote so far: stdout, then stderr.

@@ -25,6 +25,8 @@ enum Mode {
     Spin,
     Alloc,
     Panic,
+    // kebab-case alone would spell it `panic-every10th`.
+    #[serde(rename = "panic-every-10th")]
     PanicEvery10th,
 }
 

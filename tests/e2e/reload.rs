@@ -1,0 +1,483 @@
+//! Reload proves a running proxy takes a new pipeline without dropping a
+//! request: twenty reloads (admin `POST /reload` and SIGHUP, alternating)
+//! under concurrent keep-alive load lose nothing and every response comes
+//! from one generation or the other; a bad manifest is refused with its key
+//! while the old pipeline keeps serving; `--watch` picks up changes to the
+//! manifest, to a plugin file it names and to an included file on its own;
+//! and `include` brings shared upstreams in, with errors naming the
+//! included file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+
+use crate::support::{
+    Backend, Client, Portier, RunningBackend, body, check_file, free_addr, plugin_path,
+    test_plugin, wait_until,
+};
+
+/// How long `--watch` (polling every second) may take to notice a change.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGHUP-triggered reload may take to show in `/status`.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The load run during the reloads must end within this.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The listen addresses of one proxy: they stay the same across rewrites
+/// (they change only on restart).
+#[derive(Clone, Copy)]
+struct Addrs {
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Addrs {
+    fn new() -> Self {
+        Self {
+            listen: free_addr(),
+            admin: free_addr(),
+        }
+    }
+}
+
+/// Upstreams `a` and `b` over the two backends; the router sends everything
+/// to `to`.
+fn routed_to(addrs: Addrs, a: &RunningBackend, b: &RunningBackend, to: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "a"
+endpoints = ["{a}"]
+
+[[upstreams]]
+name = "b"
+endpoints = ["{b}"]
+
+[[pipeline]]
+plugin = "router"
+config = {{ default = "{to}" }}
+"#,
+        listen = addrs.listen,
+        admin = addrs.admin,
+        a = a.addr(),
+        b = b.addr(),
+    )
+}
+
+/// Which backend answered a GET of `path`; fails the test on anything but a
+/// backend's 200.
+async fn served_by(client: &Client, path: &str) -> String {
+    client.get(path).await.echo().backend
+}
+
+/// Poll `/status` until the generation is `generation` (bounded).
+async fn wait_for_generation(proxy: &Portier, generation: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = proxy.generation().await;
+        if now == generation {
+            return;
+        }
+        assert!(
+            now < generation,
+            "generation {now} is past the expected {generation}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still at generation {now} {timeout:?} later, expected {generation}\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GET `path` until `backend` answers it, within `timeout`; returns how long it took.
+async fn wait_until_served_by(
+    client: &Client,
+    path: &str,
+    backend: &str,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = served_by(client, path).await;
+        if now == backend {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{path} still served by {now} after {timeout:?}, expected {backend}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
+    const RELOADS: u64 = 20;
+    const LOADERS: usize = 4;
+    let a = Backend::new("a").start().await;
+    let b = Backend::new("b").start().await;
+    let addrs = Addrs::new();
+    let mut proxy = Portier::start(&routed_to(addrs, &a, &b, "a")).await;
+
+    // Keep-alive clients hammering the proxy until told to stop. Any failed
+    // request fails its task (the client panics on transport errors), and
+    // every answer is recorded by backend.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loaders = tokio::task::JoinSet::new();
+    for l in 0..LOADERS {
+        let client = proxy.client();
+        let stop = stop.clone();
+        loaders.spawn(async move {
+            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let reply = client.get(&format!("/load/{l}/{i}")).await;
+                assert_eq!(
+                    reply.status,
+                    StatusCode::OK,
+                    "load request {i} of client {l}: {}",
+                    reply.text()
+                );
+                *seen.entry(reply.echo().backend).or_default() += 1;
+                i += 1;
+            }
+            seen
+        });
+    }
+
+    // One keep-alive client reused across every reload: its connection was
+    // opened under generation 1 and must follow each swap.
+    let checker = proxy.client();
+    assert_eq!(served_by(&checker, "/check").await, "a");
+    for r in 0..RELOADS {
+        let generation = r + 2;
+        let to = if r % 2 == 0 { "b" } else { "a" };
+        proxy.rewrite_manifest(&routed_to(addrs, &a, &b, to));
+        if r % 2 == 0 {
+            let reply = proxy.reload().await;
+            assert_eq!(reply.status, StatusCode::OK, "reload {r}: {}", reply.text());
+            let answer: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+            assert_eq!(answer["generation"], generation, "reload {r}: {answer}");
+        } else {
+            proxy.sighup();
+            wait_for_generation(&proxy, generation, RELOAD_TIMEOUT).await;
+        }
+        assert_eq!(
+            served_by(&checker, &format!("/check/{r}")).await,
+            to,
+            "after reload {r} (generation {generation})"
+        );
+        // Let the load run a little on each generation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let seen = tokio::time::timeout(LOAD_TIMEOUT, async {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        while let Some(done) = loaders.join_next().await {
+            for (backend, n) in done.expect("a load client failed") {
+                *seen.entry(backend).or_default() += n;
+            }
+        }
+        seen
+    })
+    .await
+    .expect("load clients did not stop");
+
+    eprintln!("responses during {RELOADS} reloads, by backend: {seen:?}");
+    let keys: Vec<&str> = seen.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["a", "b"], "backends the load saw: {seen:?}");
+    let total: usize = seen.values().sum();
+    assert!(total >= 100, "too little load to prove anything: {seen:?}");
+    assert_eq!(a.requests() + b.requests(), total + RELOADS as usize + 1);
+    assert_eq!(proxy.generation().await, RELOADS + 1);
+    proxy.assert_alive();
+}
+
+#[tokio::test]
+async fn bad_manifest_on_reload_is_refused_and_the_old_pipeline_keeps_serving() {
+    let a = Backend::new("a").start().await;
+    let b = Backend::new("b").start().await;
+    let addrs = Addrs::new();
+    let mut proxy = Portier::start(&routed_to(addrs, &a, &b, "a")).await;
+    let client = proxy.client();
+
+    // Valid TOML, but the router's init refuses it: the whole pipeline is
+    // built before anything is swapped.
+    proxy.rewrite_manifest(&routed_to(addrs, &a, &b, "nowhere"));
+    let reply = proxy.reload().await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text()
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let error = answer["error"].as_str().unwrap_or_default();
+    let expected = format!(
+        "{}: pipeline[0].config.default: ",
+        proxy.manifest_path().display()
+    );
+    assert!(
+        error.starts_with(&expected),
+        "error {error:?} should start with {expected:?}"
+    );
+    assert_eq!(proxy.generation().await, 1);
+    assert_eq!(served_by(&client, "/after-422").await, "a");
+
+    // The same by signal: logged, nothing swapped, nothing dropped.
+    proxy.sighup();
+    // The admin reload logged the first rejection; wait for the second.
+    let rejections = |proxy: &Portier| {
+        proxy.count_log_lines(|l| {
+            l.contains("reload rejected") && l.contains("pipeline[0].config.default")
+        })
+    };
+    wait_until("the SIGHUP reload is rejected too", RELOAD_TIMEOUT, || {
+        rejections(&proxy) == 2
+    })
+    .await;
+    proxy.assert_alive();
+    assert_eq!(proxy.generation().await, 1);
+    assert_eq!(served_by(&client, "/after-sighup").await, "a");
+
+    // Fixed, it goes through: the failures did not use up a generation.
+    proxy.rewrite_manifest(&routed_to(addrs, &a, &b, "b"));
+    let reply = proxy.reload().await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(proxy.generation().await, 2);
+    assert_eq!(served_by(&client, "/fixed").await, "b");
+}
+
+#[tokio::test]
+async fn watch_reloads_when_the_manifest_changes() {
+    let a = Backend::new("a").start().await;
+    let b = Backend::new("b").start().await;
+    let addrs = Addrs::new();
+    let proxy = Portier::start_with_args(&routed_to(addrs, &a, &b, "a"), &["--watch"]).await;
+    let client = proxy.client();
+    assert_eq!(served_by(&client, "/").await, "a");
+
+    proxy.rewrite_manifest(&routed_to(addrs, &a, &b, "b"));
+
+    let took = wait_until_served_by(&client, "/", "b", WATCH_TIMEOUT).await;
+    eprintln!("--watch picked up the manifest change in {took:?}");
+    assert_eq!(proxy.generation().await, 2);
+}
+
+#[tokio::test]
+async fn watch_reloads_when_a_plugin_file_changes() {
+    let backend = Backend::new("app").start().await;
+    let manifest = format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{backend}"]
+
+[[pipeline]]
+plugin = "filter.wasm"
+role = "filter"
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+        backend = backend.addr(),
+    );
+    let headers = std::fs::read(plugin_path("headers")).expect("the built-in headers plugin");
+    let probe = std::fs::read(test_plugin("probe")).expect("the probe plugin");
+    let proxy = Portier::launch(&manifest)
+        .file("filter.wasm", headers)
+        .arg("--watch")
+        .start()
+        .await;
+    let client = proxy.client();
+    let probed = || {
+        client
+            .request(Method::GET, "/")
+            .header("x-probe", "env:NOPE")
+            .body(body::empty())
+            .expect("request")
+    };
+    // The headers filter lets the probe through to the backend.
+    client.send(probed()).await.echo();
+
+    proxy.rewrite_file("filter.wasm", probe);
+
+    // Now the probe plugin answers it itself.
+    let deadline = Instant::now() + WATCH_TIMEOUT;
+    loop {
+        let reply = client.send(probed()).await;
+        if reply.status == StatusCode::FORBIDDEN {
+            break;
+        }
+        reply.echo();
+        assert!(
+            Instant::now() < deadline,
+            "plugin file change not picked up in {WATCH_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.generation().await, 2);
+}
+
+/// A shared upstreams file: `a` and `b`.
+fn shared_upstreams(a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "a"
+endpoints = ["{a}"]
+
+[[upstreams]]
+name = "b"
+endpoints = ["{b}"]
+"#
+    )
+}
+
+/// A manifest that includes `shared/upstreams.toml`, adds upstream `local`,
+/// and routes `/b/` to `b`, `/local/` to `local`, the rest to `a`.
+fn including(local: SocketAddr) -> String {
+    format!(
+        r#"
+include = ["shared/upstreams.toml"]
+
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "local"
+endpoints = ["{local}"]
+
+[[pipeline]]
+plugin = "router"
+config = {{ default = "a", routes = [ {{ prefix = "/b/", upstream = "b" }}, {{ prefix = "/local/", upstream = "local" }} ] }}
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+    )
+}
+
+#[tokio::test]
+async fn included_upstreams_are_served_and_come_first() {
+    let a = Backend::new("a").start().await;
+    let b = Backend::new("b").start().await;
+    let local = Backend::new("local").start().await;
+    let proxy = Portier::launch(&including(local.addr()))
+        .file(
+            "shared/upstreams.toml",
+            shared_upstreams(a.addr(), b.addr()),
+        )
+        .start()
+        .await;
+    let client = proxy.client();
+
+    assert_eq!(served_by(&client, "/x").await, "a");
+    assert_eq!(served_by(&client, "/b/x").await, "b");
+    assert_eq!(served_by(&client, "/local/x").await, "local");
+    let status = proxy.status().await;
+    let names: Vec<&str> = status["upstreams"]
+        .as_array()
+        .expect("/status lists upstreams")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "local"], "{status}");
+}
+
+#[tokio::test]
+async fn watch_reloads_when_an_included_file_changes() {
+    let a = Backend::new("a").start().await;
+    let b = Backend::new("b").start().await;
+    let local = Backend::new("local").start().await;
+    let proxy = Portier::launch(&including(local.addr()))
+        .file(
+            "shared/upstreams.toml",
+            shared_upstreams(a.addr(), b.addr()),
+        )
+        .arg("--watch")
+        .start()
+        .await;
+    let client = proxy.client();
+    assert_eq!(served_by(&client, "/x").await, "a");
+
+    // Upstream `a` now points at backend b.
+    proxy.rewrite_file(
+        "shared/upstreams.toml",
+        shared_upstreams(b.addr(), a.addr()),
+    );
+
+    wait_until_served_by(&client, "/x", "b", WATCH_TIMEOUT).await;
+    assert_eq!(served_by(&client, "/b/x").await, "a");
+    assert_eq!(proxy.generation().await, 2);
+}
+
+/// Write `manifest` and `shared/upstreams.toml` to a fresh directory and
+/// `portier check` it; the rejection must be `INCLUDED_FILE: ...` and mention `what`.
+fn assert_include_error_names_the_included_file(included: &str, what: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("shared")).unwrap();
+    let shared = dir.path().join("shared/upstreams.toml");
+    std::fs::write(&shared, included).unwrap();
+    let manifest = dir.path().join("portier.toml");
+    std::fs::write(&manifest, including(free_addr())).unwrap();
+
+    let checked = check_file(&manifest);
+    assert!(!checked.status.success(), "accepted:\n{checked}");
+    let expected = format!("{}: ", shared.display());
+    let error = checked
+        .stderr
+        .lines()
+        .find(|l| l.contains(&expected))
+        .unwrap_or_else(|| {
+            panic!("stderr should name the included file with {expected:?}:\n{checked}\n--- included ---\n{included}")
+        });
+    assert!(error.contains(what), "{error:?} should mention {what:?}");
+}
+
+#[test]
+fn check_names_the_included_file_when_an_included_upstream_is_bad() {
+    assert_include_error_names_the_included_file(
+        r#"
+[[upstreams]]
+name = "a"
+endpoints = ["127.0.0.1:3001"]
+
+[[upstreams]]
+name = "b"
+endpoints = ["not an address"]
+"#,
+        "upstreams[1].endpoints[0]",
+    );
+}
+
+#[test]
+fn check_names_the_included_file_when_it_holds_more_than_upstreams() {
+    assert_include_error_names_the_included_file(
+        &format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:3000\"\n",
+            shared_upstreams(free_addr(), free_addr())
+        ),
+        "`server`",
+    );
+}

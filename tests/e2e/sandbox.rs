@@ -1,0 +1,542 @@
+//! Sandbox proves a broken plugin costs exactly the requests it breaks and
+//! nothing else. Under concurrent load, a filter that spins forever, grows
+//! memory without bound or panics gets its stage's failure policy for the
+//! requests it misbehaves on (fail-closed: exactly 503; fail-open: the stage
+//! is skipped and the backend answers) while every other request is served
+//! with bounded latency and the process stays up; failures are counted,
+//! logged with the stage name, and a stage failing too often is quarantined
+//! for `quarantine.duration` and then tried again.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+
+use crate::support::{Backend, Client, Portier, Reply, body, free_addr, test_plugin};
+
+/// The stage name the tests give the misbehaving filter; logs and `/status` must use it.
+const STAGE: &str = "troublemaker";
+
+/// The proxy's own answer for a fail-closed stage.
+const FAIL_CLOSED_BODY: &str = "503 Service Unavailable\n";
+
+/// Concurrent clients in a load run, each on its own keep-alive connection.
+const CLIENTS: usize = 6;
+/// Requests per client; every [`MISBEHAVE_EVERY`]th one asks the plugin to misbehave.
+const REQUESTS_PER_CLIENT: usize = 40;
+const MISBEHAVE_EVERY: usize = 4;
+/// The whole load run must end within this (every request is bounded too).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// p99 latency the well-behaved requests must stay under: generous, since CI
+/// is a 2-core box running the proxy, the backend and the clients at once.
+const P99_BOUND: Duration = Duration::from_secs(1);
+
+/// One upstream over `backend`, admin listener, and the `misbehave` filter
+/// named [`STAGE`] with `mode`, `on_error` and extra stage keys.
+fn manifest(backend: SocketAddr, mode: &str, on_error: &str, stage_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{backend}"]
+
+[[pipeline]]
+plugin = "{plugin}"
+name = "{STAGE}"
+role = "filter"
+on_error = "{on_error}"
+{stage_extra}
+config = {{ mode = "{mode}" }}
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+        plugin = test_plugin("misbehave").display(),
+    )
+}
+
+/// What one request of a load run got.
+struct Sent {
+    misbehaving: bool,
+    reply: Reply,
+    latency: Duration,
+}
+
+/// GET `/` through `client`, with `x-misbehave` when asked.
+async fn get(client: &Client, path: &str, misbehave: bool) -> Reply {
+    let mut request = client.request(Method::GET, path);
+    if misbehave {
+        request = request.header("x-misbehave", "1");
+    }
+    client
+        .send(request.body(body::empty()).expect("request"))
+        .await
+}
+
+/// [`CLIENTS`] concurrent clients send [`REQUESTS_PER_CLIENT`] requests each;
+/// every [`MISBEHAVE_EVERY`]th carries `x-misbehave`.
+async fn mixed_load(proxy: &Portier) -> Vec<Sent> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let client = proxy.client();
+        tasks.spawn(async move {
+            let mut sent = Vec::with_capacity(REQUESTS_PER_CLIENT);
+            for i in 0..REQUESTS_PER_CLIENT {
+                // Offset per client, so misbehaving requests overlap good ones.
+                let misbehaving = (i + c) % MISBEHAVE_EVERY == 0;
+                let started = Instant::now();
+                let reply = get(&client, &format!("/load/{c}/{i}"), misbehaving).await;
+                sent.push(Sent {
+                    misbehaving,
+                    reply,
+                    latency: started.elapsed(),
+                });
+            }
+            sent
+        });
+    }
+    tokio::time::timeout(LOAD_TIMEOUT, async {
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done.expect("a load client failed"));
+        }
+        all
+    })
+    .await
+    .unwrap_or_else(|_| panic!("load run did not finish within {LOAD_TIMEOUT:?}"))
+}
+
+/// The 99th percentile (nearest rank) of some latencies.
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    assert!(!latencies.is_empty(), "no latencies to rank");
+    latencies.sort();
+    let rank = (latencies.len() * 99).div_ceil(100);
+    latencies[rank - 1]
+}
+
+/// `failures` of the stage named [`STAGE`] in `/status`.
+async fn stage_status(proxy: &Portier) -> serde_json::Value {
+    let status = proxy.status().await;
+    status["stages"]
+        .as_array()
+        .and_then(|stages| stages.iter().find(|s| s["name"] == STAGE))
+        .cloned()
+        .unwrap_or_else(|| panic!("/status lists no stage {STAGE}: {status}"))
+}
+
+/// How the plugin misbehaves in one test, and how the log must tell.
+struct Misbehaviour {
+    /// `config.mode`.
+    mode: &'static str,
+    /// Extra stage keys.
+    stage_extra: &'static str,
+    /// Must appear in the log after the failures.
+    reason: &'static str,
+    /// Must not appear: the failures were not for some other reason.
+    not_reason: &'static str,
+}
+
+/// Loops until the call's budget of running time is spent.
+const SPIN: Misbehaviour = Misbehaviour {
+    mode: "spin",
+    stage_extra: "",
+    reason: "budget",
+    not_reason: "plugin trapped",
+};
+
+/// Grows memory until the default 16 MiB cap traps it. A generous time
+/// budget, so it is the memory cap that stops it and not the deadline (at
+/// the default 10 ms a cold instance may not reach 16 MiB in time).
+const ALLOC: Misbehaviour = Misbehaviour {
+    mode: "alloc",
+    stage_extra: r#"call_timeout = "1s""#,
+    reason: "plugin trapped",
+    not_reason: "budget",
+};
+
+/// Panics: a trap, logged with the guest's backtrace.
+const PANIC: Misbehaviour = Misbehaviour {
+    mode: "panic",
+    stage_extra: "",
+    reason: "wasm backtrace",
+    not_reason: "budget",
+};
+
+/// Run the mixed load against a misbehaviour under `on_error` (quarantine
+/// off, so every failure is counted and none spills onto good requests) and
+/// check everything the module docs promise.
+async fn only_misbehaving_requests_get_the_policy(how: Misbehaviour, on_error: &str) {
+    let Misbehaviour {
+        mode,
+        stage_extra,
+        reason,
+        not_reason,
+    } = how;
+    let backend = Backend::new("app").start().await;
+    let mut proxy = Portier::start(&manifest(
+        backend.addr(),
+        mode,
+        on_error,
+        &format!("quarantine = {{ failures = 0 }}\n{stage_extra}"),
+    ))
+    .await;
+
+    let sent = mixed_load(&proxy).await;
+
+    let (bad, good): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.misbehaving);
+    assert_eq!(sent.len(), CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(!bad.is_empty() && !good.is_empty());
+    for s in &good {
+        let echo = s.reply.echo();
+        assert_eq!(echo.backend, "app");
+        assert_eq!(echo.header("x-misbehave"), None);
+    }
+    for s in &bad {
+        match on_error {
+            "fail-closed" => {
+                assert_eq!(
+                    s.reply.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a misbehaving request under fail-closed: {:?}",
+                    s.reply
+                );
+                assert_eq!(s.reply.text(), FAIL_CLOSED_BODY);
+            }
+            "fail-open" => {
+                // The stage is skipped: the request reaches the backend as sent.
+                let echo = s.reply.echo();
+                assert_eq!(echo.backend, "app");
+                assert_eq!(echo.header("x-misbehave"), Some("1"));
+            }
+            other => unreachable!("policy {other}"),
+        }
+    }
+    let forwarded = if on_error == "fail-closed" {
+        good.len()
+    } else {
+        sent.len()
+    };
+    assert_eq!(
+        backend.requests(),
+        forwarded,
+        "requests that reached the backend ({} misbehaving, {} well-behaved)",
+        bad.len(),
+        good.len()
+    );
+
+    let p99 = p99(good.iter().map(|s| s.latency).collect());
+    assert!(
+        p99 < P99_BOUND,
+        "p99 of the {} well-behaved requests was {p99:?} while {} requests made the plugin {mode}",
+        good.len(),
+        bad.len()
+    );
+    eprintln!(
+        "{mode}/{on_error}: p99 of {} well-behaved requests: {p99:?}",
+        good.len()
+    );
+
+    proxy.assert_alive();
+    let stage = stage_status(&proxy).await;
+    assert_eq!(
+        stage["failures"],
+        bad.len(),
+        "/status counts one failure per misbehaving request: {stage}"
+    );
+    assert_eq!(stage["quarantined"], false, "{stage}");
+    let line = proxy
+        .wait_for_log_line("reporting the failed call", |l| {
+            l.contains("plugin call failed") && l.contains(STAGE)
+        })
+        .await;
+    assert!(line.contains("ERROR"), "not an ERROR line: {line}");
+    let logs = proxy.logs();
+    assert!(
+        logs.contains(reason) && !logs.contains(not_reason),
+        "the log after a plugin that {mode}s should say {reason:?}, never {not_reason:?}:\n{logs}"
+    );
+    // Still serving, after all that.
+    get(&proxy.client(), "/after", false).await.echo();
+    proxy.assert_alive();
+}
+
+#[tokio::test]
+async fn spinning_plugin_fails_closed_with_503_for_exactly_the_requests_it_spins_on() {
+    only_misbehaving_requests_get_the_policy(SPIN, "fail-closed").await;
+}
+
+#[tokio::test]
+async fn spinning_plugin_fails_open_so_the_backend_answers_the_requests_it_spins_on() {
+    only_misbehaving_requests_get_the_policy(SPIN, "fail-open").await;
+}
+
+#[tokio::test]
+async fn runaway_allocation_fails_closed_with_503_for_exactly_the_requests_that_allocate() {
+    only_misbehaving_requests_get_the_policy(ALLOC, "fail-closed").await;
+}
+
+#[tokio::test]
+async fn runaway_allocation_fails_open_so_the_backend_answers_the_requests_that_allocate() {
+    only_misbehaving_requests_get_the_policy(ALLOC, "fail-open").await;
+}
+
+#[tokio::test]
+async fn panicking_plugin_fails_closed_with_503_for_exactly_the_requests_it_panics_on() {
+    only_misbehaving_requests_get_the_policy(PANIC, "fail-closed").await;
+}
+
+#[tokio::test]
+async fn panicking_plugin_fails_open_so_the_backend_answers_the_requests_it_panics_on() {
+    only_misbehaving_requests_get_the_policy(PANIC, "fail-open").await;
+}
+
+#[tokio::test]
+async fn plugin_panicking_on_every_tenth_request_costs_exactly_every_tenth_request() {
+    const N: usize = 100;
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&manifest(
+        backend.addr(),
+        "panic-every-10th",
+        "fail-closed",
+        "quarantine = { failures = 0 }",
+    ))
+    .await;
+    let client = proxy.client();
+
+    let mut failed = Vec::new();
+    for i in 1..=N {
+        let reply = get(&client, &format!("/seq/{i}"), false).await;
+        match reply.status {
+            StatusCode::OK => assert_eq!(reply.echo().backend, "app"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.text(), FAIL_CLOSED_BODY);
+                failed.push(i);
+            }
+            other => panic!("request {i}: unexpected {other}: {}", reply.text()),
+        }
+    }
+
+    // The plugin counts calls across instances in kv, so the failures are
+    // the 10th, 20th, ... request: a fresh instance after each trap changes nothing.
+    let expected: Vec<usize> = (1..=N).filter(|i| i % 10 == 0).collect();
+    assert_eq!(failed, expected, "which of {N} sequential requests got 503");
+    assert_eq!(backend.requests(), N - N / 10);
+    assert_eq!(stage_status(&proxy).await["failures"], N / 10);
+}
+
+#[tokio::test]
+async fn stage_failing_too_often_is_quarantined_then_tried_again_after_the_duration() {
+    // Long enough for the checks made while quarantined to finish inside it
+    // on a busy 2-core box; short enough to wait out.
+    let duration = Duration::from_secs(2);
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&manifest(
+        backend.addr(),
+        "panic",
+        "fail-closed",
+        r#"quarantine = { failures = 3, window = "10s", duration = "2s" }"#,
+    ))
+    .await;
+    let client = proxy.client();
+    let failed_calls = |proxy: &Portier| {
+        proxy.count_log_lines(|l| l.contains("plugin call failed") && l.contains(STAGE))
+    };
+
+    // Three failures are tolerated: the stage is still called, and a
+    // well-behaved request still passes.
+    for i in 0..3 {
+        assert_eq!(
+            get(&client, &format!("/bad/{i}"), true).await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    get(&client, "/good/before", false).await.echo();
+    assert_eq!(stage_status(&proxy).await["quarantined"], false);
+
+    // The fourth is one too many within the window.
+    let fourth = Instant::now();
+    assert_eq!(
+        get(&client, "/bad/3", true).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Quarantined: a request the plugin would pass gets the policy anyway,
+    // so the plugin was not called; nor is it called for misbehaving ones
+    // (no new failure counted or logged).
+    let during = get(&client, "/good/during", false).await;
+    assert_eq!(
+        during.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        during.text()
+    );
+    assert_eq!(during.text(), FAIL_CLOSED_BODY);
+    assert_eq!(
+        get(&client, "/bad/during", true).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let stage = stage_status(&proxy).await;
+    assert_eq!(stage["quarantined"], true, "{stage}");
+    assert_eq!(
+        stage["failures"], 4,
+        "calls made during the quarantine: {stage}"
+    );
+    let line = proxy
+        .wait_for_log_line("announcing the quarantine", |l| {
+            l.contains("stage quarantined") && l.contains(STAGE)
+        })
+        .await;
+    assert!(line.contains("ERROR") || line.contains("WARN"), "{line}");
+    assert_eq!(failed_calls(&proxy), 4, "{}", proxy.logs());
+    assert!(
+        fourth.elapsed() < duration,
+        "the checks above outlasted the quarantine; they prove nothing"
+    );
+
+    // After the duration the stage is called again (bounded wait).
+    let deadline = fourth + duration + Duration::from_secs(5);
+    let recovered = loop {
+        let reply = get(&client, "/good/after", false).await;
+        if reply.status == StatusCode::OK {
+            break fourth.elapsed();
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still quarantined 5 s after the {duration:?} duration"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        recovered >= duration,
+        "quarantine ended after {recovered:?}, before its {duration:?}"
+    );
+    assert_eq!(stage_status(&proxy).await["quarantined"], false);
+    // The plugin is really back: it fails again when asked to.
+    assert_eq!(
+        get(&client, "/bad/after", true).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(failed_calls(&proxy), 5);
+}
+
+#[tokio::test]
+async fn quarantined_fail_open_stage_is_skipped_without_being_called() {
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&manifest(
+        backend.addr(),
+        "panic",
+        "fail-open",
+        r#"quarantine = { failures = 1, window = "10s", duration = "30s" }"#,
+    ))
+    .await;
+    let client = proxy.client();
+
+    for i in 0..2 {
+        get(&client, &format!("/bad/{i}"), true).await.echo();
+    }
+    let stage = stage_status(&proxy).await;
+    assert_eq!(stage["quarantined"], true, "{stage}");
+
+    // Misbehaving requests pass to the backend and are no longer failures:
+    // the stage is skipped, not called.
+    for i in 0..5 {
+        let echo = get(&client, &format!("/skipped/{i}"), true).await.echo();
+        assert_eq!(echo.header("x-misbehave"), Some("1"));
+    }
+    assert_eq!(stage_status(&proxy).await["failures"], 2);
+    assert_eq!(backend.requests(), 7);
+}
+
+#[tokio::test]
+async fn spinning_plugin_does_not_hold_the_only_worker() {
+    // One worker thread and a long budget: if a spinning call held its
+    // worker (or starved its I/O driver), every other request would wait for
+    // the whole budget, or for many ticks per socket event.
+    let budget = Duration::from_millis(500);
+    // Each request below needs a few socket events on that worker; a yield
+    // that lets the I/O driver run serves them within a tick or two (a
+    // handful of ms). A yield that only requeues the task leaves the driver
+    // unpolled for ~60 task polls (tokio's event_interval), i.e. ~60 ms per
+    // socket event: over 100 ms per request. The median keeps one request
+    // delayed by a busy CI box from deciding.
+    let median_bound = Duration::from_millis(50);
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(
+        &manifest(
+            backend.addr(),
+            "spin",
+            "fail-closed",
+            "quarantine = { failures = 0 }\ncall_timeout = \"500ms\"",
+        )
+        .replacen("[server]\n", "[server]\nworkers = 1\n", 1),
+    )
+    .await;
+    let client = proxy.client();
+    get(&client, "/warm", false).await.echo();
+
+    let spinner = {
+        let client = proxy.client();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = get(&client, "/spin", true).await;
+            (reply, started.elapsed())
+        })
+    };
+    // Let it start spinning.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut meanwhile = Vec::new();
+    while !spinner.is_finished() && meanwhile.len() < 100 {
+        let started = Instant::now();
+        get(&client, &format!("/meanwhile/{}", meanwhile.len()), false)
+            .await
+            .echo();
+        meanwhile.push(started.elapsed());
+    }
+    let (reply, spun) = spinner.await.expect("the spinning request");
+    let mut sorted = meanwhile.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let slowest = sorted.last().copied().unwrap_or_default();
+    eprintln!(
+        "spun {spun:?}; {} requests meanwhile, median {median:?}, slowest {slowest:?}",
+        meanwhile.len()
+    );
+
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    // The call ran its whole budget of running time, concurrently with the
+    // requests above.
+    assert!(
+        spun >= budget - Duration::from_millis(50),
+        "spun only {spun:?}"
+    );
+    assert!(
+        meanwhile.len() >= 3,
+        "too few requests while it spun: {meanwhile:?}"
+    );
+    assert!(
+        slowest < budget,
+        "a request waited {slowest:?} for a plugin spinning {spun:?} on the only worker"
+    );
+    assert!(
+        median < median_bound,
+        "requests took {median:?} (median; > {median_bound:?}) while a plugin spun for {spun:?} \
+         on the only worker: {meanwhile:?}"
+    );
+}

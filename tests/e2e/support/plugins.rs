@@ -1,0 +1,93 @@
+//! The test plugins (`tests/plugins/`, a separate wasm32-wasip2 workspace):
+//! plugins that exist to misbehave or to probe the sandbox. Built once per
+//! test process, on first use.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long building the test plugins may take (cold: the SDK and serde for wasm).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The repository root (the host crate's parent).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host crate lives in the repository root")
+}
+
+/// The built `.wasm` of a test plugin (`misbehave`, `probe`, `netprobe`),
+/// building the whole test-plugin workspace the first time it is asked for.
+pub fn test_plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_test_plugins);
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "no test plugin {name}: {} is missing after the build",
+        path.display()
+    );
+    path
+}
+
+/// `cargo build --release --target wasm32-wasip2` on `tests/plugins`; returns
+/// the directory the components land in. Panics with cargo's output on failure.
+fn build_test_plugins() -> PathBuf {
+    let plugins = root().join("tests/plugins");
+    let target_dir = plugins.join("target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(plugins.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir);
+    // The test build's flags and target are for the host, not for wasm.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        command.env_remove(var);
+    }
+    // Output goes to files, not pipes, so a chatty build cannot block on a
+    // full pipe while this thread waits for it.
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("cargo.log");
+    let file = std::fs::File::create(&log).expect("cargo.log");
+    let mut child = command
+        .stdout(file.try_clone().expect("cargo.log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("running cargo to build the test plugins: {e}"));
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "building the test plugins took longer than {BUILD_TIMEOUT:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "building the test plugins in {} failed ({status}):\n{}",
+        plugins.display(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    target_dir.join("wasm32-wasip2/release")
+}
