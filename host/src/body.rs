@@ -11,11 +11,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-/// Either a streamed upstream body or a body the proxy made itself.
+/// Either a body streamed through from a peer or one the proxy made itself.
+/// Used in both directions: responses to clients, requests to upstreams.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// Streamed from the upstream, never buffered.
-    Upstream(Incoming),
+    /// Streamed from the other side, never buffered.
+    Streamed(Incoming),
     /// Generated here (errors, plugin responses).
     Full(Full<Bytes>),
 }
@@ -33,19 +34,19 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Streamed(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
         }
     }

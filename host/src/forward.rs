@@ -9,17 +9,19 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::ProxyBody;
 use crate::error::Fault;
 use crate::upstream::{Upstream, Upstreams};
 
 /// Pooled HTTP clients, one per upstream (each with its connect deadline).
 pub struct Forwarder {
-    clients: HashMap<String, Client<HttpConnector, Incoming>>,
+    clients: HashMap<String, Client<HttpConnector, ProxyBody>>,
 }
 
 /// How long an idle upstream connection is kept for reuse.
@@ -60,11 +62,25 @@ impl Forwarder {
         let endpoint = &upstream.endpoints[index];
         let http_client = self.clients.get(&upstream.name).ok_or(Fault::PluginContract)?;
         prepare_request(&mut parts, &endpoint.address, client)?;
-        let req = Request::from_parts(parts, body);
+        // A pooled connection the upstream already closed fails a request
+        // after it was written. One with no body and a repeatable method is
+        // replayed once; a new connection also tells a dead endpoint (refused)
+        // from a keep-alive race.
+        let replay = (body.is_end_stream() && parts.method.is_idempotent()).then(|| clone_request_parts(&parts));
+        let req = Request::from_parts(parts, ProxyBody::Streamed(body));
 
         let _in_flight = endpoint.start_request();
         let sent = Instant::now();
-        let result = tokio::time::timeout(upstream.timeout, http_client.request(req)).await;
+        // One deadline for the response head, replay included.
+        let deadline = tokio::time::Instant::now() + upstream.timeout;
+        let mut result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
+        if let (Ok(Err(e)), Some(parts)) = (&result, replay) {
+            if !e.is_connect() {
+                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(e), "replaying on a new connection");
+                let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
+                result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
+            }
+        }
         match result {
             Err(_elapsed) => {
                 tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, "upstream timed out");
@@ -89,6 +105,16 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Request parts minus extensions (which are not `Clone`).
+pub fn clone_request_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

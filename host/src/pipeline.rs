@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, Logged, ProxyBody};
 use crate::error::Fault;
-use crate::forward::Forwarder;
+use crate::forward::{clone_request_parts, Forwarder};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role};
 use crate::plugin::heads::{RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
@@ -123,14 +123,14 @@ impl Pipeline {
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy; without such filters the head moves as is.
                 let parts = if self.stages[..decision.reached].iter().any(|s| s.role == Role::Filter) {
-                    clone_parts(&head.parts)
+                    clone_request_parts(&head.parts)
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
                 match self.forwarder.forward(&self.upstreams, &up, i, parts, body, client).await {
                     Ok(resp) => {
                         let (p, b) = resp.into_parts();
-                        (p, ProxyBody::Upstream(b))
+                        (p, ProxyBody::Streamed(b))
                     }
                     Err(fault) => error_response(fault),
                 }
@@ -248,16 +248,6 @@ impl Pipeline {
         }
         (resp, body)
     }
-}
-
-/// Request parts minus extensions (which are not `Clone`).
-fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = p.method.clone();
-    *req.uri_mut() = p.uri.clone();
-    *req.version_mut() = p.version;
-    *req.headers_mut() = p.headers.clone();
-    req.into_parts().0
 }
 
 /// The proxy's own error answer: fixed text, nothing about the backend.

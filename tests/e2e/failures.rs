@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 
+use crate::support::body;
 use crate::support::{Backend, Portier, assert_no_backend_leak, free_addr};
 
 /// One upstream over `endpoint` with extra upstream keys, then `pipeline`.
@@ -119,6 +120,30 @@ async fn backend_closing_without_a_response_is_502() {
         "the request never reached the backend"
     );
     assert_no_backend_leak(&reply, backend.addr());
+}
+
+#[tokio::test]
+async fn get_on_a_connection_the_backend_dropped_is_replayed_once() {
+    let backend = Backend::new("flaky").hang_up_first(1).start().await;
+    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+
+    let reply = proxy.client().get("/idempotent").await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(backend.requests(), 2, "one failed attempt, one replay");
+}
+
+#[tokio::test]
+async fn post_with_a_body_is_never_replayed() {
+    let backend = Backend::new("flaky").hang_up_first(1).start().await;
+    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+
+    let client = proxy.client();
+    let request = client.request(Method::POST, "/order").body(body::full("one order")).unwrap();
+    let reply = client.send(request).await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(backend.requests(), 1, "a POST must reach the backend at most once");
 }
 
 #[tokio::test]

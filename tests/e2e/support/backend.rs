@@ -59,6 +59,8 @@ enum Answer {
     Held,
     /// Close the connection without answering.
     HangUp,
+    /// Close the connection without answering the first N requests, then echo.
+    HangUpFirst(usize),
 }
 
 /// A backend serving on a real socket; stops (closing every connection) on
@@ -123,6 +125,13 @@ impl Backend {
     /// Read the request head, then close the connection without a response.
     pub fn hang_up(mut self) -> Self {
         self.answer = Answer::HangUp;
+        self
+    }
+
+    /// Hang up on the first `n` requests (like a keep-alive connection the
+    /// backend closed just as the proxy reused it), then echo as usual.
+    pub fn hang_up_first(mut self, n: usize) -> Self {
+        self.answer = Answer::HangUpFirst(n);
         self
     }
 
@@ -256,9 +265,14 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
 
 /// Answer one request as the backend's config says.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
+    let seen = state.requests.fetch_add(1, Ordering::SeqCst);
     let config = &state.config;
-    if let Answer::HangUp = config.answer {
+    let hang_up = match config.answer {
+        Answer::HangUp => true,
+        Answer::HangUpFirst(n) => seen < n,
+        _ => false,
+    };
+    if hang_up {
         // hyper closes the connection when the service fails, without a response.
         return Err(io::Error::other("hanging up, as configured"));
     }
@@ -289,7 +303,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         response = response.header(name, value);
     }
     let body = match config.answer {
-        Answer::Echo => {
+        Answer::Echo | Answer::HangUpFirst(_) => {
             let headers: Vec<(&str, String)> = parts
                 .headers
                 .iter()
