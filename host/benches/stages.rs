@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench -p portier --bench stages` after building the bench
 //! plugins (`bench/run` does both). Prints a Markdown table; with
-//! `--out FILE` writes it there too.
+//! `--out FILE` writes it there too; `--only TEXT` runs the cases whose name
+//! contains TEXT (for profiling one case).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,7 +68,12 @@ struct Row {
     p99: Duration,
 }
 
-async fn measure(runtime: &Runtime, case: &'static str, pipeline_toml: &str, responses: bool) -> Row {
+async fn measure(runtime: &Runtime, case: &'static str, pipeline_toml: &str, responses: bool) -> Option<Row> {
+    if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1)
+        && !case.contains(&only)
+    {
+        return None;
+    }
     let text = format!("[server]\nlisten = \"127.0.0.1:1\"\naccess_log = false\n{pipeline_toml}");
     let manifest = Manifest::parse(Path::new("bench.toml"), &text).unwrap_or_else(|e| panic!("{case}: {e}"));
     let pipeline = Pipeline::build(&manifest, runtime, 1).await.unwrap_or_else(|e| panic!("{case}: {e}"));
@@ -88,7 +94,7 @@ async fn measure(runtime: &Runtime, case: &'static str, pipeline_toml: &str, res
         h.parts.uri = "/api/users?id=7".parse().unwrap();
     }
     times.sort();
-    Row { case, median: times[times.len() / 2], p99: times[times.len() * 99 / 100] }
+    Some(Row { case, median: times[times.len() / 2], p99: times[times.len() * 99 / 100] })
 }
 
 fn main() {
@@ -114,7 +120,7 @@ fn main() {
         ]
     });
     let mut table = String::from("| case | median | p99 |\n|---|---:|---:|\n");
-    for r in &rows {
+    for r in rows.iter().flatten() {
         table += &format!("| {} | {:.2} µs | {:.2} µs |\n", r.case, micros(r.median), micros(r.p99));
     }
     print!("{table}");

@@ -93,10 +93,10 @@ impl Body for Logged {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(d) = frame.data_ref() {
-                this.bytes += d.len() as u64;
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(d) = frame.data_ref()
+        {
+            this.bytes += d.len() as u64;
         }
         poll
     }

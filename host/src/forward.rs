@@ -74,12 +74,12 @@ impl Forwarder {
         // One deadline for the response head, replay included.
         let deadline = tokio::time::Instant::now() + upstream.timeout;
         let mut result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
-        if let (Ok(Err(e)), Some(parts)) = (&result, replay) {
-            if !e.is_connect() {
-                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(e), "replaying on a new connection");
-                let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
-                result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
-            }
+        if let (Ok(Err(e)), Some(parts)) = (&result, replay)
+            && !e.is_connect()
+        {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(e), "replaying on a new connection");
+            let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
+            result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
         }
         match result {
             Err(_elapsed) => {

@@ -529,10 +529,10 @@ impl Validator<'_> {
             ));
         }
         let router = find(Role::Router).next();
-        if let (Some(r), Some(b)) = (router, find(Role::Balancer).next()) {
-            if b.index < r.index {
-                return Err(self.err(b.key(), format!("the balancer must come after the router ({})", r.key())));
-            }
+        if let (Some(r), Some(b)) = (router, find(Role::Balancer).next())
+            && b.index < r.index
+        {
+            return Err(self.err(b.key(), format!("the balancer must come after the router ({})", r.key())));
         }
         if upstreams.is_empty() {
             return Err(self.err("upstreams", "at least one upstream is required"));

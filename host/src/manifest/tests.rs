@@ -108,7 +108,7 @@ fn included_upstreams_come_first_and_their_errors_name_the_included_file() {
     let m = Manifest::parse(&file, text).unwrap();
     let names: Vec<_> = m.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["api", "web"]);
-    assert_eq!(m.includes, [shared.clone()]);
+    assert_eq!(m.includes, std::slice::from_ref(&shared));
 
     std::fs::write(&shared, "[[upstreams]]\nname = \"api\"\nendpoints = [\"nope\"]\n").unwrap();
     let e = Manifest::parse(&file, text).unwrap_err();
