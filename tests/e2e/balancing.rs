@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use crate::support::{
-    Backend, Client, Portier, RunningBackend, assert_no_backend_leak, endpoints, free_addr,
+    Backend, Client, Portier, RunningBackend, assert_no_backend_leak, endpoints, one_upstream,
 };
 
 /// Sequential GETs; the statuses in order.
@@ -21,23 +21,12 @@ async fn statuses(client: &Client, n: usize) -> Vec<StatusCode> {
     statuses
 }
 
-/// A manifest with one upstream `pool` over `endpoints_toml`, extra upstream
-/// keys, and `pipeline` appended.
-fn manifest(endpoints_toml: &str, upstream_extra: &str, pipeline: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "pool"
-endpoints = {endpoints_toml}
-{upstream_extra}
-
-{pipeline}
-"#,
-        listen = free_addr(),
-    )
+/// Assert every one of `statuses` is 200 OK.
+fn assert_all_ok(statuses: &[StatusCode]) {
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
 }
 
 const ROUND_ROBIN: &str = r#"
@@ -62,11 +51,11 @@ fn counts(backends: &[RunningBackend]) -> Vec<usize> {
 async fn round_robin_gives_each_of_three_exactly_100_of_300() {
     let backends = three_backends().await;
     let [a, b, c] = &backends;
-    let proxy = Portier::start(&manifest(&endpoints(&[a, b, c]), "", ROUND_ROBIN)).await;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[a, b, c]), "", ROUND_ROBIN)).await;
 
     let got = statuses(&proxy.client(), 300).await;
 
-    assert!(got.iter().all(|s| *s == StatusCode::OK), "{got:?}");
+    assert_all_ok(&got);
     assert_eq!(counts(&backends), [100, 100, 100]);
 }
 
@@ -87,11 +76,11 @@ async fn weighted_round_robin_3_to_1_gives_300_and_100_of_400() {
 plugin = "balancer"
 config = { algorithm = "weighted-round-robin" }
 "#;
-    let proxy = Portier::start(&manifest(&endpoints, "", pipeline)).await;
+    let proxy = Portier::start(&one_upstream(&endpoints, "", pipeline)).await;
 
     let got = statuses(&proxy.client(), 400).await;
 
-    assert!(got.iter().all(|s| *s == StatusCode::OK), "{got:?}");
+    assert_all_ok(&got);
     assert_eq!(counts(&backends), [300, 100]);
 }
 
@@ -99,11 +88,11 @@ config = { algorithm = "weighted-round-robin" }
 async fn host_round_robins_when_there_is_no_balancer_stage() {
     let backends = three_backends().await;
     let [a, b, c] = &backends;
-    let proxy = Portier::start(&manifest(&endpoints(&[a, b, c]), "", "")).await;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[a, b, c]), "", "")).await;
 
     let got = statuses(&proxy.client(), 30).await;
 
-    assert!(got.iter().all(|s| *s == StatusCode::OK), "{got:?}");
+    assert_all_ok(&got);
     assert_eq!(counts(&backends), [10, 10, 10]);
 }
 
@@ -113,7 +102,7 @@ async fn killed_backend_costs_at_most_one_502_then_the_others_serve() {
     let [a, b, c] = &backends;
     // A long cooldown: the dead endpoint must not be retried during the test
     // however slowly it runs, or each retry would cost another 502.
-    let proxy = Portier::start(&manifest(
+    let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
         r#"refused_cooldown = "60s""#,
         ROUND_ROBIN,
@@ -123,7 +112,7 @@ async fn killed_backend_costs_at_most_one_502_then_the_others_serve() {
 
     // Every backend serves, and the proxy now pools a keep-alive connection to each.
     let warm = statuses(&client, 30).await;
-    assert!(warm.iter().all(|s| *s == StatusCode::OK), "{warm:?}");
+    assert_all_ok(&warm);
     let (a_before, c_before) = (a.requests(), c.requests());
 
     // Kills the listener and the pooled connection: the proxy's next attempt is refused.
@@ -152,7 +141,7 @@ async fn killed_backend_costs_at_most_one_502_then_the_others_serve() {
 async fn all_backends_killed_gives_503_after_at_most_one_502_each() {
     let backends = three_backends().await;
     let [a, b, c] = &backends;
-    let proxy = Portier::start(&manifest(
+    let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
         r#"refused_cooldown = "60s""#,
         ROUND_ROBIN,
@@ -160,7 +149,7 @@ async fn all_backends_killed_gives_503_after_at_most_one_502_each() {
     .await;
     let client = proxy.client();
     let warm = statuses(&client, 3).await;
-    assert!(warm.iter().all(|s| *s == StatusCode::OK), "{warm:?}");
+    assert_all_ok(&warm);
 
     for backend in &backends {
         backend.stop().await;
@@ -205,7 +194,7 @@ async fn refused_endpoint_returns_to_rotation_after_cooldown() {
     let cooldown = Duration::from_millis(1000);
     let backends = three_backends().await;
     let [a, b, c] = &backends;
-    let proxy = Portier::start(&manifest(
+    let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
         r#"refused_cooldown = "1s""#,
         ROUND_ROBIN,

@@ -8,9 +8,9 @@
 
 use std::fs;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
-use crate::support::{Client, Portier, Reply, body, check, free_addr, test_plugin};
+use crate::support::{Client, Portier, Reply, check, one_upstream, test_plugin};
 
 /// A variable set on the proxy process; no plugin may see it without a grant.
 const SECRET_VAR: &str = "PORTIER_SECRET";
@@ -22,23 +22,16 @@ const RULES: &str = "allow 10.0.0.0/8\n";
 /// A manifest whose only stage is the `probe` filter with `stage_extra`
 /// keys (grants); requests it lets through would go to a dead upstream.
 fn manifest(stage_extra: &str) -> String {
-    format!(
+    let pipeline = format!(
         r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:1"]
-
 [[pipeline]]
 plugin = "{plugin}"
 role = "filter"
 {stage_extra}
 "#,
-        listen = free_addr(),
         plugin = test_plugin("probe").display(),
-    )
+    );
+    one_upstream(r#"["127.0.0.1:1"]"#, "", &pipeline)
 }
 
 /// Start the proxy with `SECRET_VAR` set and `rules-dir/allow.txt` next to
@@ -53,12 +46,7 @@ async fn start(stage_extra: &str) -> Portier {
 
 /// Ask the probe plugin to try something (`file:PATH`, `env:NAME`, `write:PATH`).
 async fn probe(client: &Client, what: &str) -> Reply {
-    let request = client
-        .request(Method::GET, "/")
-        .header("x-probe", what)
-        .body(body::empty())
-        .expect("request");
-    client.send(request).await
+    client.get_with("/", &[("x-probe", what)]).await
 }
 
 /// Assert the plugin was denied (403 with the error it got).

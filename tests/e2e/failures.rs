@@ -3,35 +3,32 @@
 //! refused or dropped, then 503 while the refused endpoint cools down — and
 //! that no error reply names the backend it failed to reach.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
 use crate::support::body;
-use crate::support::{Backend, Portier, assert_no_backend_leak, free_addr};
-
-/// One upstream over `endpoint` with extra upstream keys, then `pipeline`.
-fn manifest(endpoint: std::net::SocketAddr, upstream_extra: &str, pipeline: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{endpoint}"]
-{upstream_extra}
-
-{pipeline}
-"#,
-        listen = free_addr(),
-    )
-}
+use crate::support::{
+    Backend, Portier, Reply, assert_no_backend_leak, endpoint, endpoints, free_addr, one_upstream,
+};
 
 const BALANCER: &str = r#"
 [[pipeline]]
 plugin = "balancer"
 "#;
+
+/// Assert `reply` is a 503 that does not name `backend`.
+#[track_caller]
+fn assert_503_naming_no_backend(reply: &Reply, backend: SocketAddr) {
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert_no_backend_leak(reply, backend);
+}
 
 #[tokio::test]
 async fn slow_backend_gets_504_once_the_upstream_timeout_passes() {
@@ -41,7 +38,12 @@ async fn slow_backend_gets_504_once_the_upstream_timeout_passes() {
         .delay(Duration::from_secs(10))
         .start()
         .await;
-    let proxy = Portier::start(&manifest(backend.addr(), r#"timeout = "300ms""#, "")).await;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[&backend]),
+        r#"timeout = "300ms""#,
+        "",
+    ))
+    .await;
 
     let started = Instant::now();
     let reply = proxy.client().get("/slow").await;
@@ -69,7 +71,7 @@ async fn slow_backend_gets_504_once_the_upstream_timeout_passes() {
 async fn refused_connection_is_502_then_503_while_cooling_down() {
     // Nothing listens here: every connect is refused.
     let nowhere = free_addr();
-    let proxy = Portier::start(&manifest(nowhere, "", "")).await;
+    let proxy = Portier::start(&one_upstream(&endpoint(nowhere), "", "")).await;
     let client = proxy.client();
 
     let first = client.get("/").await;
@@ -79,38 +81,24 @@ async fn refused_connection_is_502_then_503_while_cooling_down() {
     // The only endpoint is now unhealthy for refused_cooldown (default 5s):
     // no usable endpoint, and the proxy does not even try.
     for _ in 0..3 {
-        let next = client.get("/").await;
-        assert_eq!(
-            next.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            next.text()
-        );
-        assert_no_backend_leak(&next, nowhere);
+        assert_503_naming_no_backend(&client.get("/").await, nowhere);
     }
 }
 
 #[tokio::test]
 async fn balancer_stage_sees_the_refused_endpoint_unhealthy_and_503s() {
     let nowhere = free_addr();
-    let proxy = Portier::start(&manifest(nowhere, "", BALANCER)).await;
+    let proxy = Portier::start(&one_upstream(&endpoint(nowhere), "", BALANCER)).await;
     let client = proxy.client();
 
     assert_eq!(client.get("/").await.status, StatusCode::BAD_GATEWAY);
-    let next = client.get("/").await;
-    assert_eq!(
-        next.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        next.text()
-    );
-    assert_no_backend_leak(&next, nowhere);
+    assert_503_naming_no_backend(&client.get("/").await, nowhere);
 }
 
 #[tokio::test]
 async fn backend_closing_without_a_response_is_502() {
     let backend = Backend::new("rude").hang_up().start().await;
-    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[&backend]), "", "")).await;
 
     let reply = proxy.client().get("/").await;
 
@@ -125,7 +113,7 @@ async fn backend_closing_without_a_response_is_502() {
 #[tokio::test]
 async fn get_on_a_connection_the_backend_dropped_is_replayed_once() {
     let backend = Backend::new("flaky").hang_up_first(1).start().await;
-    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[&backend]), "", "")).await;
 
     let reply = proxy.client().get("/idempotent").await;
 
@@ -136,14 +124,21 @@ async fn get_on_a_connection_the_backend_dropped_is_replayed_once() {
 #[tokio::test]
 async fn post_with_a_body_is_never_replayed() {
     let backend = Backend::new("flaky").hang_up_first(1).start().await;
-    let proxy = Portier::start(&manifest(backend.addr(), "", "")).await;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[&backend]), "", "")).await;
 
     let client = proxy.client();
-    let request = client.request(Method::POST, "/order").body(body::full("one order")).unwrap();
+    let request = client
+        .request(Method::POST, "/order")
+        .body(body::full("one order"))
+        .unwrap();
     let reply = client.send(request).await;
 
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
-    assert_eq!(backend.requests(), 1, "a POST must reach the backend at most once");
+    assert_eq!(
+        backend.requests(),
+        1,
+        "a POST must reach the backend at most once"
+    );
 }
 
 #[tokio::test]

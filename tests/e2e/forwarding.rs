@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 
 use crate::support::body::{self, pattern_sha256, sha256};
 use crate::support::{
-    Backend, HELD_FIRST, HELD_REST, Portier, RunningBackend, free_addr, wait_until,
+    Backend, HELD_FIRST, HELD_REST, Portier, RunningBackend, endpoints, one_upstream, wait_until,
 };
 
 const TEN_MIB: u64 = 10 * 1024 * 1024;
@@ -22,18 +22,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(5);
 
 /// One upstream, no router, no balancer: every request goes to `backend`.
 fn single_upstream(backend: &RunningBackend) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{backend}"]
-"#,
-        listen = free_addr(),
-        backend = backend.addr(),
-    )
+    one_upstream(&endpoints(&[backend]), "", "")
 }
 
 async fn proxy_to(backend: &RunningBackend) -> Portier {
@@ -217,14 +206,13 @@ async fn repeated_request_headers_arrive_in_order() {
     let proxy = proxy_to(&backend).await;
     let client = proxy.client();
 
-    let request = client
-        .request(Method::GET, "/")
-        .header("x-multi", "one")
-        .header("x-multi", "two")
-        .header("x-multi", "three")
-        .body(body::empty())
-        .unwrap();
-    let echo = client.send(request).await.echo();
+    let echo = client
+        .get_with(
+            "/",
+            &[("x-multi", "one"), ("x-multi", "two"), ("x-multi", "three")],
+        )
+        .await
+        .echo();
 
     assert_eq!(echo.header_all("x-multi"), ["one", "two", "three"]);
 }
@@ -254,14 +242,17 @@ async fn forwarded_headers_and_via_are_appended_and_host_kept() {
     let proxy = proxy_to(&backend).await;
     let client = proxy.client();
 
-    let request = client
-        .request(Method::GET, "/who")
-        .header("host", "shop.example")
-        .header("x-forwarded-for", "1.2.3.4")
-        .header("via", "1.0 edge")
-        .body(body::empty())
-        .unwrap();
-    let echo = client.send(request).await.echo();
+    let echo = client
+        .get_with(
+            "/who",
+            &[
+                ("host", "shop.example"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("via", "1.0 edge"),
+            ],
+        )
+        .await
+        .echo();
 
     // The backend must see the name the client asked for, not its own address.
     assert_eq!(echo.header_all("host"), ["shop.example"]);
@@ -302,14 +293,17 @@ async fn forwarded_proto_and_host_replace_what_the_client_claimed() {
 
     // A client must not be able to tell the backend it came over TLS or via
     // another host: the proxy sets these, it does not append to them.
-    let request = client
-        .request(Method::GET, "/who")
-        .header("host", "shop.example")
-        .header("x-forwarded-proto", "https")
-        .header("x-forwarded-host", "admin.internal")
-        .body(body::empty())
-        .unwrap();
-    let echo = client.send(request).await.echo();
+    let echo = client
+        .get_with(
+            "/who",
+            &[
+                ("host", "shop.example"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "admin.internal"),
+            ],
+        )
+        .await
+        .echo();
 
     assert_eq!(echo.header_all("x-forwarded-proto"), ["http"]);
     assert_eq!(echo.header_all("x-forwarded-host"), ["shop.example"]);
@@ -321,17 +315,20 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
     let proxy = proxy_to(&backend).await;
     let client = proxy.client();
 
-    let request = client
-        .request(Method::GET, "/")
-        // Connection names x-secret as hop-by-hop for this connection only.
-        .header("connection", "x-secret")
-        .header("x-secret", "1")
-        .header("proxy-connection", "keep-alive")
-        .header("keep-alive", "timeout=5")
-        .header("x-visible", "1")
-        .body(body::empty())
-        .unwrap();
-    let echo = client.send(request).await.echo();
+    let echo = client
+        .get_with(
+            "/",
+            &[
+                // Connection names x-secret as hop-by-hop for this connection only.
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("proxy-connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+                ("x-visible", "1"),
+            ],
+        )
+        .await
+        .echo();
 
     for name in ["x-secret", "proxy-connection", "keep-alive"] {
         assert!(

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::support::{check, check_file, free_addr, plugin_path};
+use crate::support::{check, check_file, free_addr, one_upstream, plugin_path};
 
 /// A valid manifest: two upstreams and every built-in stage.
 fn valid() -> String {
@@ -39,21 +39,9 @@ config = {{ algorithm = "weighted-round-robin" }}
     )
 }
 
-/// A one-upstream manifest with `stages` as its pipeline.
+/// A one-upstream manifest (upstream `app`) with `stages` as its pipeline.
 fn with_pipeline(stages: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "api"
-endpoints = ["127.0.0.1:3001"]
-
-{stages}
-"#,
-        listen = free_addr()
-    )
+    one_upstream(r#"["127.0.0.1:3001"]"#, "", stages)
 }
 
 #[test]
@@ -256,12 +244,12 @@ fn rejects_a_second_router() {
         r#"
 [[pipeline]]
 plugin = "router"
-config = { default = "api" }
+config = { default = "app" }
 
 [[pipeline]]
 plugin = "router"
 name = "router-2"
-config = { default = "api" }
+config = { default = "app" }
 "#,
     ))
     .assert_rejected_under("pipeline[1]");
@@ -276,7 +264,7 @@ plugin = "balancer"
 
 [[pipeline]]
 plugin = "router"
-config = { default = "api" }
+config = { default = "app" }
 "#,
     ));
     // Either stage can be blamed; the key must still point into the pipeline.

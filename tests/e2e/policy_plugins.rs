@@ -5,39 +5,14 @@
 //! and instances, then 429 with `retry-after`; and clients told apart by a
 //! header have budgets of their own.
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::task::JoinSet;
 
-use crate::support::body;
-use crate::support::{Backend, Client, Portier, Reply, RunningBackend, free_addr};
+use crate::support::{Backend, Portier, Reply, RunningBackend, endpoints, one_upstream};
 
 /// One upstream (`backend`), and `stages` as the pipeline.
 async fn proxy_with(backend: &RunningBackend, stages: &str) -> Portier {
-    let manifest = format!(
-        r#"
-[server]
-listen = "{listen}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{backend}"]
-
-{stages}
-"#,
-        listen = free_addr(),
-        backend = backend.addr(),
-    );
-    Portier::start(&manifest).await
-}
-
-/// GET `path` with `header` set to `value`.
-async fn get_with(client: &Client, path: &str, header: &str, value: &str) -> Reply {
-    let request = client
-        .request(Method::GET, path)
-        .header(header, value)
-        .body(body::empty())
-        .expect("request");
-    client.send(request).await
+    Portier::start(&one_upstream(&endpoints(&[backend]), "", stages)).await
 }
 
 const API_KEY: &str = r#"
@@ -53,8 +28,10 @@ async fn api_key_answers_401_without_a_valid_key() {
     let client = proxy.client();
 
     let missing = client.get("/things").await;
-    let wrong = get_with(&client, "/things", "x-api-key", "k-alph").await;
-    let other_header = get_with(&client, "/things", "authorization", "k-alpha").await;
+    let wrong = client.get_with("/things", &[("x-api-key", "k-alph")]).await;
+    let other_header = client
+        .get_with("/things", &[("authorization", "k-alpha")])
+        .await;
 
     for reply in [&missing, &wrong, &other_header] {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
@@ -82,7 +59,10 @@ async fn api_key_forwards_a_valid_key_without_the_key() {
     let client = proxy.client();
 
     for key in ["k-alpha", "k-beta"] {
-        let echo = get_with(&client, "/things", "X-Api-Key", key).await.echo();
+        let echo = client
+            .get_with("/things", &[("X-Api-Key", key)])
+            .await
+            .echo();
         assert_eq!(echo.path, "/things");
         assert_eq!(
             echo.header("x-api-key"),
@@ -101,7 +81,7 @@ async fn burst(proxy: &Portier, n: usize, header: Option<(&str, &str)>) -> Vec<R
         let header = header.map(|(h, v)| (h.to_owned(), v.to_owned()));
         requests.spawn(async move {
             match header {
-                Some((name, value)) => get_with(&client, "/", &name, &value).await,
+                Some((name, value)) => client.get_with("/", &[(&name, &value)]).await,
                 None => client.get("/").await,
             }
         });

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::support::{
-    Backend, Client, Portier, RunningBackend, body, check_file, free_addr, plugin_path,
-    test_plugin, wait_until,
+    Backend, Client, Launch, Portier, RunningBackend, check_file, endpoints, free_addr,
+    one_upstream_with_admin, plugin_path, test_plugin, wait_until,
 };
 
 /// How long `--watch` (polling every second) may take to notice a change.
@@ -54,23 +54,14 @@ listen = "{listen}"
 
 [admin]
 listen = "{admin}"
-
-[[upstreams]]
-name = "a"
-endpoints = ["{a}"]
-
-[[upstreams]]
-name = "b"
-endpoints = ["{b}"]
-
+{upstreams}
 [[pipeline]]
 plugin = "router"
 config = {{ default = "{to}" }}
 "#,
         listen = addrs.listen,
         admin = addrs.admin,
-        a = a.addr(),
-        b = b.addr(),
+        upstreams = shared_upstreams(a.addr(), b.addr()),
     )
 }
 
@@ -184,17 +175,13 @@ async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
     }
 
     stop.store(true, Ordering::Relaxed);
-    let seen = tokio::time::timeout(LOAD_TIMEOUT, async {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        while let Some(done) = loaders.join_next().await {
-            for (backend, n) in done.expect("a load client failed") {
-                *seen.entry(backend).or_default() += n;
-            }
-        }
-        seen
-    })
-    .await
-    .expect("load clients did not stop");
+    let per_client = tokio::time::timeout(LOAD_TIMEOUT, loaders.join_all())
+        .await
+        .expect("load clients did not stop");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (backend, n) in per_client.into_iter().flatten() {
+        *seen.entry(backend).or_default() += n;
+    }
 
     eprintln!("responses during {RELOADS} reloads, by backend: {seen:?}");
     let keys: Vec<&str> = seen.keys().map(String::as_str).collect();
@@ -280,25 +267,14 @@ async fn watch_reloads_when_the_manifest_changes() {
 #[tokio::test]
 async fn watch_reloads_when_a_plugin_file_changes() {
     let backend = Backend::new("app").start().await;
-    let manifest = format!(
+    let manifest = one_upstream_with_admin(
+        &endpoints(&[&backend]),
+        "",
         r#"
-[server]
-listen = "{listen}"
-
-[admin]
-listen = "{admin}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{backend}"]
-
 [[pipeline]]
 plugin = "filter.wasm"
 role = "filter"
 "#,
-        listen = free_addr(),
-        admin = free_addr(),
-        backend = backend.addr(),
     );
     let headers = std::fs::read(plugin_path("headers")).expect("the built-in headers plugin");
     let probe = std::fs::read(test_plugin("probe")).expect("the probe plugin");
@@ -308,22 +284,16 @@ role = "filter"
         .start()
         .await;
     let client = proxy.client();
-    let probed = || {
-        client
-            .request(Method::GET, "/")
-            .header("x-probe", "env:NOPE")
-            .body(body::empty())
-            .expect("request")
-    };
+    let probed = || client.get_with("/", &[("x-probe", "env:NOPE")]);
     // The headers filter lets the probe through to the backend.
-    client.send(probed()).await.echo();
+    probed().await.echo();
 
     proxy.rewrite_file("filter.wasm", probe);
 
     // Now the probe plugin answers it itself.
     let deadline = Instant::now() + WATCH_TIMEOUT;
     loop {
-        let reply = client.send(probed()).await;
+        let reply = probed().await;
         if reply.status == StatusCode::FORBIDDEN {
             break;
         }
@@ -337,7 +307,7 @@ role = "filter"
     assert_eq!(proxy.generation().await, 2);
 }
 
-/// A shared upstreams file: `a` and `b`.
+/// A shared upstreams file: `a` and `b` (also the upstreams of [`routed_to`]).
 fn shared_upstreams(a: SocketAddr, b: SocketAddr) -> String {
     format!(
         r#"
@@ -378,18 +348,21 @@ config = {{ default = "a", routes = [ {{ prefix = "/b/", upstream = "b" }}, {{ p
     )
 }
 
+/// [`including`] over `local`, with `shared/upstreams.toml` naming `a` and
+/// `b` written beside it.
+fn launch_including(a: &RunningBackend, b: &RunningBackend, local: &RunningBackend) -> Launch {
+    Portier::launch(&including(local.addr())).file(
+        "shared/upstreams.toml",
+        shared_upstreams(a.addr(), b.addr()),
+    )
+}
+
 #[tokio::test]
 async fn included_upstreams_are_served_and_come_first() {
     let a = Backend::new("a").start().await;
     let b = Backend::new("b").start().await;
     let local = Backend::new("local").start().await;
-    let proxy = Portier::launch(&including(local.addr()))
-        .file(
-            "shared/upstreams.toml",
-            shared_upstreams(a.addr(), b.addr()),
-        )
-        .start()
-        .await;
+    let proxy = launch_including(&a, &b, &local).start().await;
     let client = proxy.client();
 
     assert_eq!(served_by(&client, "/x").await, "a");
@@ -410,11 +383,7 @@ async fn watch_reloads_when_an_included_file_changes() {
     let a = Backend::new("a").start().await;
     let b = Backend::new("b").start().await;
     let local = Backend::new("local").start().await;
-    let proxy = Portier::launch(&including(local.addr()))
-        .file(
-            "shared/upstreams.toml",
-            shared_upstreams(a.addr(), b.addr()),
-        )
+    let proxy = launch_including(&a, &b, &local)
         .arg("--watch")
         .start()
         .await;

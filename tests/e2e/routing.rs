@@ -212,12 +212,7 @@ upstream = "a"
         ("www.example.com", "c"),
         ("api.example.com.evil", "c"),
     ] {
-        let request = client
-            .request(Method::GET, "/any")
-            .header("host", host)
-            .body(body::empty())
-            .unwrap();
-        let echo = client.send(request).await.echo();
+        let echo = client.get_with("/any", &[("host", host)]).await.echo();
         assert_eq!(echo.backend, expected, "Host: {host}");
         // Routing by host does not rewrite it.
         assert_eq!(echo.header("host"), Some(host));

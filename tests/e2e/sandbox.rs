@@ -10,9 +10,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
-use crate::support::{Backend, Client, Portier, Reply, body, free_addr, test_plugin};
+use crate::support::{
+    Backend, Client, Portier, Reply, endpoint, one_upstream_with_admin, test_plugin,
+};
 
 /// The stage name the tests give the misbehaving filter; logs and `/status` must use it.
 const STAGE: &str = "troublemaker";
@@ -34,18 +36,8 @@ const P99_BOUND: Duration = Duration::from_secs(1);
 /// One upstream over `backend`, admin listener, and the `misbehave` filter
 /// named [`STAGE`] with `mode`, `on_error` and extra stage keys.
 fn manifest(backend: SocketAddr, mode: &str, on_error: &str, stage_extra: &str) -> String {
-    format!(
+    let pipeline = format!(
         r#"
-[server]
-listen = "{listen}"
-
-[admin]
-listen = "{admin}"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{backend}"]
-
 [[pipeline]]
 plugin = "{plugin}"
 name = "{STAGE}"
@@ -54,10 +46,9 @@ on_error = "{on_error}"
 {stage_extra}
 config = {{ mode = "{mode}" }}
 "#,
-        listen = free_addr(),
-        admin = free_addr(),
         plugin = test_plugin("misbehave").display(),
-    )
+    );
+    one_upstream_with_admin(&endpoint(backend), "", &pipeline)
 }
 
 /// What one request of a load run got.
@@ -69,13 +60,12 @@ struct Sent {
 
 /// GET `/` through `client`, with `x-misbehave` when asked.
 async fn get(client: &Client, path: &str, misbehave: bool) -> Reply {
-    let mut request = client.request(Method::GET, path);
-    if misbehave {
-        request = request.header("x-misbehave", "1");
-    }
-    client
-        .send(request.body(body::empty()).expect("request"))
-        .await
+    let headers: &[_] = if misbehave {
+        &[("x-misbehave", "1")]
+    } else {
+        &[]
+    };
+    client.get_with(path, headers).await
 }
 
 /// [`CLIENTS`] concurrent clients send [`REQUESTS_PER_CLIENT`] requests each;
@@ -100,15 +90,12 @@ async fn mixed_load(proxy: &Portier) -> Vec<Sent> {
             sent
         });
     }
-    tokio::time::timeout(LOAD_TIMEOUT, async {
-        let mut all = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            all.extend(done.expect("a load client failed"));
-        }
-        all
-    })
-    .await
-    .unwrap_or_else(|_| panic!("load run did not finish within {LOAD_TIMEOUT:?}"))
+    tokio::time::timeout(LOAD_TIMEOUT, tasks.join_all())
+        .await
+        .unwrap_or_else(|_| panic!("load run did not finish within {LOAD_TIMEOUT:?}"))
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The 99th percentile (nearest rank) of some latencies.

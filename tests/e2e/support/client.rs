@@ -73,8 +73,18 @@ impl Client {
 
     /// GET a path and collect the reply.
     pub async fn get(&self, path_and_query: &str) -> Reply {
-        let request = self
-            .request(Method::GET, path_and_query)
+        self.get_with(path_and_query, &[]).await
+    }
+
+    /// GET a path with these request headers, added in order (so a name may
+    /// repeat), and collect the reply.
+    pub async fn get_with(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Reply {
+        let request = headers
+            .iter()
+            .fold(
+                self.request(Method::GET, path_and_query),
+                |request, &(name, value)| request.header(name, value),
+            )
             .body(body::empty())
             .expect("request");
         self.send(request).await

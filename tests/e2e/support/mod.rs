@@ -1,6 +1,7 @@
 //! What every end-to-end test stands on: fake backends on real sockets
-//! ([`Backend`]), the real `portier` process ([`Portier`], [`check`]), and a
-//! keep-alive client ([`Client`]) with the backends' JSON echo ([`Echo`]).
+//! ([`Backend`]), the real `portier` process ([`Portier`], [`check`]), a
+//! keep-alive client ([`Client`]) with the backends' JSON echo ([`Echo`]),
+//! and the manifest scaffold most tests share ([`manifest::one_upstream`]).
 //!
 //! Every wait here is bounded, and every test gets its own ports, processes
 //! and temp dirs, so tests run in parallel. Set `PORTIER_TEST_LOG` (a
@@ -8,6 +9,7 @@
 //! proxy's log.
 
 pub mod body;
+pub mod manifest;
 
 mod backend;
 mod client;
@@ -16,10 +18,12 @@ mod proxy;
 
 pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Reply};
+pub use manifest::{endpoint, endpoints, one_upstream, one_upstream_with_admin};
 pub use plugins::test_plugin;
-pub use proxy::{Portier, check, check_file, endpoints, free_addr, plugin_path};
+pub use proxy::{Launch, Portier, check, check_file, free_addr, plugin_path};
 
 use std::net::SocketAddr;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Poll `condition` every 10 ms until it holds; fail the test after `timeout`.
@@ -31,6 +35,24 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
             "timed out after {timeout:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait (blocking, polling every 20 ms) for `child` to exit, for at most
+/// `timeout`. Past it, kill and reap the child and return `None`, so the
+/// caller can fail the test with what it knows (a log, a path).
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::wait_or_kill;
 
 /// How long building the test plugins may take (cold: the SDK and serde for wasm).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -68,21 +70,12 @@ fn build_test_plugins() -> PathBuf {
         .stderr(file)
         .spawn()
         .unwrap_or_else(|e| panic!("running cargo to build the test plugins: {e}"));
-    let deadline = Instant::now() + BUILD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "building the test plugins took longer than {BUILD_TIMEOUT:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(&mut child, BUILD_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "building the test plugins took longer than {BUILD_TIMEOUT:?}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     assert!(
         status.success(),
         "building the test plugins in {} failed ({status}):\n{}",

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::backend::RunningBackend;
 use super::client::{Client, Reply};
+use super::wait_or_kill;
 
 /// The binary cargo built for this test run.
 pub const PORTIER: &str = env!("CARGO_BIN_EXE_portier");
@@ -47,15 +47,6 @@ pub fn free_addr() -> SocketAddr {
 /// The path of a built-in plugin's `.wasm` file, for manifests that load it by path.
 pub fn plugin_path(name: &str) -> String {
     format!("{PLUGIN_DIR}/{name}.wasm")
-}
-
-/// A TOML array of the backends' addresses: `["127.0.0.1:1", "127.0.0.1:2"]`.
-pub fn endpoints(backends: &[&RunningBackend]) -> String {
-    let quoted: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr()))
-        .collect();
-    format!("[{}]", quoted.join(", "))
 }
 
 /// A `portier` command with a test-run-wide plugin cache (so plugins compile
@@ -435,21 +426,12 @@ pub fn check_file(path: &Path) -> Checked {
         .stderr(File::create(&stderr_path).expect("stderr.log"))
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
-    let deadline = Instant::now() + CHECK_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "portier check {} still running after {CHECK_TIMEOUT:?}",
-                path.display()
-            );
-        }
-        std::thread::sleep(POLL);
-    };
+    let status = wait_or_kill(&mut child, CHECK_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "portier check {} still running after {CHECK_TIMEOUT:?}",
+            path.display()
+        )
+    });
     Checked {
         path: path.to_owned(),
         status,
