@@ -19,34 +19,54 @@ use crate::body::ProxyBody;
 use crate::error::Fault;
 use crate::upstream::{Upstream, Upstreams};
 
-/// Pooled HTTP clients, one per upstream (each with its connect deadline).
+/// Pooled HTTP clients per upstream (each with its connect deadline), one per
+/// worker: a worker's requests use connections its own event loop drives, so
+/// a request never hops threads.
 pub struct Forwarder {
-    clients: HashMap<String, Client<HttpConnector, ProxyBody>>,
+    clients: HashMap<String, Vec<Client<HttpConnector, ProxyBody>>>,
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tell the forwarder which worker this thread is (set once per worker thread).
+pub fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
 }
 
 /// How long an idle upstream connection is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Forwarder {
-    /// Clients for every upstream of a pipeline generation.
-    pub fn new(upstreams: &Upstreams) -> Forwarder {
+    /// Clients for every upstream of a pipeline generation, for `workers` workers.
+    pub fn new(upstreams: &Upstreams, workers: usize) -> Forwarder {
         let clients = upstreams
             .names()
             .iter()
             .filter_map(|n| upstreams.get(n))
             .map(|u| {
-                let mut conn = HttpConnector::new();
-                conn.set_nodelay(true);
-                conn.set_connect_timeout(Some(u.connect_timeout));
-                conn.set_keepalive(Some(Duration::from_secs(60)));
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .build(conn);
-                (u.name.clone(), client)
+                let per_worker = (0..workers.max(1))
+                    .map(|_| {
+                        let mut conn = HttpConnector::new();
+                        conn.set_nodelay(true);
+                        conn.set_connect_timeout(Some(u.connect_timeout));
+                        conn.set_keepalive(Some(Duration::from_secs(60)));
+                        Client::builder(TokioExecutor::new())
+                            .pool_timer(TokioTimer::new())
+                            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                            .build(conn)
+                    })
+                    .collect();
+                (u.name.clone(), per_worker)
             })
             .collect();
         Forwarder { clients }
+    }
+
+    fn client(&self, upstream: &str) -> Option<&Client<HttpConnector, ProxyBody>> {
+        let clients = self.clients.get(upstream)?;
+        clients.get(WORKER.with(|w| w.get()) % clients.len())
     }
 
     /// Send the request to `upstream.endpoints[index]` and return its response head + streaming body.
@@ -60,7 +80,7 @@ impl Forwarder {
         client: SocketAddr,
     ) -> Result<Response<Incoming>, Fault> {
         let endpoint = &upstream.endpoints[index];
-        let http_client = self.clients.get(&upstream.name).ok_or(Fault::PluginContract)?;
+        let http_client = self.client(&upstream.name).ok_or(Fault::PluginContract)?;
         prepare_request(&mut parts, &endpoint.address, client)?;
         // A pooled connection the upstream already closed fails a request
         // after it was written. One with no body and a repeatable method is

@@ -75,17 +75,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
-    b.enable_all().build().context("starting the async runtime")
+/// The control runtime: builds pipelines, reloads, serves the admin API and
+/// waits for signals. Requests are served by the worker threads.
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
-    runtime(Some(1))?.block_on(async {
+    control_runtime()?.block_on(async {
         let wasm = Runtime::new(manifest.server.cache_dir.as_deref())?;
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
         println!(
@@ -100,14 +98,15 @@ fn check(path: &Path) -> anyhow::Result<()> {
 
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
-    runtime(manifest.server.workers)?.block_on(async move {
+    control_runtime()?.block_on(async move {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
-        let listeners = server::bind(&manifest.server.listen).await?;
+        let listeners = server::bind(&manifest.server.listen)?;
         let admin = match manifest.admin {
-            Some(a) => Some(server::bind(&[a]).await?.remove(0)),
+            Some(a) => Some(tokio::net::TcpListener::from_std(server::bind(&[a])?.remove(0))?),
             None => None,
         };
+        let workers = manifest.server.workers;
         let current: server::Current = Arc::new(ArcSwap::from_pointee(pipeline));
         let reloader = Arc::new(Reloader::new(path.to_owned(), manifest, wasm, current.clone()));
         tokio::spawn(reloader.clone().on_sighup());
@@ -117,7 +116,13 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         if let Some(listener) = admin {
             tokio::spawn(portier::admin::serve(listener, reloader));
         }
-        server::serve(listeners, current, shutdown_signal()).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let threads = server::spawn_workers(workers, listeners, current, stopped)?;
+        tracing::info!(workers, "serving");
+        shutdown_signal().await;
+        let _ = stop.send(true);
+        // Workers drain their connections (bounded by the drain timeout) and exit.
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await?;
         Ok(())
     })
 }

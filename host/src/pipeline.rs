@@ -65,7 +65,7 @@ impl Pipeline {
         Ok(Pipeline {
             generation,
             stages,
-            forwarder: Forwarder::new(&upstreams),
+            forwarder: Forwarder::new(&upstreams, manifest.server.workers),
             upstreams,
             access_log: manifest.server.access_log,
         })

@@ -20,23 +20,82 @@ use crate::pipeline::Pipeline;
 /// requests already running keep the generation they started with.
 pub type Current = Arc<ArcSwap<Pipeline>>;
 
-/// How long a client may take to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pending connections the kernel queues per listening socket.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long a client may take to send a complete request head; hyper also
+/// applies it to an idle keep-alive connection waiting for its next request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long open connections may take to finish after shutdown is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bind every listen address (before anything is served, so errors are early).
-pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+/// Bind every listen address (before anything is served, so errors are
+/// early). Sockets are `SO_REUSEPORT`, so each worker can bind its own on the
+/// same address and the kernel spreads connections across them.
+pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+        let l = bind_one(*a).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
         tracing::info!(address = %l.local_addr()?, "listening");
         listeners.push(l);
     }
     Ok(listeners)
+}
+
+/// A std listener (not yet tied to any thread's reactor), so it can be
+/// handed to the worker that will serve it.
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Run `workers` worker threads, each a single-threaded event loop with its
+/// own listening sockets (the first worker takes `first`, the others bind the
+/// same addresses), until `stop` turns true; then each drains its connections.
+pub fn spawn_workers(
+    workers: usize,
+    first: Vec<std::net::TcpListener>,
+    current: Current,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let addrs: Vec<SocketAddr> = first.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let mut first = Some(first);
+    let mut threads = Vec::with_capacity(workers);
+    for id in 0..workers {
+        // Port 0 was resolved by the first bind: every worker uses the same port.
+        let listeners = match first.take() {
+            Some(l) => l,
+            None => addrs.iter().map(|a| bind_one(*a)).collect::<Result<_, _>>()?,
+        };
+        let (current, mut stop) = (current.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name(format!("portier-worker-{id}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(worker = id, error = %e, "cannot start a worker"),
+            };
+            crate::forward::set_worker(id);
+            rt.block_on(async move {
+                let listeners = listeners.into_iter().map(TcpListener::from_std).collect::<Result<Vec<_>, _>>();
+                let stopped = async move {
+                    // Also ends if the control runtime is gone.
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                match listeners {
+                    Ok(l) => serve(l, current, stopped).await,
+                    Err(e) => tracing::error!(worker = id, error = %e, "cannot register listeners"),
+                }
+            });
+        })?;
+        threads.push(thread);
+    }
+    Ok(threads)
 }
 
 /// Serve until `shutdown` resolves, then stop accepting and drain.
@@ -64,10 +123,14 @@ pub async fn serve(listeners: Vec<TcpListener>, current: Current, shutdown: impl
                 let current = current.clone();
                 let svc = service_fn(move |req| {
                     let pipeline = current.load_full();
-                    async move { Ok::<_, Infallible>(pipeline.handle(req, client).await) }
+                    // Boxed per request: hyper keeps a slot of the service
+                    // future's size for each connection's whole life, so an
+                    // unboxed pipeline future (kilobytes) would cost every idle
+                    // keep-alive connection that much.
+                    Box::pin(async move { Ok::<_, Infallible>(pipeline.handle(req, client).await) })
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                // A client that never finishes its request head must not hold a connection forever.
+                // A client that never sends (or finishes) a request head must not hold a connection forever.
                 builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
                 builder.http2().timer(TokioTimer::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();

@@ -64,8 +64,9 @@ pub struct Manifest {
 pub struct Server {
     /// Addresses to listen on.
     pub listen: Vec<SocketAddr>,
-    /// Tokio worker threads; `None` means one per CPU.
-    pub workers: Option<usize>,
+    /// Worker threads, each an event loop with its own listening sockets
+    /// (default: one per CPU).
+    pub workers: usize,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
     /// Where compiled plugins are cached; `None` means the user cache dir.
@@ -369,7 +370,7 @@ impl Validator<'_> {
         }
         Ok(Server {
             listen,
-            workers: raw.workers,
+            workers: raw.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             access_log: raw.access_log.unwrap_or(true),
             cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
         })
