@@ -122,7 +122,7 @@ impl Pipeline {
                 served_by = Some(up.endpoints[i].address.clone());
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy; without such filters the head moves as is.
-                let parts = if self.stages[..decision.reached].iter().any(|s| s.role == Role::Filter) {
+                let parts = if self.stages[..decision.reached].iter().any(Stage::sees_responses) {
                     clone_request_parts(&head.parts)
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
@@ -228,8 +228,8 @@ impl Pipeline {
         (head, Decision { outcome, reached: self.stages.len() })
     }
 
-    /// Run `on-response` of the filters among stages `[0, reached)`, in
-    /// reverse order. A fail-closed failure replaces the response with 503.
+    /// Run `on-response` of the filters among stages `[0, reached)` that asked
+    /// for responses at `init`, in reverse order. A fail-closed failure replaces the response with 503.
     pub async fn response_stages(
         &self,
         mut head: RequestHead,
@@ -237,7 +237,7 @@ impl Pipeline {
         body: ProxyBody,
         reached: usize,
     ) -> (ResponseHead, ProxyBody) {
-        for stage in self.stages[..reached].iter().rev().filter(|s| s.role == Role::Filter) {
+        for stage in self.stages[..reached].iter().rev().filter(|s| s.sees_responses()) {
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;

@@ -527,3 +527,37 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
          on the only worker: {meanwhile:?}"
     );
 }
+
+/// A filter whose `on_response` panics, telling the host at init whether it
+/// wants responses.
+fn response_panicker(backend: SocketAddr, wants_response: bool) -> String {
+    let pipeline = format!(
+        r#"
+[[pipeline]]
+plugin = "{plugin}"
+name = "{STAGE}"
+role = "filter"
+on_error = "fail-closed"
+quarantine = {{ failures = 0 }}
+config = {{ mode = "panic-on-response", wants_response = {wants_response} }}
+"#,
+        plugin = test_plugin("misbehave").display(),
+    );
+    one_upstream_with_admin(&endpoint(backend), "", &pipeline)
+}
+
+#[tokio::test]
+async fn filter_that_declines_responses_at_init_is_never_called_on_them() {
+    let backend = Backend::new("app").start().await;
+    let declines = Portier::start(&response_panicker(backend.addr(), false)).await;
+    let wants = Portier::start(&response_panicker(backend.addr(), true)).await;
+
+    for _ in 0..5 {
+        let reply = get(&declines.client(), "/", false).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let reply = get(&wants.client(), "/", false).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    }
+    assert_eq!(stage_status(&declines).await["failures"], 0);
+    assert_eq!(stage_status(&wants).await["failures"], 5);
+}

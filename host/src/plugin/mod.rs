@@ -13,7 +13,7 @@ mod host;
 mod wasi;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,7 @@ impl Runtime {
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
             health: StageHealth::new(spec.quarantine),
+            wants_response: AtomicBool::new(true),
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
         // rejects the manifest instead of failing the first request.
@@ -278,6 +279,8 @@ pub struct Stage {
     shared: StageShared,
     idle: ArrayQueue<Instance>,
     health: StageHealth,
+    /// A filter's answer at `init`: whether it has work on responses.
+    wants_response: AtomicBool,
 }
 
 macro_rules! with_instance {
@@ -339,6 +342,12 @@ impl Stage {
         with_instance!(self, Balancer(b), [head], |store, req| b.call_pick(store, req, upstream))
     }
 
+    /// Whether this stage's `on-response` is to be called: a filter that said
+    /// at `init` it has response work.
+    pub fn sees_responses(&self) -> bool {
+        self.role == Role::Filter && self.wants_response.load(Relaxed)
+    }
+
     /// Whether the stage is quarantined right now.
     pub fn quarantined(&self) -> bool {
         self.health.quarantined()
@@ -394,7 +403,9 @@ impl Stage {
         let (role, init) = match &self.pre {
             RolePre::Filter(p) => {
                 let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await;
+                let r = i.call_init(&mut store, config).await.map(|r| {
+                    r.map(|info| self.wants_response.store(info.on_response, Relaxed))
+                });
                 (RoleInstance::Filter(i), r)
             }
             RolePre::Router(p) => {

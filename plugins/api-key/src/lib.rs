@@ -80,6 +80,11 @@ impl Filter for ApiKey {
         })
     }
 
+    /// Keys are checked on requests only.
+    fn wants_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, request: &Request) -> Action {
         match request.header(&self.header) {
             Some(key) if matches_any(&self.keys, key.as_bytes()) => {

@@ -81,6 +81,11 @@ impl Filter for Headers {
             |name, value| response.set_header(name, value),
         );
     }
+
+    /// Only a config with response edits needs to see responses.
+    fn wants_response(&self) -> bool {
+        !self.response.set.is_empty() || !self.response.remove.is_empty()
+    }
 }
 
 portier_sdk::export_filter!(Headers);

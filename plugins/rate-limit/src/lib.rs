@@ -96,6 +96,11 @@ impl Filter for RateLimit {
         })
     }
 
+    /// Requests are counted and refused on the way in; responses are left alone.
+    fn wants_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, request: &Request) -> Action {
         let client = self.client(request);
         match self.count(&client) {

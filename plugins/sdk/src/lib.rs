@@ -153,8 +153,11 @@ macro_rules! export_filter {
             }
             struct Export;
             impl $crate::wit::filter::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init(&STATE, &config, <$plugin as $crate::Filter>::init)
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::wit::filter::FilterInfo, ::std::string::String> {
+                    $crate::__private::init(&STATE, &config, <$plugin as $crate::Filter>::init)?;
+                    ::std::result::Result::Ok($crate::__private::filter_info(&STATE))
                 }
                 fn on_request(request: &$crate::wit::types::RequestHead) -> $crate::wit::filter::Action {
                     $crate::__private::filter_on_request(&STATE, request)

@@ -34,6 +34,13 @@ pub trait Filter: 'static {
 
     /// Called for every upstream response, in reverse pipeline order (default: nothing).
     fn on_response(&self, _request: &Request, _response: &Response) {}
+
+    /// Whether [`on_response`](Filter::on_response) does anything for this
+    /// config. Return `false` when it does not: the host then skips the call
+    /// (and the request-head copy it needs) on every request. Default `true`.
+    fn wants_response(&self) -> bool {
+        true
+    }
 }
 
 /// A router chooses the upstream for a request and may rewrite its path.

@@ -12,6 +12,10 @@ impl Filter for Noop {
         Ok(Noop)
     }
 
+    fn wants_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, _request: &Request) -> Action {
         Action::Continue
     }

@@ -20,6 +20,10 @@ impl Filter for Touch {
         config::parse(json)
     }
 
+    fn wants_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, request: &Request) -> Action {
         let value = self.read.as_deref().and_then(|h| request.header(h));
         if let Some(name) = &self.set {

@@ -15,8 +15,10 @@
 //!   so the tests can mix them with well-behaved requests.
 //! - `panic-every-10th`: panic on every 10th request counted across all
 //!   instances (a shared kv counter), whatever its headers.
+//! - `panic-on-response`: panic in `on_response`; with
+//!   `wants_response = false` the filter tells the host at init not to call it.
 
-use portier_sdk::{Action, Filter, Request, config, kv};
+use portier_sdk::{Action, Filter, Request, Response, config, kv};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -28,34 +30,55 @@ enum Mode {
     // kebab-case alone would spell it `panic-every10th`.
     #[serde(rename = "panic-every-10th")]
     PanicEvery10th,
+    PanicOnResponse,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     mode: Mode,
+    /// What the filter tells the host at init about `on_response`.
+    #[serde(default = "yes")]
+    wants_response: bool,
 }
 
-struct Misbehave(Mode);
+fn yes() -> bool {
+    true
+}
+
+struct Misbehave {
+    mode: Mode,
+    wants_response: bool,
+}
 
 impl Filter for Misbehave {
     fn init(json: &str) -> Result<Self, String> {
-        let Config { mode } = config::parse(json)?;
-        Ok(Misbehave(mode))
+        let Config { mode, wants_response } = config::parse(json)?;
+        Ok(Misbehave { mode, wants_response })
+    }
+
+    fn wants_response(&self) -> bool {
+        self.wants_response
+    }
+
+    fn on_response(&self, _request: &Request, _response: &Response) {
+        if let Mode::PanicOnResponse = self.mode {
+            panic!("asked to panic on the response");
+        }
     }
 
     fn on_request(&self, request: &Request) -> Action {
-        if let Mode::PanicEvery10th = self.0 {
+        if let Mode::PanicEvery10th = self.mode {
             let n = kv::increment("requests", 1, None).expect("kv works");
             if n % 10 == 0 {
                 panic!("request {n} is a 10th request");
             }
             return Action::Continue;
         }
-        if request.header("x-misbehave").is_none() {
+        if matches!(self.mode, Mode::PanicOnResponse) || request.header("x-misbehave").is_none() {
             return Action::Continue;
         }
-        match self.0 {
+        match self.mode {
             Mode::Spin => spin(),
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -65,7 +88,7 @@ impl Filter for Misbehave {
                 }
             }
             Mode::Panic => panic!("asked to panic"),
-            Mode::PanicEvery10th => unreachable!(),
+            Mode::PanicEvery10th | Mode::PanicOnResponse => unreachable!(),
         }
     }
 }
