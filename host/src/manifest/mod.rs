@@ -317,25 +317,21 @@ impl Validator<'_> {
             None => None,
             Some(a) => Some(self.address("admin.listen".into(), &a.listen)?),
         };
-        let mut upstreams = Vec::with_capacity(included.len() + raw.upstreams.len());
+        // Included upstreams first, then this file's; a duplicate is reported
+        // in the file (and at the index) where it appears second.
+        let mut all = included;
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            all.push((self.file.to_owned(), i, self.upstream(i, u)?));
+        }
+        let mut upstreams = Vec::with_capacity(all.len());
         let mut names = HashSet::new();
-        for (file, i, u) in included {
+        for (file, i, u) in all {
             if !names.insert(u.name.clone()) {
                 return Err(ManifestError {
                     file,
                     key: format!("upstreams[{i}].name"),
                     reason: format!("duplicate upstream name {:?}", u.name),
                 });
-            }
-            upstreams.push(u);
-        }
-        for (i, u) in raw.upstreams.into_iter().enumerate() {
-            let u = self.upstream(i, u)?;
-            if !names.insert(u.name.clone()) {
-                return Err(self.err(
-                    format!("upstreams[{i}].name"),
-                    format!("duplicate upstream name {:?}", u.name),
-                ));
             }
             upstreams.push(u);
         }

@@ -138,3 +138,14 @@ fn granted_directories_must_exist_and_be_absolute_in_the_guest() {
     let e = Manifest::parse(&file, &stage("{ dirs = { \"rules\" = \"rules\" } }")).unwrap_err();
     assert_eq!(e.key, "pipeline[0].grants.dirs.rules");
 }
+
+#[test]
+fn an_upstream_defined_again_after_an_include_is_a_duplicate_in_the_including_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shared.toml"), UPSTREAM).unwrap();
+    let file = dir.path().join("m.toml");
+    let text = format!("include = [\"shared.toml\"]\n[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}");
+    let e = Manifest::parse(&file, &text).unwrap_err();
+    assert_eq!((e.file.as_path(), e.key.as_str()), (file.as_path(), "upstreams[0].name"));
+    assert!(e.reason.contains("duplicate upstream name \"api\""), "{e}");
+}
