@@ -223,6 +223,17 @@ impl upstreams::Host for StageState {
     fn names(&mut self) -> Result<Vec<String>> {
         Ok(self.shared.upstreams.names().to_vec())
     }
+    fn healthy(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Candidate>>> {
+        let ups = &self.shared.upstreams;
+        Ok(ups.get(&upstream).map(|u| {
+            u.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| ups.healthy(e))
+                .map(|(i, e)| upstreams::Candidate { index: i as u32, weight: e.weight })
+                .collect()
+        }))
+    }
     fn endpoints(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Endpoint>>> {
         let ups = &self.shared.upstreams;
         Ok(ups.get(&upstream).map(|u| {

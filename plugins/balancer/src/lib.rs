@@ -80,11 +80,9 @@ impl Balancer for RoundRobin {
     }
 
     fn pick(&self, _request: &Request, upstream: &str) -> Option<u32> {
-        let endpoints = upstreams::endpoints(upstream)?;
-        let healthy: Weighted = endpoints
-            .iter()
-            .filter(|e| e.healthy)
-            .map(|e| (e.index, e.weight))
+        let healthy: Weighted = upstreams::healthy(upstream)?
+            .into_iter()
+            .map(|c| (c.index, c.weight))
             .collect();
         if healthy.is_empty() {
             return None;

@@ -32,6 +32,15 @@ impl From<host::Endpoint> for Endpoint {
     }
 }
 
+/// An endpoint usable now: what a round-robin balancer reads on every pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Index of the endpoint within its upstream; a balancer returns it.
+    pub index: u32,
+    /// Relative weight from the manifest (default 1).
+    pub weight: u32,
+}
+
 /// Names of every upstream in the manifest.
 pub fn names() -> Vec<String> {
     host::names()
@@ -40,4 +49,12 @@ pub fn names() -> Vec<String> {
 /// The endpoints of an upstream; `None` when no upstream has that name.
 pub fn endpoints(upstream: &str) -> Option<Vec<Endpoint>> {
     host::endpoints(upstream).map(|list| list.into_iter().map(Endpoint::from).collect())
+}
+
+/// The healthy endpoints of an upstream, index and weight only, in index
+/// order; `None` when no upstream has that name. Cheaper than [`endpoints`]
+/// (no address strings cross the boundary): use it when that is all you need.
+pub fn healthy(upstream: &str) -> Option<Vec<Candidate>> {
+    host::healthy(upstream)
+        .map(|list| list.into_iter().map(|c| Candidate { index: c.index, weight: c.weight }).collect())
 }
