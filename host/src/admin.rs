@@ -25,14 +25,18 @@ use crate::reload::Reloader;
 /// Serve the admin API on `listener` forever.
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let reloader = reloader.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let reloader = reloader.clone();
                 async move { Ok::<_, Infallible>(handle(req, &reloader).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -45,7 +49,11 @@ async fn handle(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<By
             reply(StatusCode::OK, "application/json", body)
         }
         (&Method::POST, "/reload") => match reloader.reload().await {
-            Ok(g) => reply(StatusCode::OK, "application/json", serde_json::json!({ "generation": g }).to_string()),
+            Ok(g) => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({ "generation": g }).to_string(),
+            ),
             Err(e) => reply(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "application/json",
@@ -59,6 +67,9 @@ async fn handle(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<By
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }

@@ -11,8 +11,8 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
@@ -86,7 +86,8 @@ impl Forwarder {
         // after it was written. One with no body and a repeatable method is
         // replayed once; a new connection also tells a dead endpoint (refused)
         // from a keep-alive race.
-        let replay = (body.is_end_stream() && parts.method.is_idempotent()).then(|| clone_request_parts(&parts));
+        let replay = (body.is_end_stream() && parts.method.is_idempotent())
+            .then(|| clone_request_parts(&parts));
         let req = Request::from_parts(parts, ProxyBody::Streamed(body));
 
         let _in_flight = endpoint.start_request();
@@ -150,13 +151,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Rewrite a client request for the upstream: absolute URI to the endpoint,
 /// HTTP/1.1, hop-by-hop headers removed, proxy headers set.
-fn prepare_request(parts: &mut http::request::Parts, endpoint: &http::uri::Authority, client: SocketAddr) -> Result<(), Fault> {
+fn prepare_request(
+    parts: &mut http::request::Parts,
+    endpoint: &http::uri::Authority,
+    client: SocketAddr,
+) -> Result<(), Fault> {
     // HTTP/2 clients carry the host in :authority; HTTP/1.1 upstreams need a Host header.
     let original_host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(endpoint.clone());
@@ -186,7 +198,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Append the client's IP to X-Forwarded-For, folding repeated headers into one.
 fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip().to_string();
-    let mut prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let mut prior: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let value = if prior.is_empty() {
         ip
     } else {
@@ -256,9 +272,17 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("x-kept", "yes"),
         ]);
-        prepare_request(&mut p, &"127.0.0.1:9000".parse().unwrap(), "192.0.2.7:5555".parse().unwrap()).unwrap();
+        prepare_request(
+            &mut p,
+            &"127.0.0.1:9000".parse().unwrap(),
+            "192.0.2.7:5555".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(p.uri.to_string(), "http://127.0.0.1:9000/a/b?x=1");
-        assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(
+            p.headers["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 192.0.2.7"
+        );
         assert_eq!(p.headers["x-forwarded-host"], "example.com");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["host"], "example.com");

@@ -66,10 +66,17 @@ impl Kv {
         // The length prefix makes ("a", "bc") and ("ab", "c") distinct.
         let mut prefix = (name.len() as u32).to_be_bytes().to_vec();
         prefix.extend_from_slice(name.as_bytes());
-        Namespace { kv: self.clone(), prefix }
+        Namespace {
+            kv: self.clone(),
+            prefix,
+        }
     }
 
-    fn with_entry<R>(&self, key: Vec<u8>, f: impl FnOnce(&mut HashMap<Vec<u8>, Entry>, Vec<u8>, Instant) -> R) -> R {
+    fn with_entry<R>(
+        &self,
+        key: Vec<u8>,
+        f: impl FnOnce(&mut HashMap<Vec<u8>, Entry>, Vec<u8>, Instant) -> R,
+    ) -> R {
         let shard = &self.inner.shards[(self.inner.hasher.hash_one(&key) as usize) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -103,14 +110,22 @@ impl Namespace {
     /// Store a value with an optional time to live.
     pub fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         self.kv.with_entry(self.key(key), |map, k, now| {
-            map.insert(k, Entry { value, expires: deadline(now, ttl) });
+            map.insert(
+                k,
+                Entry {
+                    value,
+                    expires: deadline(now, ttl),
+                },
+            );
         });
         Ok(())
     }
 
     /// Delete a key; true when a live value existed.
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
-        Ok(self.kv.with_entry(self.key(key), |map, k, now| map.remove(&k).is_some_and(|e| e.live(now))))
+        Ok(self.kv.with_entry(self.key(key), |map, k, now| {
+            map.remove(&k).is_some_and(|e| e.live(now))
+        }))
     }
 
     /// Add `delta` to a decimal counter; a missing key starts at 0 with `ttl`.
@@ -118,7 +133,13 @@ impl Namespace {
         self.kv.with_entry(self.key(key), |map, k, now| {
             let e = match map.get_mut(&k) {
                 Some(e) if e.live(now) => e,
-                _ => map.entry(k).insert_entry(Entry { value: b"0".to_vec(), expires: deadline(now, ttl) }).into_mut(),
+                _ => map
+                    .entry(k)
+                    .insert_entry(Entry {
+                        value: b"0".to_vec(),
+                        expires: deadline(now, ttl),
+                    })
+                    .into_mut(),
             };
             let current: i64 = std::str::from_utf8(&e.value)
                 .ok()
@@ -139,11 +160,20 @@ impl Namespace {
         ttl: Option<Duration>,
     ) -> Result<bool, KvError> {
         Ok(self.kv.with_entry(self.key(key), |map, k, now| {
-            let current = map.get(&k).filter(|e| e.live(now)).map(|e| e.value.as_slice());
+            let current = map
+                .get(&k)
+                .filter(|e| e.live(now))
+                .map(|e| e.value.as_slice());
             if current != expected {
                 return false;
             }
-            map.insert(k, Entry { value, expires: deadline(now, ttl) });
+            map.insert(
+                k,
+                Entry {
+                    value,
+                    expires: deadline(now, ttl),
+                },
+            );
             true
         }))
     }
@@ -182,8 +212,13 @@ mod tests {
     #[test]
     fn expired_values_are_gone_and_counters_restart() {
         let ns = Kv::default().namespace("t");
-        ns.set("k", b"v".to_vec(), Some(Duration::from_millis(1))).unwrap();
-        assert_eq!(ns.increment("c", 5, Some(Duration::from_millis(1))).unwrap(), 5);
+        ns.set("k", b"v".to_vec(), Some(Duration::from_millis(1)))
+            .unwrap();
+        assert_eq!(
+            ns.increment("c", 5, Some(Duration::from_millis(1)))
+                .unwrap(),
+            5
+        );
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(ns.get("k").unwrap(), None);
         assert_eq!(ns.increment("c", 1, None).unwrap(), 1);
@@ -194,8 +229,14 @@ mod tests {
         let ns = Kv::default().namespace("cas");
         assert!(ns.compare_and_swap("k", None, b"1".to_vec(), None).unwrap());
         assert!(!ns.compare_and_swap("k", None, b"2".to_vec(), None).unwrap());
-        assert!(!ns.compare_and_swap("k", Some(b"0"), b"2".to_vec(), None).unwrap());
-        assert!(ns.compare_and_swap("k", Some(b"1"), b"2".to_vec(), None).unwrap());
+        assert!(
+            !ns.compare_and_swap("k", Some(b"0"), b"2".to_vec(), None)
+                .unwrap()
+        );
+        assert!(
+            ns.compare_and_swap("k", Some(b"1"), b"2".to_vec(), None)
+                .unwrap()
+        );
         assert_eq!(ns.get("k").unwrap(), Some(b"2".to_vec()));
     }
 }

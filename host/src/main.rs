@@ -68,7 +68,10 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTIER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -78,7 +81,10 @@ fn init_logging(format: LogFormat) {
 /// The control runtime: builds pipelines, reloads, serves the admin API and
 /// waits for signals. Requests are served by the worker threads.
 fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
@@ -103,12 +109,19 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
         let listeners = server::bind(&manifest.server.listen)?;
         let admin = match manifest.admin {
-            Some(a) => Some(tokio::net::TcpListener::from_std(server::bind(&[a])?.remove(0))?),
+            Some(a) => Some(tokio::net::TcpListener::from_std(
+                server::bind(&[a])?.remove(0),
+            )?),
             None => None,
         };
         let workers = manifest.server.workers;
         let current: server::Current = Arc::new(ArcSwap::from_pointee(pipeline));
-        let reloader = Arc::new(Reloader::new(path.to_owned(), manifest, wasm, current.clone()));
+        let reloader = Arc::new(Reloader::new(
+            path.to_owned(),
+            manifest,
+            wasm,
+            current.clone(),
+        ));
         tokio::spawn(reloader.clone().on_sighup());
         if watch {
             tokio::spawn(reloader.clone().watch(Duration::from_secs(1)));
@@ -122,7 +135,8 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
         // Workers drain their connections (bounded by the drain timeout) and exit.
-        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await?;
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
+            .await?;
         Ok(())
     })
 }

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, Logged, ProxyBody};
 use crate::error::Fault;
-use crate::forward::{clone_request_parts, Forwarder};
+use crate::forward::{Forwarder, clone_request_parts};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role};
 use crate::plugin::heads::{RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
@@ -56,11 +56,19 @@ pub struct Decision {
 
 impl Pipeline {
     /// Load every stage (compile, link, type-check, run `init`).
-    pub async fn build(manifest: &Manifest, runtime: &Runtime, generation: u64) -> Result<Pipeline, ManifestError> {
+    pub async fn build(
+        manifest: &Manifest,
+        runtime: &Runtime,
+        generation: u64,
+    ) -> Result<Pipeline, ManifestError> {
         let upstreams = Arc::new(Upstreams::new(&manifest.upstreams));
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
-            stages.push(runtime.load_stage(&manifest.file, spec, upstreams.clone()).await?);
+            stages.push(
+                runtime
+                    .load_stage(&manifest.file, spec, upstreams.clone())
+                    .await?,
+            );
         }
         Ok(Pipeline {
             generation,
@@ -98,10 +106,12 @@ impl Pipeline {
                     .upstreams
                     .view(u)
                     .into_iter()
-                    .map(|e| serde_json::json!({
-                        "address": e.address, "weight": e.weight, "healthy": e.healthy,
-                        "in_flight": e.in_flight, "latency_ewma_us": e.latency_ewma_us,
-                    }))
+                    .map(|e| {
+                        serde_json::json!({
+                            "address": e.address, "weight": e.weight, "healthy": e.healthy,
+                            "in_flight": e.in_flight, "latency_ewma_us": e.latency_ewma_us,
+                        })
+                    })
                     .collect();
                 serde_json::json!({ "name": u.name, "endpoints": eps })
             })
@@ -113,7 +123,9 @@ impl Pipeline {
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Logged> {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
-        let record = self.access_log.then(|| (parts.method.clone(), parts.uri.clone()));
+        let record = self
+            .access_log
+            .then(|| (parts.method.clone(), parts.uri.clone()));
         let (mut head, decision) = self.request_stages(RequestHead { parts, client }).await;
 
         let mut served_by = None;
@@ -122,12 +134,19 @@ impl Pipeline {
                 served_by = Some(up.endpoints[i].address.clone());
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy; without such filters the head moves as is.
-                let parts = if self.stages[..decision.reached].iter().any(Stage::sees_responses) {
+                let parts = if self.stages[..decision.reached]
+                    .iter()
+                    .any(Stage::sees_responses)
+                {
                     clone_request_parts(&head.parts)
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
-                match self.forwarder.forward(&self.upstreams, &up, i, parts, body, client).await {
+                match self
+                    .forwarder
+                    .forward(&self.upstreams, &up, i, parts, body, client)
+                    .await
+                {
                     Ok(resp) => {
                         let (p, b) = resp.into_parts();
                         (p, ProxyBody::Streamed(b))
@@ -139,8 +158,14 @@ impl Pipeline {
             Outcome::Fail(fault) => error_response(fault),
         };
 
-        let (resp, body) =
-            self.response_stages(head, ResponseHead { parts: resp_parts }, resp_body, decision.reached).await;
+        let (resp, body) = self
+            .response_stages(
+                head,
+                ResponseHead { parts: resp_parts },
+                resp_body,
+                decision.reached,
+            )
+            .await;
         let record = record.map(|(method, uri)| AccessRecord {
             start,
             client,
@@ -192,7 +217,10 @@ impl Pipeline {
                     }
                 }
                 Role::Balancer => {
-                    let Some(up) = upstream.clone().or_else(|| self.upstreams.single().cloned()) else {
+                    let Some(up) = upstream
+                        .clone()
+                        .or_else(|| self.upstreams.single().cloned())
+                    else {
                         // The router failed open: nothing to balance; decided below.
                         continue;
                     };
@@ -214,7 +242,13 @@ impl Pipeline {
                 Role::CachePolicy => None,
             };
             if let Some(outcome) = outcome {
-                return (head, Decision { outcome, reached: i });
+                return (
+                    head,
+                    Decision {
+                        outcome,
+                        reached: i,
+                    },
+                );
             }
         }
         let outcome = match upstream.or_else(|| self.upstreams.single().cloned()) {
@@ -225,7 +259,13 @@ impl Pipeline {
                 None => Outcome::Fail(Fault::NoEndpoint),
             },
         };
-        (head, Decision { outcome, reached: self.stages.len() })
+        (
+            head,
+            Decision {
+                outcome,
+                reached: self.stages.len(),
+            },
+        )
     }
 
     /// Run `on-response` of the filters among stages `[0, reached)` that asked
@@ -237,7 +277,11 @@ impl Pipeline {
         body: ProxyBody,
         reached: usize,
     ) -> (ResponseHead, ProxyBody) {
-        for stage in self.stages[..reached].iter().rev().filter(|s| s.sees_responses()) {
+        for stage in self.stages[..reached]
+            .iter()
+            .rev()
+            .filter(|s| s.sees_responses())
+        {
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;
@@ -253,14 +297,21 @@ impl Pipeline {
 /// The proxy's own error answer: fixed text, nothing about the backend.
 fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
     let status = fault.status();
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     text_response(status, text)
 }
 
 fn text_response(status: StatusCode, text: String) -> (http::response::Parts, ProxyBody) {
     let mut r = Response::new(());
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     (r.into_parts().0, ProxyBody::full(text))
 }
 

@@ -25,7 +25,13 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the manifest that `current` was built from.
     pub fn new(path: PathBuf, running: Manifest, wasm: Arc<Runtime>, current: Current) -> Reloader {
-        Reloader { path, fixed: running, wasm, current, lock: tokio::sync::Mutex::new(()) }
+        Reloader {
+            path,
+            fixed: running,
+            wasm,
+            current,
+            lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The pipeline being served.
@@ -64,7 +70,7 @@ impl Reloader {
 
     /// Reload on every SIGHUP, forever.
     pub async fn on_sighup(self: Arc<Self>) {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; reload by signal is disabled");
             return;

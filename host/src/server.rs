@@ -36,7 +36,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let l = bind_one(*a).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+        let l = bind_one(*a)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
         tracing::info!(address = %l.local_addr()?, "listening");
         listeners.push(l);
     }
@@ -65,41 +66,63 @@ pub fn spawn_workers(
     current: Current,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let addrs: Vec<SocketAddr> = first.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> = first
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
     let mut first = Some(first);
     let mut threads = Vec::with_capacity(workers);
     for id in 0..workers {
         // Port 0 was resolved by the first bind: every worker uses the same port.
         let listeners = match first.take() {
             Some(l) => l,
-            None => addrs.iter().map(|a| bind_one(*a)).collect::<Result<_, _>>()?,
+            None => addrs
+                .iter()
+                .map(|a| bind_one(*a))
+                .collect::<Result<_, _>>()?,
         };
         let (current, mut stop) = (current.clone(), stop.clone());
-        let thread = std::thread::Builder::new().name(format!("portier-worker-{id}")).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => return tracing::error!(worker = id, error = %e, "cannot start a worker"),
-            };
-            crate::forward::set_worker(id);
-            rt.block_on(async move {
-                let listeners = listeners.into_iter().map(TcpListener::from_std).collect::<Result<Vec<_>, _>>();
-                let stopped = async move {
-                    // Also ends if the control runtime is gone.
-                    let _ = stop.wait_for(|stop| *stop).await;
+        let thread = std::thread::Builder::new()
+            .name(format!("portier-worker-{id}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        return tracing::error!(worker = id, error = %e, "cannot start a worker");
+                    }
                 };
-                match listeners {
-                    Ok(l) => serve(l, current, stopped).await,
-                    Err(e) => tracing::error!(worker = id, error = %e, "cannot register listeners"),
-                }
-            });
-        })?;
+                crate::forward::set_worker(id);
+                rt.block_on(async move {
+                    let listeners = listeners
+                        .into_iter()
+                        .map(TcpListener::from_std)
+                        .collect::<Result<Vec<_>, _>>();
+                    let stopped = async move {
+                        // Also ends if the control runtime is gone.
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    match listeners {
+                        Ok(l) => serve(l, current, stopped).await,
+                        Err(e) => {
+                            tracing::error!(worker = id, error = %e, "cannot register listeners")
+                        }
+                    }
+                });
+            })?;
         threads.push(thread);
     }
     Ok(threads)
 }
 
 /// Serve until `shutdown` resolves, then stop accepting and drain.
-pub async fn serve(listeners: Vec<TcpListener>, current: Current, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    current: Current,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -131,9 +154,14 @@ pub async fn serve(listeners: Vec<TcpListener>, current: Current, shutdown: impl
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 // A client that never sends (or finishes) a request head must not hold a connection forever.
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
                 builder.http2().timer(TokioTimer::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -150,7 +178,10 @@ pub async fn serve(listeners: Vec<TcpListener>, current: Current, shutdown: impl
         let _ = l.await;
     }
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops ended"));
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
 }

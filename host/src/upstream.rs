@@ -6,8 +6,8 @@
 //! touched on every request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -97,7 +97,11 @@ impl Upstreams {
                 (u.name.clone(), Arc::new(up))
             })
             .collect();
-        Upstreams { by_name, names: upstreams.iter().map(|u| u.name.clone()).collect(), epoch: Instant::now() }
+        Upstreams {
+            by_name,
+            names: upstreams.iter().map(|u| u.name.clone()).collect(),
+            epoch: Instant::now(),
+        }
     }
 
     /// The upstream with this name.
@@ -147,14 +151,17 @@ impl Upstreams {
 
     /// Record that an endpoint refused (or failed) a connection.
     pub fn mark_refused(&self, upstream: &Upstream, e: &Endpoint) {
-        e.refused_until_ms.store(self.now_ms() + upstream.refused_cooldown_ms, Relaxed);
+        e.refused_until_ms
+            .store(self.now_ms() + upstream.refused_cooldown_ms, Relaxed);
     }
 
     /// Host fallback when no balancer stage exists: round-robin over healthy endpoints.
     pub fn round_robin(&self, upstream: &Upstream) -> Option<usize> {
         let n = upstream.endpoints.len();
         let start = upstream.cursor.fetch_add(1, Relaxed);
-        (0..n).map(|k| (start + k) % n).find(|&i| self.healthy(&upstream.endpoints[i]))
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.healthy(&upstream.endpoints[i]))
     }
 }
 
@@ -170,7 +177,11 @@ impl Endpoint {
         let sample = d.as_micros().min(u64::MAX as u128) as u64;
         // alpha = 1/8, like TCP's SRTT: smooth, yet a slow endpoint shows within a few requests.
         let _ = self.latency_ewma_us.fetch_update(Relaxed, Relaxed, |old| {
-            Some(if old == 0 { sample.max(1) } else { (old * 7 + sample) / 8 })
+            Some(if old == 0 {
+                sample.max(1)
+            } else {
+                (old * 7 + sample) / 8
+            })
         });
     }
 }
@@ -190,7 +201,10 @@ mod tests {
     use super::*;
 
     fn upstreams(cooldown: Duration) -> Upstreams {
-        let ep = |a: &str| manifest::Endpoint { address: a.parse().unwrap(), weight: 1 };
+        let ep = |a: &str| manifest::Endpoint {
+            address: a.parse().unwrap(),
+            weight: 1,
+        };
         Upstreams::new(&[manifest::Upstream {
             name: "api".into(),
             endpoints: vec![ep("127.0.0.1:1"), ep("127.0.0.1:2"), ep("127.0.0.1:3")],

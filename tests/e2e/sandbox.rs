@@ -556,7 +556,12 @@ async fn filter_that_declines_responses_at_init_is_never_called_on_them() {
         let reply = get(&declines.client(), "/", false).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let reply = get(&wants.client(), "/", false).await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
     }
     assert_eq!(stage_status(&declines).await["failures"], 0);
     assert_eq!(stage_status(&wants).await["failures"], 5);

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn cargo() -> Command {
@@ -37,16 +40,33 @@ fn cargo() -> Command {
 fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {what}");
     let status = cmd.status().map_err(|e| format!("{what}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
 }
 
 /// Plugins compile to wasm32-wasip2; add the target when it is missing.
 fn ensure_wasm_target() -> Result<(), String> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") => Ok(()),
-        Ok(_) => run("adding the wasm32-wasip2 target", Command::new("rustup").args(["target", "add", "wasm32-wasip2"])),
-        Err(e) => Err(format!("rustup is needed to add the wasm32-wasip2 target: {e}")),
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-wasip2") =>
+        {
+            Ok(())
+        }
+        Ok(_) => run(
+            "adding the wasm32-wasip2 target",
+            Command::new("rustup").args(["target", "add", "wasm32-wasip2"]),
+        ),
+        Err(e) => Err(format!(
+            "rustup is needed to add the wasm32-wasip2 target: {e}"
+        )),
     }
 }
 
@@ -54,16 +74,32 @@ fn test() -> Result<(), String> {
     ensure_wasm_target()?;
     run(
         "plugin unit tests (native)",
-        cargo().args(["test", "--manifest-path", "plugins/Cargo.toml", "--workspace"]),
+        cargo().args([
+            "test",
+            "--manifest-path",
+            "plugins/Cargo.toml",
+            "--workspace",
+        ]),
     )?;
-    run("host unit and end-to-end tests", cargo().args(["test", "--workspace"]))
+    run(
+        "host unit and end-to-end tests",
+        cargo().args(["test", "--workspace"]),
+    )
 }
 
 fn quickstart() -> Result<(), String> {
     ensure_wasm_target()?;
     run(
         "building portier, its built-in plugins and the demo backends",
-        cargo().args(["build", "-p", "portier", "--bin", "portier", "--example", "demo-backend"]),
+        cargo().args([
+            "build",
+            "-p",
+            "portier",
+            "--bin",
+            "portier",
+            "--example",
+            "demo-backend",
+        ]),
     )?;
     let bin = root().join("target/debug");
     let mut backends = Guard(
@@ -83,7 +119,11 @@ fn quickstart() -> Result<(), String> {
         .status()
         .map_err(|e| format!("starting portier: {e}"))?;
     let _ = backends.0.kill();
-    if status.success() { Ok(()) } else { Err(format!("portier exited ({status})")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("portier exited ({status})"))
+    }
 }
 
 /// Kills a child process when dropped, so no demo backend outlives the quickstart.

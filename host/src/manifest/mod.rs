@@ -215,7 +215,11 @@ pub struct Quarantine {
 
 impl Default for Quarantine {
     fn default() -> Quarantine {
-        Quarantine { failures: 20, window: Duration::from_secs(10), duration: Duration::from_secs(30) }
+        Quarantine {
+            failures: 20,
+            window: Duration::from_secs(10),
+            duration: Duration::from_secs(30),
+        }
     }
 }
 
@@ -252,9 +256,16 @@ impl Manifest {
 
     /// Validate manifest text; `file` names it in errors and anchors relative paths.
     pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
-        let err = |key: String, reason: String| ManifestError { file: file.to_owned(), key, reason };
+        let err = |key: String, reason: String| ManifestError {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
         let value: toml::Table = toml::from_str(text).map_err(|e| {
-            err(String::new(), format!("invalid TOML: {}", e.message().trim()))
+            err(
+                String::new(),
+                format!("invalid TOML: {}", e.message().trim()),
+            )
         })?;
         let raw: RawManifest = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
@@ -269,7 +280,10 @@ impl Manifest {
         for (i, inc) in raw.include.iter().enumerate() {
             let path = base.join(inc);
             if !path.is_file() {
-                return Err(err(format!("include[{i}]"), format!("no file at {}", path.display())));
+                return Err(err(
+                    format!("include[{i}]"),
+                    format!("no file at {}", path.display()),
+                ));
             }
             included.extend(load_include(&path)?);
             includes.push(path);
@@ -282,17 +296,33 @@ impl Manifest {
 
 /// Read an included file and validate its upstreams (errors name that file).
 fn load_include(path: &Path) -> Result<Vec<(PathBuf, usize, Upstream)>, ManifestError> {
-    let err = |key: String, reason: String| ManifestError { file: path.to_owned(), key, reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(String::new(), format!("cannot read: {e}")))?;
-    let value: toml::Table =
-        toml::from_str(&text).map_err(|e| err(String::new(), format!("invalid TOML: {}", e.message().trim())))?;
-    let raw: raw::RawInclude = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
-        let key = e.path().to_string();
-        let reason = e.into_inner().to_string();
-        err(if key == "." { String::new() } else { key }, format!("{reason} (an included file holds only [[upstreams]])"))
+    let err = |key: String, reason: String| ManifestError {
+        file: path.to_owned(),
+        key,
+        reason,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(String::new(), format!("cannot read: {e}")))?;
+    let value: toml::Table = toml::from_str(&text).map_err(|e| {
+        err(
+            String::new(),
+            format!("invalid TOML: {}", e.message().trim()),
+        )
     })?;
+    let raw: raw::RawInclude = serde_path_to_error::deserialize(toml::Value::Table(value))
+        .map_err(|e| {
+            let key = e.path().to_string();
+            let reason = e.into_inner().to_string();
+            err(
+                if key == "." { String::new() } else { key },
+                format!("{reason} (an included file holds only [[upstreams]])"),
+            )
+        })?;
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
-    let v = Validator { file: path, base: &base };
+    let v = Validator {
+        file: path,
+        base: &base,
+    };
     raw.upstreams
         .into_iter()
         .enumerate()
@@ -308,10 +338,18 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ManifestError {
-        ManifestError { file: self.file.to_owned(), key: key.into(), reason: reason.into() }
+        ManifestError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
-    fn manifest(&self, raw: RawManifest, included: Vec<(PathBuf, usize, Upstream)>) -> Result<Manifest, ManifestError> {
+    fn manifest(
+        &self,
+        raw: RawManifest,
+        included: Vec<(PathBuf, usize, Upstream)>,
+    ) -> Result<Manifest, ManifestError> {
         let server = self.server(raw.server)?;
         let admin = match raw.admin {
             None => None,
@@ -342,13 +380,23 @@ impl Validator<'_> {
             if !stage_names.insert(s.name.clone()) {
                 return Err(self.err(
                     format!("pipeline[{i}].name"),
-                    format!("duplicate stage name {:?}; give this stage its own `name`", s.name),
+                    format!(
+                        "duplicate stage name {:?}; give this stage its own `name`",
+                        s.name
+                    ),
                 ));
             }
             stages.push(s);
         }
         self.shape(&upstreams, &stages)?;
-        Ok(Manifest { file: self.file.to_owned(), includes: Vec::new(), server, admin, upstreams, stages })
+        Ok(Manifest {
+            file: self.file.to_owned(),
+            includes: Vec::new(),
+            server,
+            admin,
+            upstreams,
+            stages,
+        })
     }
 
     fn server(&self, raw: raw::RawServer) -> Result<Server, ManifestError> {
@@ -358,7 +406,11 @@ impl Validator<'_> {
         }
         let mut listen = Vec::new();
         for (i, a) in listen_raw.iter().enumerate() {
-            let key = if listen_raw.len() == 1 { "server.listen".to_string() } else { format!("server.listen[{i}]") };
+            let key = if listen_raw.len() == 1 {
+                "server.listen".to_string()
+            } else {
+                format!("server.listen[{i}]")
+            };
             listen.push(self.address(key, a)?);
         }
         if raw.workers == Some(0) {
@@ -366,17 +418,29 @@ impl Validator<'_> {
         }
         Ok(Server {
             listen,
-            workers: raw.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            workers: raw
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             access_log: raw.access_log.unwrap_or(true),
             cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
         })
     }
 
     fn address(&self, key: String, a: &str) -> Result<SocketAddr, ManifestError> {
-        a.parse().map_err(|_| self.err(key, format!("{a:?} is not an address of the form ip:port (e.g. \"127.0.0.1:3000\")")))
+        a.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("{a:?} is not an address of the form ip:port (e.g. \"127.0.0.1:3000\")"),
+            )
+        })
     }
 
-    fn duration(&self, key: String, v: Option<String>, default: Duration) -> Result<Duration, ManifestError> {
+    fn duration(
+        &self,
+        key: String,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ManifestError> {
         match v {
             None => Ok(default),
             Some(s) => units::duration(&s).map_err(|r| self.err(key, r)),
@@ -395,18 +459,31 @@ impl Validator<'_> {
         for (j, e) in raw.endpoints.into_iter().enumerate() {
             let (address, weight, akey) = match e {
                 RawEndpoint::Address(a) => (a, None, key(&format!("endpoints[{j}]"))),
-                RawEndpoint::Table(t) => (t.address, t.weight, key(&format!("endpoints[{j}].address"))),
+                RawEndpoint::Table(t) => {
+                    (t.address, t.weight, key(&format!("endpoints[{j}].address")))
+                }
             };
             let address = parse_endpoint(&address).map_err(|r| self.err(akey, r))?;
             if weight == Some(0) {
                 return Err(self.err(key(&format!("endpoints[{j}].weight")), "must be at least 1"));
             }
-            endpoints.push(Endpoint { address, weight: weight.unwrap_or(1) });
+            endpoints.push(Endpoint {
+                address,
+                weight: weight.unwrap_or(1),
+            });
         }
         Ok(Upstream {
-            connect_timeout: self.duration(key("connect_timeout"), raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?,
+            connect_timeout: self.duration(
+                key("connect_timeout"),
+                raw.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
             timeout: self.duration(key("timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
-            refused_cooldown: self.duration(key("refused_cooldown"), raw.refused_cooldown, DEFAULT_REFUSED_COOLDOWN)?,
+            refused_cooldown: self.duration(
+                key("refused_cooldown"),
+                raw.refused_cooldown,
+                DEFAULT_REFUSED_COOLDOWN,
+            )?,
             name: raw.name,
             endpoints,
         })
@@ -417,7 +494,12 @@ impl Validator<'_> {
         let declared_role = match raw.role.as_deref() {
             None => None,
             Some(r) => Some(Role::parse(r).ok_or_else(|| {
-                self.err(key("role"), format!("unknown role {r:?}; expected filter, router, balancer or cache-policy"))
+                self.err(
+                    key("role"),
+                    format!(
+                        "unknown role {r:?}; expected filter, router, balancer or cache-policy"
+                    ),
+                )
             })?),
         };
         let (source, role, default_name) = if let Some(b) = builtin::find(&raw.plugin) {
@@ -431,12 +513,22 @@ impl Validator<'_> {
         } else if raw.plugin.ends_with(".wasm") || raw.plugin.contains('/') {
             let path = self.base.join(&raw.plugin);
             if !path.is_file() {
-                return Err(self.err(key("plugin"), format!("no plugin file at {}", path.display())));
+                return Err(self.err(
+                    key("plugin"),
+                    format!("no plugin file at {}", path.display()),
+                ));
             }
             let role = declared_role.ok_or_else(|| {
-                self.err(key("role"), "required for a plugin file: one of filter, router, balancer, cache-policy")
+                self.err(
+                    key("role"),
+                    "required for a plugin file: one of filter, router, balancer, cache-policy",
+                )
             })?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_string();
             (PluginSource::File(path), role, stem)
         } else {
             return Err(self.err(
@@ -456,10 +548,14 @@ impl Validator<'_> {
             None | Some("fail-closed") => FailurePolicy::Closed,
             Some("fail-open") => FailurePolicy::Open,
             Some(other) => {
-                return Err(self.err(key("on_error"), format!("{other:?}: expected \"fail-closed\" or \"fail-open\"")));
+                return Err(self.err(
+                    key("on_error"),
+                    format!("{other:?}: expected \"fail-closed\" or \"fail-open\""),
+                ));
             }
         };
-        let call_timeout = self.duration(key("call_timeout"), raw.call_timeout, DEFAULT_CALL_TIMEOUT)?;
+        let call_timeout =
+            self.duration(key("call_timeout"), raw.call_timeout, DEFAULT_CALL_TIMEOUT)?;
         if call_timeout.is_zero() {
             return Err(self.err(key("call_timeout"), "must be greater than zero"));
         }
@@ -474,7 +570,10 @@ impl Validator<'_> {
             None | Some("pooled") => Isolation::Pooled,
             Some("per-request") => Isolation::PerRequest,
             Some(other) => {
-                return Err(self.err(key("isolation"), format!("{other:?}: expected \"pooled\" or \"per-request\"")));
+                return Err(self.err(
+                    key("isolation"),
+                    format!("{other:?}: expected \"pooled\" or \"per-request\""),
+                ));
             }
         };
         let quarantine = match raw.quarantine {
@@ -491,11 +590,25 @@ impl Validator<'_> {
         let grants = self.grants(i, raw.grants)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
-        Ok(Stage { index: i, name, role, source, on_error, call_timeout, memory_limit, isolation, quarantine, grants, config_json })
+        Ok(Stage {
+            index: i,
+            name,
+            role,
+            source,
+            on_error,
+            call_timeout,
+            memory_limit,
+            isolation,
+            quarantine,
+            grants,
+            config_json,
+        })
     }
 
     fn grants(&self, i: usize, raw: Option<raw::RawGrants>) -> Result<Grants, ManifestError> {
-        let Some(raw) = raw else { return Ok(Grants::default()) };
+        let Some(raw) = raw else {
+            return Ok(Grants::default());
+        };
         let mut dirs = Vec::new();
         for (guest, host) in raw.dirs {
             let key = format!("pipeline[{i}].grants.dirs.{guest}");
@@ -508,7 +621,10 @@ impl Validator<'_> {
             }
             dirs.push((guest, host));
         }
-        Ok(Grants { dirs, env: raw.env.into_iter().collect() })
+        Ok(Grants {
+            dirs,
+            env: raw.env.into_iter().collect(),
+        })
     }
 
     /// Rules about the pipeline as a whole.
@@ -516,7 +632,10 @@ impl Validator<'_> {
         let find = |role| stages.iter().filter(move |s: &&Stage| s.role == role);
         for role in [Role::Router, Role::Balancer] {
             if let Some(second) = find(role).nth(1) {
-                return Err(self.err(second.key(), format!("a pipeline has at most one {role} stage")));
+                return Err(self.err(
+                    second.key(),
+                    format!("a pipeline has at most one {role} stage"),
+                ));
             }
         }
         if let Some(c) = find(Role::CachePolicy).next() {
@@ -529,7 +648,10 @@ impl Validator<'_> {
         if let (Some(r), Some(b)) = (router, find(Role::Balancer).next())
             && b.index < r.index
         {
-            return Err(self.err(b.key(), format!("the balancer must come after the router ({})", r.key())));
+            return Err(self.err(
+                b.key(),
+                format!("the balancer must come after the router ({})", r.key()),
+            ));
         }
         if upstreams.is_empty() {
             return Err(self.err("upstreams", "at least one upstream is required"));
@@ -537,7 +659,10 @@ impl Validator<'_> {
         if router.is_none() && upstreams.len() > 1 {
             return Err(self.err(
                 "pipeline",
-                format!("{} upstreams but no router stage to choose between them", upstreams.len()),
+                format!(
+                    "{} upstreams but no router stage to choose between them",
+                    upstreams.len()
+                ),
             ));
         }
         Ok(())
@@ -546,7 +671,8 @@ impl Validator<'_> {
 
 /// Parse `host:port` (an IP, `[v6]`, or a DNS name, and a port).
 fn parse_endpoint(s: &str) -> Result<Authority, String> {
-    let bad = || format!("{s:?} is not an endpoint of the form host:port (e.g. \"127.0.0.1:3001\")");
+    let bad =
+        || format!("{s:?} is not an endpoint of the form host:port (e.g. \"127.0.0.1:3001\")");
     let a: Authority = s.parse().map_err(|_| bad())?;
     if a.port_u16().is_none() || a.host().is_empty() || a.as_str().contains('@') {
         return Err(bad());

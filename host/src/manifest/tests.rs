@@ -16,11 +16,20 @@ const UPSTREAM: &str = "[[upstreams]]\nname = \"api\"\nendpoints = [\"127.0.0.1:
 
 #[test]
 fn minimal_manifest_gets_defaults() {
-    let m = parse(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}")).unwrap();
-    assert_eq!(m.server.listen, vec!["127.0.0.1:3000".parse::<SocketAddr>().unwrap()]);
+    let m = parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}"
+    ))
+    .unwrap();
+    assert_eq!(
+        m.server.listen,
+        vec!["127.0.0.1:3000".parse::<SocketAddr>().unwrap()]
+    );
     assert!(m.server.access_log);
     let u = &m.upstreams[0];
-    assert_eq!((u.timeout, u.connect_timeout), (DEFAULT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT));
+    assert_eq!(
+        (u.timeout, u.connect_timeout),
+        (DEFAULT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+    );
     assert_eq!(u.endpoints[0].weight, 1);
 }
 
@@ -33,47 +42,83 @@ fn builtin_stage_takes_its_role_and_name_and_config_becomes_json() {
     ))
     .unwrap();
     let s = &m.stages[0];
-    assert_eq!((s.name.as_str(), s.role, s.on_error), ("balancer", Role::Balancer, FailurePolicy::Open));
-    assert_eq!((s.call_timeout, s.memory_limit), (Duration::from_millis(5), 8 << 20));
+    assert_eq!(
+        (s.name.as_str(), s.role, s.on_error),
+        ("balancer", Role::Balancer, FailurePolicy::Open)
+    );
+    assert_eq!(
+        (s.call_timeout, s.memory_limit),
+        (Duration::from_millis(5), 8 << 20)
+    );
     assert_eq!(s.config_json, r#"{"algorithm":"round-robin"}"#);
 }
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    assert_eq!(key_of("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n"), "server.lisen");
+    assert_eq!(
+        key_of("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n"),
+        "server.lisen"
+    );
     let e = parse("[server]\nlisten = \"127.0.0.1:3000\"\nlisen = 1\n").unwrap_err();
     assert!(e.reason.contains("lisen"), "{e}");
     assert_eq!(
-        key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"router\"\nroel = \"x\"\n")),
+        key_of(&format!(
+            "[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"router\"\nroel = \"x\"\n"
+        )),
         "pipeline[0].roel"
     );
 }
 
 #[test]
 fn bad_addresses_name_the_exact_key() {
-    assert_eq!(key_of(&format!("[server]\nlisten = \"localhost\"\n{UPSTREAM}")), "server.listen");
     assert_eq!(
-        key_of("[server]\nlisten = \"127.0.0.1:3000\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"nope\"]\n"),
+        key_of(&format!("[server]\nlisten = \"localhost\"\n{UPSTREAM}")),
+        "server.listen"
+    );
+    assert_eq!(
+        key_of(
+            "[server]\nlisten = \"127.0.0.1:3000\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"nope\"]\n"
+        ),
         "upstreams[0].endpoints[0]"
     );
 }
 
 #[test]
 fn duplicate_upstreams_and_missing_router_are_rejected() {
-    let two = format!("{UPSTREAM}[[upstreams]]\nname = \"api\"\nendpoints = [\"127.0.0.1:3002\"]\n");
-    assert_eq!(key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{two}")), "upstreams[1].name");
-    let distinct = two.replace("name = \"api\"\nendpoints = [\"127.0.0.1:3002\"]", "name = \"web\"\nendpoints = [\"127.0.0.1:3002\"]");
-    assert_eq!(key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{distinct}")), "pipeline");
+    let two =
+        format!("{UPSTREAM}[[upstreams]]\nname = \"api\"\nendpoints = [\"127.0.0.1:3002\"]\n");
+    assert_eq!(
+        key_of(&format!("[server]\nlisten = \"127.0.0.1:3000\"\n{two}")),
+        "upstreams[1].name"
+    );
+    let distinct = two.replace(
+        "name = \"api\"\nendpoints = [\"127.0.0.1:3002\"]",
+        "name = \"web\"\nendpoints = [\"127.0.0.1:3002\"]",
+    );
+    assert_eq!(
+        key_of(&format!(
+            "[server]\nlisten = \"127.0.0.1:3000\"\n{distinct}"
+        )),
+        "pipeline"
+    );
 }
 
 #[test]
 fn plugin_files_must_exist_and_declare_a_role() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.toml");
-    let text = format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"auth.wasm\"\n");
-    assert_eq!(Manifest::parse(&file, &text).unwrap_err().key, "pipeline[0].plugin");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"auth.wasm\"\n"
+    );
+    assert_eq!(
+        Manifest::parse(&file, &text).unwrap_err().key,
+        "pipeline[0].plugin"
+    );
     std::fs::write(dir.path().join("auth.wasm"), b"").unwrap();
-    assert_eq!(Manifest::parse(&file, &text).unwrap_err().key, "pipeline[0].role");
+    assert_eq!(
+        Manifest::parse(&file, &text).unwrap_err().key,
+        "pipeline[0].role"
+    );
     let ok = Manifest::parse(&file, &format!("{text}role = \"filter\"\n")).unwrap();
     assert_eq!(ok.stages[0].name, "auth");
 }
@@ -81,17 +126,25 @@ fn plugin_files_must_exist_and_declare_a_role() {
 #[test]
 fn pipeline_shape_rules_hold() {
     let base = format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}");
-    let two_routers = format!("{base}[[pipeline]]\nplugin = \"router\"\n[[pipeline]]\nplugin = \"router\"\nname = \"r2\"\n");
+    let two_routers = format!(
+        "{base}[[pipeline]]\nplugin = \"router\"\n[[pipeline]]\nplugin = \"router\"\nname = \"r2\"\n"
+    );
     assert_eq!(key_of(&two_routers), "pipeline[1]");
-    let order = format!("{base}[[pipeline]]\nplugin = \"balancer\"\n[[pipeline]]\nplugin = \"router\"\n");
+    let order =
+        format!("{base}[[pipeline]]\nplugin = \"balancer\"\n[[pipeline]]\nplugin = \"router\"\n");
     assert_eq!(key_of(&order), "pipeline[0]");
-    let builtin_wrong_role = format!("{base}[[pipeline]]\nplugin = \"router\"\nrole = \"filter\"\n");
+    let builtin_wrong_role =
+        format!("{base}[[pipeline]]\nplugin = \"router\"\nrole = \"filter\"\n");
     assert_eq!(key_of(&builtin_wrong_role), "pipeline[0].role");
 }
 
 #[test]
 fn error_display_is_file_key_reason() {
-    let e = ManifestError { file: "m.toml".into(), key: "server.listen".into(), reason: "bad".into() };
+    let e = ManifestError {
+        file: "m.toml".into(),
+        key: "server.listen".into(),
+        reason: "bad".into(),
+    };
     assert_eq!(e.to_string(), "m.toml: server.listen: bad");
 }
 
@@ -110,16 +163,33 @@ fn included_upstreams_come_first_and_their_errors_name_the_included_file() {
     assert_eq!(names, ["api", "web"]);
     assert_eq!(m.includes, std::slice::from_ref(&shared));
 
-    std::fs::write(&shared, "[[upstreams]]\nname = \"api\"\nendpoints = [\"nope\"]\n").unwrap();
+    std::fs::write(
+        &shared,
+        "[[upstreams]]\nname = \"api\"\nendpoints = [\"nope\"]\n",
+    )
+    .unwrap();
     let e = Manifest::parse(&file, text).unwrap_err();
-    assert_eq!((e.file.as_path(), e.key.as_str()), (shared.as_path(), "upstreams[0].endpoints[0]"));
+    assert_eq!(
+        (e.file.as_path(), e.key.as_str()),
+        (shared.as_path(), "upstreams[0].endpoints[0]")
+    );
 
-    std::fs::write(&shared, format!("{UPSTREAM}[server]\nlisten = \"127.0.0.1:1\"\n")).unwrap();
+    std::fs::write(
+        &shared,
+        format!("{UPSTREAM}[server]\nlisten = \"127.0.0.1:1\"\n"),
+    )
+    .unwrap();
     let e = Manifest::parse(&file, text).unwrap_err();
-    assert_eq!((e.file.as_path(), e.key.as_str()), (shared.as_path(), "server"));
+    assert_eq!(
+        (e.file.as_path(), e.key.as_str()),
+        (shared.as_path(), "server")
+    );
 
     let missing = text.replace("shared/upstreams.toml", "shared/nope.toml");
-    assert_eq!(Manifest::parse(&file, &missing).unwrap_err().key, "include[0]");
+    assert_eq!(
+        Manifest::parse(&file, &missing).unwrap_err().key,
+        "include[0]"
+    );
 }
 
 #[test]
@@ -128,11 +198,23 @@ fn granted_directories_must_exist_and_be_absolute_in_the_guest() {
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     let file = dir.path().join("m.toml");
     let stage = |grants: &str| {
-        format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"headers\"\ngrants = {grants}\n")
+        format!(
+            "[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}[[pipeline]]\nplugin = \"headers\"\ngrants = {grants}\n"
+        )
     };
-    let m = Manifest::parse(&file, &stage("{ dirs = { \"/rules\" = \"rules\" }, env = { MODE = \"strict\" } }")).unwrap();
-    assert_eq!(m.stages[0].grants.dirs, [("/rules".to_string(), dir.path().join("rules"))]);
-    assert_eq!(m.stages[0].grants.env, [("MODE".to_string(), "strict".to_string())]);
+    let m = Manifest::parse(
+        &file,
+        &stage("{ dirs = { \"/rules\" = \"rules\" }, env = { MODE = \"strict\" } }"),
+    )
+    .unwrap();
+    assert_eq!(
+        m.stages[0].grants.dirs,
+        [("/rules".to_string(), dir.path().join("rules"))]
+    );
+    assert_eq!(
+        m.stages[0].grants.env,
+        [("MODE".to_string(), "strict".to_string())]
+    );
     let e = Manifest::parse(&file, &stage("{ dirs = { \"/rules\" = \"missing\" } }")).unwrap_err();
     assert_eq!(e.key, "pipeline[0].grants.dirs./rules");
     let e = Manifest::parse(&file, &stage("{ dirs = { \"rules\" = \"rules\" } }")).unwrap_err();
@@ -144,8 +226,12 @@ fn an_upstream_defined_again_after_an_include_is_a_duplicate_in_the_including_fi
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shared.toml"), UPSTREAM).unwrap();
     let file = dir.path().join("m.toml");
-    let text = format!("include = [\"shared.toml\"]\n[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}");
+    let text =
+        format!("include = [\"shared.toml\"]\n[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}");
     let e = Manifest::parse(&file, &text).unwrap_err();
-    assert_eq!((e.file.as_path(), e.key.as_str()), (file.as_path(), "upstreams[0].name"));
+    assert_eq!(
+        (e.file.as_path(), e.key.as_str()),
+        (file.as_path(), "upstreams[0].name")
+    );
     assert!(e.reason.contains("duplicate upstream name \"api\""), "{e}");
 }

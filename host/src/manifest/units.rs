@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Parse a duration such as `"250ms"`, `"2s"`, `"1m 30s"`.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (e.g. \"250ms\", \"2s\"): {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. \"250ms\", \"2s\"): {e}"))
 }
 
 /// Parse a byte size such as `"16MiB"`, `"512KiB"`, `"1GiB"` or a plain number of bytes.

@@ -5,9 +5,9 @@
 
 use std::net::SocketAddr;
 
+use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::HeaderMap;
 
 /// A request head plus what the proxy knows about its client.
 #[derive(Debug)]
@@ -57,7 +57,9 @@ impl RequestHead {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
-        let pq: PathAndQuery = pq.parse().map_err(|e| format!("invalid path or query: {e}"))?;
+        let pq: PathAndQuery = pq
+            .parse()
+            .map_err(|e| format!("invalid path or query: {e}"))?;
         let mut uri = std::mem::take(&mut self.parts.uri).into_parts();
         uri.path_and_query = Some(pq);
         self.parts.uri = http::Uri::from_parts(uri).map_err(|e| format!("invalid URI: {e}"))?;
@@ -78,18 +80,28 @@ fn strip_port(h: &str) -> &str {
 
 /// Header access shared by both heads.
 pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Every value of a header (values that are not text are skipped).
 pub fn header_all(headers: &HeaderMap, name: &str) -> Vec<String> {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Validate a header name and value from a guest.
 pub fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), EditError> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-    let v = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let v =
+        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
     Ok((n, v))
 }
 
@@ -124,12 +136,18 @@ mod tests {
             b = b.header("host", h);
         }
         let (parts, ()) = b.body(()).unwrap().into_parts();
-        RequestHead { parts, client: "127.0.0.1:1".parse().unwrap() }
+        RequestHead {
+            parts,
+            client: "127.0.0.1:1".parse().unwrap(),
+        }
     }
 
     #[test]
     fn host_comes_from_the_host_header_without_port() {
-        assert_eq!(head("/", Some("example.com:8080")).host(), Some("example.com"));
+        assert_eq!(
+            head("/", Some("example.com:8080")).host(),
+            Some("example.com")
+        );
         assert_eq!(head("/", Some("[::1]:80")).host(), Some("[::1]"));
         assert_eq!(head("http://a.test/x", None).host(), Some("a.test"));
     }

@@ -64,7 +64,10 @@ impl StageState {
 
 impl WasiView for StageState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -87,7 +90,11 @@ impl types::HostRequestHead for StageState {
     fn query(&mut self, h: Resource<RequestHead>) -> Result<Option<String>> {
         Ok(self.table.get(&h)?.query().map(str::to_owned))
     }
-    fn set_query(&mut self, h: Resource<RequestHead>, query: Option<String>) -> Result<Result<(), String>> {
+    fn set_query(
+        &mut self,
+        h: Resource<RequestHead>,
+        query: Option<String>,
+    ) -> Result<Result<(), String>> {
         let head = self.table.get_mut(&h)?;
         let path = head.path().to_owned();
         Ok(head.set_path_and_query(&path, query.as_deref()))
@@ -101,11 +108,29 @@ impl types::HostRequestHead for StageState {
     fn header_all(&mut self, h: Resource<RequestHead>, name: String) -> Result<Vec<String>> {
         Ok(heads::header_all(&self.table.get(&h)?.parts.headers, &name))
     }
-    fn set_header(&mut self, h: Resource<RequestHead>, name: String, value: String) -> Result<Result<(), String>> {
-        Ok(heads::set_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    fn set_header(
+        &mut self,
+        h: Resource<RequestHead>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        Ok(heads::set_header(
+            &mut self.table.get_mut(&h)?.parts.headers,
+            &name,
+            &value,
+        ))
     }
-    fn append_header(&mut self, h: Resource<RequestHead>, name: String, value: String) -> Result<Result<(), String>> {
-        Ok(heads::append_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    fn append_header(
+        &mut self,
+        h: Resource<RequestHead>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        Ok(heads::append_header(
+            &mut self.table.get_mut(&h)?.parts.headers,
+            &name,
+            &value,
+        ))
     }
     fn remove_header(&mut self, h: Resource<RequestHead>, name: String) -> Result<()> {
         heads::remove_header(&mut self.table.get_mut(&h)?.parts.headers, &name);
@@ -140,11 +165,29 @@ impl types::HostResponseHead for StageState {
     fn header_all(&mut self, h: Resource<ResponseHead>, name: String) -> Result<Vec<String>> {
         Ok(heads::header_all(&self.table.get(&h)?.parts.headers, &name))
     }
-    fn set_header(&mut self, h: Resource<ResponseHead>, name: String, value: String) -> Result<Result<(), String>> {
-        Ok(heads::set_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    fn set_header(
+        &mut self,
+        h: Resource<ResponseHead>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        Ok(heads::set_header(
+            &mut self.table.get_mut(&h)?.parts.headers,
+            &name,
+            &value,
+        ))
     }
-    fn append_header(&mut self, h: Resource<ResponseHead>, name: String, value: String) -> Result<Result<(), String>> {
-        Ok(heads::append_header(&mut self.table.get_mut(&h)?.parts.headers, &name, &value))
+    fn append_header(
+        &mut self,
+        h: Resource<ResponseHead>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        Ok(heads::append_header(
+            &mut self.table.get_mut(&h)?.parts.headers,
+            &name,
+            &value,
+        ))
     }
     fn remove_header(&mut self, h: Resource<ResponseHead>, name: String) -> Result<()> {
         heads::remove_header(&mut self.table.get_mut(&h)?.parts.headers, &name);
@@ -173,7 +216,10 @@ impl log::Host for StageState {
 
 impl clock::Host for StageState {
     fn now_ms(&mut self) -> Result<u64> {
-        Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+        Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
     }
     fn monotonic_ns(&mut self) -> Result<u64> {
         static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -197,14 +243,32 @@ impl kv::Host for StageState {
     async fn get(&mut self, key: String) -> Result<Result<Option<Vec<u8>>, String>> {
         Ok(self.shared.kv.get(&key).map_err(|e| e.to_string()))
     }
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<Result<(), String>> {
-        Ok(self.shared.kv.set(&key, value, ttl(ttl_ms)).map_err(|e| e.to_string()))
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Result<(), String>> {
+        Ok(self
+            .shared
+            .kv
+            .set(&key, value, ttl(ttl_ms))
+            .map_err(|e| e.to_string()))
     }
     async fn delete(&mut self, key: String) -> Result<Result<bool, String>> {
         Ok(self.shared.kv.delete(&key).map_err(|e| e.to_string()))
     }
-    async fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<Result<i64, String>> {
-        Ok(self.shared.kv.increment(&key, delta, ttl(ttl_ms)).map_err(|e| e.to_string()))
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<Result<i64, String>> {
+        Ok(self
+            .shared
+            .kv
+            .increment(&key, delta, ttl(ttl_ms))
+            .map_err(|e| e.to_string()))
     }
     async fn compare_and_swap(
         &mut self,
@@ -213,7 +277,11 @@ impl kv::Host for StageState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<Result<bool, String>> {
-        Ok(self.shared.kv.compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms)).map_err(|e| e.to_string()))
+        Ok(self
+            .shared
+            .kv
+            .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms))
+            .map_err(|e| e.to_string()))
     }
 }
 
@@ -230,7 +298,10 @@ impl upstreams::Host for StageState {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| ups.healthy(e))
-                .map(|(i, e)| upstreams::Candidate { index: i as u32, weight: e.weight })
+                .map(|(i, e)| upstreams::Candidate {
+                    index: i as u32,
+                    weight: e.weight,
+                })
                 .collect()
         }))
     }

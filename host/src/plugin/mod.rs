@@ -6,22 +6,22 @@
 //! - pipeline generation: [`Stage`] (compiled component, `InstancePre`, idle instances);
 //! - call: a head pushed into one instance's resource table and taken back.
 
-pub mod builtin;
 mod bindings;
+pub mod builtin;
 pub mod heads;
 mod host;
 mod wasi;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{
-    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
-    UpdateDeadline,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 
 use crate::kv::Kv;
@@ -98,9 +98,14 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(err)?;
-        bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(err)?;
+        bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(err)?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker, kv: Kv::default() })
+        Ok(Runtime {
+            engine,
+            linker,
+            kv: Kv::default(),
+        })
     }
 
     /// Compile, link, type-check and start one stage; errors name the manifest key.
@@ -110,12 +115,20 @@ impl Runtime {
         spec: &manifest::Stage,
         upstreams: Arc<Upstreams>,
     ) -> Result<Stage, ManifestError> {
-        let err = |key: String, reason: String| ManifestError { file: manifest.to_owned(), key, reason };
+        let err = |key: String, reason: String| ManifestError {
+            file: manifest.to_owned(),
+            key,
+            reason,
+        };
         let plugin_key = format!("{}.plugin", spec.key());
         let bytes: Vec<u8> = match &spec.source {
             PluginSource::Builtin(b) => b.wasm.to_vec(),
-            PluginSource::File(p) => std::fs::read(p)
-                .map_err(|e| err(plugin_key.clone(), format!("cannot read {}: {e}", p.display())))?,
+            PluginSource::File(p) => std::fs::read(p).map_err(|e| {
+                err(
+                    plugin_key.clone(),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?,
         };
         let engine = self.engine.clone();
         // Compiling is CPU-bound (and may take a while cold): keep it off the async workers.
@@ -123,19 +136,27 @@ impl Runtime {
             .await
             .map_err(|e| err(plugin_key.clone(), format!("compilation aborted: {e}")))?
             .map_err(|e| err(plugin_key.clone(), format!("not a valid component: {e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| err(plugin_key.clone(), format!("imports something portier does not grant: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            err(
+                plugin_key.clone(),
+                format!("imports something portier does not grant: {e:#}"),
+            )
+        })?;
         let not_world = |e: wasmtime::Error| {
-            err(plugin_key.clone(), format!("does not implement world `{}`: {e:#}", spec.role))
+            err(
+                plugin_key.clone(),
+                format!("does not implement world `{}`: {e:#}", spec.role),
+            )
         };
         let pre = match spec.role {
             Role::Filter => RolePre::Filter(FilterPre::new(pre).map_err(not_world)?),
             Role::Router => RolePre::Router(RouterPre::new(pre).map_err(not_world)?),
             Role::Balancer => RolePre::Balancer(BalancerPre::new(pre).map_err(not_world)?),
             Role::CachePolicy => {
-                return Err(err(format!("{}.role", spec.key()), "cache-policy stages are not served yet".into()));
+                return Err(err(
+                    format!("{}.role", spec.key()),
+                    "cache-policy stages are not served yet".into(),
+                ));
             }
         };
         let stage = Stage {
@@ -166,7 +187,10 @@ impl Runtime {
                 Ok(stage)
             }
             Err(StageError::Start(reason)) => Err(init_error(manifest, spec, reason)),
-            Err(e) => Err(err(format!("{}.config", spec.key()), format!("init failed: {e}"))),
+            Err(e) => Err(err(
+                format!("{}.config", spec.key()),
+                format!("init failed: {e}"),
+            )),
         }
     }
 }
@@ -176,10 +200,16 @@ impl Runtime {
 fn init_error(manifest: &Path, spec: &manifest::Stage, reason: String) -> ManifestError {
     let base = format!("{}.config", spec.key());
     let (key, reason) = match reason.split_once(": ") {
-        Some((k, r)) if !k.is_empty() && !k.contains(char::is_whitespace) => (format!("{base}.{k}"), r.to_string()),
+        Some((k, r)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            (format!("{base}.{k}"), r.to_string())
+        }
         _ => (base, reason),
     };
-    ManifestError { file: manifest.to_owned(), key, reason }
+    ManifestError {
+        file: manifest.to_owned(),
+        key,
+        reason,
+    }
 }
 
 /// Pooled instance slots: instantiation becomes a few page-table operations
@@ -311,12 +341,19 @@ macro_rules! with_instance {
 
 impl Stage {
     /// Run a filter's `on-request`.
-    pub async fn on_request(&self, head: RequestHead) -> (RequestHead, Result<FilterAction, StageError>) {
-        let (head, out) = with_instance!(self, Filter(f), [head], |store, req| f.call_on_request(store, req));
-        (head, out.map(|a| match a {
-            bindings::filter::Action::Continue => FilterAction::Continue,
-            bindings::filter::Action::Respond(r) => FilterAction::Respond(r),
-        }))
+    pub async fn on_request(
+        &self,
+        head: RequestHead,
+    ) -> (RequestHead, Result<FilterAction, StageError>) {
+        let (head, out) = with_instance!(self, Filter(f), [head], |store, req| f
+            .call_on_request(store, req));
+        (
+            head,
+            out.map(|a| match a {
+                bindings::filter::Action::Continue => FilterAction::Continue,
+                bindings::filter::Action::Respond(r) => FilterAction::Respond(r),
+            }),
+        )
     }
 
     /// Run a filter's `on-response`.
@@ -325,21 +362,34 @@ impl Stage {
         req: RequestHead,
         resp: ResponseHead,
     ) -> (RequestHead, ResponseHead, Result<(), StageError>) {
-        with_instance!(self, Filter(f), [req, resp], |store, r, s| f.call_on_response(store, r, s))
+        with_instance!(self, Filter(f), [req, resp], |store, r, s| f
+            .call_on_response(store, r, s))
     }
 
     /// Run a router's `route`.
-    pub async fn route(&self, head: RequestHead) -> (RequestHead, Result<RouteDecision, StageError>) {
-        let (head, out) = with_instance!(self, Router(r), [head], |store, req| r.call_route(store, req));
-        (head, out.map(|d| match d {
-            bindings::router::Route::Upstream(u) => RouteDecision::Upstream(u),
-            bindings::router::Route::Respond(r) => RouteDecision::Respond(r),
-        }))
+    pub async fn route(
+        &self,
+        head: RequestHead,
+    ) -> (RequestHead, Result<RouteDecision, StageError>) {
+        let (head, out) = with_instance!(self, Router(r), [head], |store, req| r
+            .call_route(store, req));
+        (
+            head,
+            out.map(|d| match d {
+                bindings::router::Route::Upstream(u) => RouteDecision::Upstream(u),
+                bindings::router::Route::Respond(r) => RouteDecision::Respond(r),
+            }),
+        )
     }
 
     /// Run a balancer's `pick`.
-    pub async fn pick(&self, head: RequestHead, upstream: &str) -> (RequestHead, Result<Option<u32>, StageError>) {
-        with_instance!(self, Balancer(b), [head], |store, req| b.call_pick(store, req, upstream))
+    pub async fn pick(
+        &self,
+        head: RequestHead,
+        upstream: &str,
+    ) -> (RequestHead, Result<Option<u32>, StageError>) {
+        with_instance!(self, Balancer(b), [head], |store, req| b
+            .call_pick(store, req, upstream))
     }
 
     /// Whether this stage's `on-response` is to be called: a filter that said
@@ -378,7 +428,10 @@ impl Stage {
 
     /// A new instance with its `init` run.
     async fn start_instance(&self) -> Result<Instance, StageError> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).trap_on_grow_failure(true).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
         let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
         let state = StageState::new(self.shared.clone(), limits).map_err(start)?;
         let mut store = Store::new(&self.engine, state);
@@ -396,16 +449,20 @@ impl Stage {
             // Let other requests run on this worker, then continue. tokio's
             // yield_now (not a bare re-poll) lets the worker also poll its I/O
             // driver, so a spinning plugin does not stall the sockets it shares.
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         });
         self.arm_deadline(&mut store);
         let config = &*self.shared.config_json;
         let (role, init) = match &self.pre {
             RolePre::Filter(p) => {
                 let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await.map(|r| {
-                    r.map(|info| self.wants_response.store(info.on_response, Relaxed))
-                });
+                let r = i
+                    .call_init(&mut store, config)
+                    .await
+                    .map(|r| r.map(|info| self.wants_response.store(info.on_response, Relaxed)));
                 (RoleInstance::Filter(i), r)
             }
             RolePre::Router(p) => {
@@ -428,7 +485,11 @@ impl Stage {
 
     /// Give the next call its budget: `call_timeout` in epoch ticks.
     fn arm_deadline(&self, store: &mut Store<StageState>) {
-        let ticks = self.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        let ticks = self
+            .call_timeout
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos())
+            .max(1) as u64;
         store.data_mut().ticks_left = ticks;
         store.set_epoch_deadline(1);
     }
@@ -509,10 +570,12 @@ impl StageHealth {
             self.window_failures.fetch_add(1, Relaxed) + 1
         };
         if count > q.failures as u64 {
-            self.quarantined_until_ms.store(now + q.duration.as_millis() as u64, Relaxed);
+            self.quarantined_until_ms
+                .store(now + q.duration.as_millis() as u64, Relaxed);
             // The next window starts fresh once the quarantine ends.
             self.window_failures.store(0, Relaxed);
-            self.window_start_ms.store(now + q.duration.as_millis() as u64, Relaxed);
+            self.window_start_ms
+                .store(now + q.duration.as_millis() as u64, Relaxed);
             return Some(q.duration);
         }
         None
@@ -537,13 +600,19 @@ mod tests {
         assert_eq!(h.record_failure(), Some(Duration::from_millis(50)));
         assert!(h.quarantined());
         std::thread::sleep(Duration::from_millis(70));
-        assert!(!h.quarantined(), "quarantine ends and the stage is tried again");
+        assert!(
+            !h.quarantined(),
+            "quarantine ends and the stage is tried again"
+        );
         assert_eq!(h.total.load(Relaxed), 4);
     }
 
     #[test]
     fn zero_failures_disables_quarantine() {
-        let h = StageHealth::new(manifest::Quarantine { failures: 0, ..Default::default() });
+        let h = StageHealth::new(manifest::Quarantine {
+            failures: 0,
+            ..Default::default()
+        });
         for _ in 0..100 {
             assert_eq!(h.record_failure(), None);
         }

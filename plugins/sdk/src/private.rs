@@ -66,7 +66,9 @@ fn install_panic_hook() {
 
 /// What `init` of the filter world reports once the plugin exists.
 pub fn filter_info<T: Filter>(state: &'static State<T>) -> wit::filter::FilterInfo {
-    with(state, "init", |plugin| wit::filter::FilterInfo { on_response: plugin.wants_response() })
+    with(state, "init", |plugin| wit::filter::FilterInfo {
+        on_response: plugin.wants_response(),
+    })
 }
 
 /// `on-request` of the filter world.

@@ -55,6 +55,12 @@ pub fn endpoints(upstream: &str) -> Option<Vec<Endpoint>> {
 /// order; `None` when no upstream has that name. Cheaper than [`endpoints`]
 /// (no address strings cross the boundary): use it when that is all you need.
 pub fn healthy(upstream: &str) -> Option<Vec<Candidate>> {
-    host::healthy(upstream)
-        .map(|list| list.into_iter().map(|c| Candidate { index: c.index, weight: c.weight }).collect())
+    host::healthy(upstream).map(|list| {
+        list.into_iter()
+            .map(|c| Candidate {
+                index: c.index,
+                weight: c.weight,
+            })
+            .collect()
+    })
 }

@@ -53,8 +53,14 @@ struct Misbehave {
 
 impl Filter for Misbehave {
     fn init(json: &str) -> Result<Self, String> {
-        let Config { mode, wants_response } = config::parse(json)?;
-        Ok(Misbehave { mode, wants_response })
+        let Config {
+            mode,
+            wants_response,
+        } = config::parse(json)?;
+        Ok(Misbehave {
+            mode,
+            wants_response,
+        })
     }
 
     fn wants_response(&self) -> bool {
