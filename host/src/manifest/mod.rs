@@ -269,9 +269,8 @@ impl Manifest {
         })?;
         let raw: RawManifest = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key == "." { String::new() } else { key };
-                err(key, e.into_inner().to_string())
+                let (key, reason) = shape_error(e);
+                err(key, reason)
             })?;
         let base = file.parent().unwrap_or(Path::new(".")).to_owned();
         let validator = Validator { file, base: &base };
@@ -294,6 +293,28 @@ impl Manifest {
     }
 }
 
+/// The key and reason of a manifest whose shape is wrong. A missing field
+/// is named in the key itself (`upstreams[0].endpoints: missing`), as every
+/// other error names the key that is wrong.
+fn shape_error(e: serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let inner = e.into_inner();
+    let message = inner.message().trim();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        let key = if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (key, "missing (this key is required)".to_owned());
+    }
+    (path, message.to_owned())
+}
+
 /// Read an included file and validate its upstreams (errors name that file).
 fn load_include(path: &Path) -> Result<Vec<(PathBuf, usize, Upstream)>, ManifestError> {
     let err = |key: String, reason: String| ManifestError {
@@ -311,10 +332,9 @@ fn load_include(path: &Path) -> Result<Vec<(PathBuf, usize, Upstream)>, Manifest
     })?;
     let raw: raw::RawInclude = serde_path_to_error::deserialize(toml::Value::Table(value))
         .map_err(|e| {
-            let key = e.path().to_string();
-            let reason = e.into_inner().to_string();
+            let (key, reason) = shape_error(e);
             err(
-                if key == "." { String::new() } else { key },
+                key,
                 format!("{reason} (an included file holds only [[upstreams]])"),
             )
         })?;

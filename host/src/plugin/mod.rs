@@ -591,15 +591,16 @@ mod tests {
         let h = StageHealth::new(manifest::Quarantine {
             failures: 3,
             window: Duration::from_secs(10),
-            duration: Duration::from_millis(50),
+            // Long enough that a busy machine cannot pass it between two lines.
+            duration: Duration::from_millis(300),
         });
         for _ in 0..3 {
             assert_eq!(h.record_failure(), None);
         }
         assert!(!h.quarantined());
-        assert_eq!(h.record_failure(), Some(Duration::from_millis(50)));
+        assert_eq!(h.record_failure(), Some(Duration::from_millis(300)));
         assert!(h.quarantined());
-        std::thread::sleep(Duration::from_millis(70));
+        std::thread::sleep(Duration::from_millis(310));
         assert!(
             !h.quarantined(),
             "quarantine ends and the stage is tried again"
