@@ -165,7 +165,7 @@ fn grant_of_a_missing_directory_is_rejected_naming_the_key() {
     check(&manifest(
         r#"grants = { dirs = { "/rules" = "no-such-dir" } }"#,
     ))
-    .assert_rejected_under("pipeline[0].grants");
+    .assert_rejected_at("pipeline[0].grants.dirs./rules");
 }
 
 #[test]

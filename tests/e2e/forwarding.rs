@@ -2,7 +2,9 @@
 //! where it must not be: method, path, query, Host and repeated headers arrive
 //! unchanged; bodies of any size stream both ways without being buffered;
 //! hop-by-hop headers stop at the proxy; X-Forwarded-* and Via tell the
-//! backend who asked; and every request leaves one access-log line.
+//! backend who asked; and every request leaves exactly one access-log line
+//! with the right values (the proxy's own answers too, an abandoned
+//! response marked incomplete), and none when the access log is off.
 
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use http_body_util::BodyExt;
 
 use crate::support::body::{self, pattern_sha256, sha256};
 use crate::support::{
-    Backend, HELD_FIRST, HELD_REST, Portier, RunningBackend, endpoints, one_upstream, wait_until,
+    AccessLine, Backend, Client, HELD_FIRST, HELD_REST, Portier, Reply, RunningBackend, endpoints,
+    free_addr, one_upstream, wait_until,
 };
 
 const TEN_MIB: u64 = 10 * 1024 * 1024;
@@ -380,82 +383,196 @@ async fn hop_by_hop_response_headers_are_not_returned() {
     assert_eq!(reply.header("x-public"), Some("1"));
 }
 
-#[tokio::test]
-async fn access_log_line_in_text_format() {
-    let backend = Backend::new("app").start().await;
-    let proxy =
-        Portier::start_with_args(&single_upstream(&backend), &["--log-format", "text"]).await;
-
-    let reply = proxy.client().get("/logged/text-path?x=1").await;
-    assert_eq!(reply.status, StatusCode::OK);
-
-    let line = proxy
-        .wait_for_log_line("with status=200 and /logged/text-path", |line| {
-            line.contains("status=200") && line.contains("/logged/text-path")
-        })
-        .await;
-    assert!(
-        line.contains("GET"),
-        "access line without the method: {line}"
-    );
-}
-
-#[tokio::test]
-async fn access_log_line_in_json_format_has_every_field() {
-    let backend = Backend::new("app").start().await;
-    let proxy =
-        Portier::start_with_args(&single_upstream(&backend), &["--log-format", "json"]).await;
-
-    let reply = proxy.client().get("/logged/json-path").await;
-    assert_eq!(reply.status, StatusCode::OK);
-
-    let line = proxy
-        .wait_for_log_line("as JSON with path /logged/json-path", |line| {
-            access_fields(line).is_some_and(|f| {
-                f["path"]
-                    .as_str()
-                    .is_some_and(|p| p.contains("/logged/json-path"))
-            })
-        })
-        .await;
-    let fields = access_fields(&line).unwrap();
-    for key in ["client", "method", "path", "status", "upstream", "bytes"] {
-        assert!(
-            fields.get(key).is_some(),
-            "access line has no {key}: {line}"
-        );
+/// The access line the proxy must write for one request that `client` sent
+/// and `backend` answered with `reply`.
+async fn expected_line(
+    client: &Client,
+    path: &str,
+    reply: &Reply,
+    upstream: Option<&RunningBackend>,
+) -> AccessLine {
+    AccessLine {
+        client: client.local_addr().await.expect("connected"),
+        method: "GET".into(),
+        path: path.into(),
+        status: reply.status.as_u16(),
+        // Compared apart: only its unit and order of magnitude are known.
+        duration_ms: 0.0,
+        upstream: upstream.map(RunningBackend::addr),
+        bytes: reply.body.len() as u64,
+        complete: true,
     }
-    // The duration may carry its unit in the name (duration_ms).
+}
+
+/// `line` without its duration, for comparison with [`expected_line`].
+fn without_duration(line: &AccessLine) -> AccessLine {
+    AccessLine {
+        duration_ms: 0.0,
+        ..line.clone()
+    }
+}
+
+/// One access-log format end to end: every field's value for a request the
+/// backend answered after `DELAY`, written once.
+async fn access_log_fields_in(format: &str) {
+    const DELAY: Duration = Duration::from_millis(50);
+    let backend = Backend::new("app").delay(DELAY).start().await;
+    let mut proxy =
+        Portier::start_with_args(&single_upstream(&backend), &["--log-format", format]).await;
+    let client = proxy.client();
+
+    let path = format!("/logged/{format}-path?x=1&y=%20");
+    let reply = client.get(&path).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let expected = expected_line(&client, &path, &reply, Some(&backend)).await;
+    // Stopping the proxy flushes every line it will ever write.
+    drop(client);
+    proxy.stop().await;
+
+    let lines = proxy.access_lines();
+    assert_eq!(lines.len(), 1, "one line per request:\n{}", proxy.logs());
+    assert_eq!(without_duration(&lines[0]), expected);
+    // In milliseconds, from the request's arrival to the end of its body.
+    let duration = lines[0].duration_ms;
     assert!(
-        fields
-            .keys()
-            .any(|k| k == "duration" || k.starts_with("duration_")),
-        "access line has no duration: {line}"
-    );
-    assert_eq!(fields["method"], "GET", "{line}");
-    // tracing records a u16 as a number; accept its text form too.
-    let status = &fields["status"];
-    assert!(
-        status.as_u64() == Some(200) || status.as_str() == Some("200"),
-        "{line}"
-    );
-    let client = fields["client"].as_str().unwrap_or_default();
-    assert!(
-        client.starts_with("127.0.0.1"),
-        "client is not the peer address: {line}"
+        duration >= DELAY.as_secs_f64() * 1000.0 && duration < 10_000.0,
+        "duration_ms {duration} for a response the backend held {DELAY:?}"
     );
 }
 
-/// The fields of a JSON log line: tracing-subscriber nests them under
-/// "fields" unless the events are flattened.
-fn access_fields(line: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    let object = value
-        .get("fields")
-        .filter(|f| f.is_object())
-        .unwrap_or(&value);
-    object
-        .as_object()
-        .filter(|o| o.contains_key("status"))
-        .cloned()
+#[tokio::test]
+async fn access_log_line_in_text_format_has_every_field_right() {
+    access_log_fields_in("text").await;
+}
+
+#[tokio::test]
+async fn access_log_line_in_json_format_has_every_field_right() {
+    access_log_fields_in("json").await;
+}
+
+#[tokio::test]
+async fn access_log_has_exactly_one_line_per_request_including_the_proxys_own_answers() {
+    let backend = Backend::new("app").start().await;
+    let nowhere = free_addr();
+    // `/app/` to the backend, `/dead/` to an endpoint that refuses (502, then
+    // 503 while it cools down), anything else to no route (the router's 404).
+    let manifest = format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{app}"]
+
+[[upstreams]]
+name = "dead"
+endpoints = ["{nowhere}"]
+
+[[pipeline]]
+plugin = "router"
+config = {{ routes = [ {{ prefix = "/app/", upstream = "app" }}, {{ prefix = "/dead/", upstream = "dead" }} ] }}
+"#,
+        listen = free_addr(),
+        app = backend.addr(),
+    );
+    let mut proxy = Portier::start(&manifest).await;
+    let client = proxy.client();
+
+    let mut expected = Vec::new();
+    for (path, status, upstream) in [
+        ("/app/1", StatusCode::OK, Some(backend.addr())),
+        ("/dead/1", StatusCode::BAD_GATEWAY, Some(nowhere)),
+        ("/app/2", StatusCode::OK, Some(backend.addr())),
+        ("/dead/2", StatusCode::SERVICE_UNAVAILABLE, None),
+        ("/elsewhere", StatusCode::NOT_FOUND, None),
+        ("/app/3?q=1", StatusCode::OK, Some(backend.addr())),
+    ] {
+        let reply = client.get(path).await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.text());
+        let mut line = expected_line(&client, path, &reply, None).await;
+        // The endpoint tried, also when it failed.
+        line.upstream = upstream;
+        expected.push(line);
+    }
+    drop(client);
+    proxy.stop().await;
+
+    let lines: Vec<AccessLine> = proxy.access_lines().iter().map(without_duration).collect();
+    // One connection, one request at a time: the lines come in request order.
+    assert_eq!(lines, expected, "\n{}", proxy.logs());
+    assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test]
+async fn access_log_marks_a_response_the_client_abandoned_as_incomplete() {
+    let backend = Backend::new("app").held_response().start().await;
+    let mut proxy = proxy_to(&backend).await;
+    let client = proxy.client();
+
+    let request = client
+        .request(Method::GET, "/abandoned")
+        .body(body::empty())
+        .unwrap();
+    let response = client.send_streaming(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut incoming = response.into_body();
+    let mut received = Vec::new();
+    while received.len() < HELD_FIRST.len() {
+        let frame = tokio::time::timeout(STREAM_WAIT, incoming.frame())
+            .await
+            .expect("the first part while the backend holds the rest")
+            .expect("body ended early")
+            .expect("body error");
+        received.extend_from_slice(frame.data_ref().expect("a data frame"));
+    }
+    let client_addr = client.local_addr().await.expect("connected");
+    // The client goes away mid-body.
+    drop(incoming);
+    drop(client);
+
+    let line = proxy
+        .wait_for_log_line("for the abandoned request", |l| {
+            AccessLine::parse(l).is_some_and(|a| a.path == "/abandoned")
+        })
+        .await;
+    let line = AccessLine::parse(&line).expect("parsed above");
+    assert_eq!(line.client, client_addr);
+    assert_eq!(line.status, 200);
+    assert_eq!(line.upstream, Some(backend.addr()));
+    assert_eq!(
+        line.bytes,
+        HELD_FIRST.len() as u64,
+        "bytes sent before the client left"
+    );
+    assert!(
+        !line.complete,
+        "an abandoned response logged complete: {line:?}"
+    );
+    proxy.stop().await;
+    assert_eq!(proxy.access_lines().len(), 1, "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn access_log_off_writes_no_line() {
+    let backend = Backend::new("app").start().await;
+    let manifest =
+        single_upstream(&backend).replacen("[server]\n", "[server]\naccess_log = false\n", 1);
+    let mut proxy = Portier::start(&manifest).await;
+    let client = proxy.client();
+
+    for i in 0..5 {
+        client.get(&format!("/quiet/{i}")).await.echo();
+    }
+    // A proxy-made answer too: the upstream's only endpoint is gone.
+    backend.stop().await;
+    assert_eq!(
+        client.get("/quiet/after").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    drop(client);
+    proxy.stop().await;
+
+    assert_eq!(proxy.access_lines(), [], "{}", proxy.logs());
+    assert_eq!(backend.requests(), 5);
 }

@@ -1,7 +1,8 @@
 //! Reload proves a running proxy takes a new pipeline without dropping a
-//! request: twenty reloads (admin `POST /reload` and SIGHUP, alternating)
-//! under concurrent keep-alive load lose nothing and every response comes
-//! from one generation or the other; a bad manifest is refused with its key
+//! request or a connection: twenty reloads (admin `POST /reload` and SIGHUP,
+//! alternating) under concurrent keep-alive load, each client on one
+//! connection it never reopens, lose nothing and every response comes from
+//! one generation or the other; a bad manifest is refused with its key
 //! while the old pipeline keeps serving; `--watch` picks up changes to the
 //! manifest, to a plugin file it names and to an included file on its own;
 //! and `include` brings shared upstreams in, with errors naming the
@@ -10,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -117,39 +118,40 @@ async fn wait_until_served_by(
 async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
     const RELOADS: u64 = 20;
     const LOADERS: usize = 4;
+    /// Load requests completed between two reloads, at least.
+    const PER_GENERATION: usize = 3 * LOADERS;
     let a = Backend::new("a").start().await;
     let b = Backend::new("b").start().await;
     let addrs = Addrs::new();
     let mut proxy = Portier::start(&routed_to(addrs, &a, &b, "a")).await;
 
-    // Keep-alive clients hammering the proxy until told to stop. Any failed
-    // request fails its task (the client panics on transport errors), and
-    // every answer is recorded by backend.
+    // Clients hammering the proxy until told to stop, each on one keep-alive
+    // connection that it never reopens and with no retry: a request failed
+    // or a connection closed by a reload fails its task. Every answer is
+    // recorded by backend.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let mut loaders = tokio::task::JoinSet::new();
     for l in 0..LOADERS {
         let client = proxy.client();
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         loaders.spawn(async move {
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let reply = client.get(&format!("/load/{l}/{i}")).await;
-                assert_eq!(
-                    reply.status,
-                    StatusCode::OK,
-                    "load request {i} of client {l}: {}",
-                    reply.text()
-                );
                 *seen.entry(reply.echo().backend).or_default() += 1;
+                done.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
-            seen
+            assert!(client.is_open().await, "loader {l}'s connection closed");
+            assert_eq!(client.exchanges(), i, "loader {l}: all on one connection");
+            (client.local_addr().await, seen)
         });
     }
 
-    // One keep-alive client reused across every reload: its connection was
-    // opened under generation 1 and must follow each swap.
+    // One keep-alive connection reused across every reload: opened under
+    // generation 1, it must follow each swap.
     let checker = proxy.client();
     assert_eq!(served_by(&checker, "/check").await, "a");
     for r in 0..RELOADS {
@@ -170,8 +172,14 @@ async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
             to,
             "after reload {r} (generation {generation})"
         );
-        // Let the load run a little on each generation.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The load runs on each generation before the next swap.
+        let before = done.load(Ordering::SeqCst);
+        wait_until(
+            "the load goes on under the new generation",
+            LOAD_TIMEOUT,
+            || done.load(Ordering::SeqCst) >= before + PER_GENERATION,
+        )
+        .await;
     }
 
     stop.store(true, Ordering::Relaxed);
@@ -179,18 +187,40 @@ async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
         .await
         .expect("load clients did not stop");
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (backend, n) in per_client.into_iter().flatten() {
-        *seen.entry(backend).or_default() += n;
+    let mut load_addrs = Vec::new();
+    for (addr, by_backend) in per_client {
+        load_addrs.push(addr.expect("each loader connected"));
+        for (backend, n) in by_backend {
+            *seen.entry(backend).or_default() += n;
+        }
     }
 
     eprintln!("responses during {RELOADS} reloads, by backend: {seen:?}");
     let keys: Vec<&str> = seen.keys().map(String::as_str).collect();
     assert_eq!(keys, ["a", "b"], "backends the load saw: {seen:?}");
     let total: usize = seen.values().sum();
-    assert!(total >= 100, "too little load to prove anything: {seen:?}");
+    assert_eq!(total, done.load(Ordering::SeqCst));
     assert_eq!(a.requests() + b.requests(), total + RELOADS as usize + 1);
+    assert_eq!(checker.exchanges(), RELOADS as usize + 1);
+    assert!(checker.is_open().await, "the checker's connection closed");
     assert_eq!(proxy.generation().await, RELOADS + 1);
-    proxy.assert_alive();
+
+    // The proxy's side of it: every request arrived on one of the five
+    // connections, and each connection's requests are all there. Stopping
+    // the proxy first makes its log complete.
+    let checker_addr = checker.local_addr().await.expect("connected");
+    drop(checker);
+    proxy.stop().await;
+    let lines = proxy.access_lines();
+    assert_eq!(
+        lines.len(),
+        total + RELOADS as usize + 1,
+        "one access line per request"
+    );
+    let on = |addr| lines.iter().filter(|l| l.client == addr).count();
+    assert_eq!(on(checker_addr), RELOADS as usize + 1);
+    let per_loader: usize = load_addrs.iter().map(|&addr| on(addr)).sum();
+    assert_eq!(per_loader, total);
 }
 
 #[tokio::test]

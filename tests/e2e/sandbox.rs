@@ -3,9 +3,11 @@
 //! memory without bound or panics gets its stage's failure policy for the
 //! requests it misbehaves on (fail-closed: exactly 503; fail-open: the stage
 //! is skipped and the backend answers) while every other request is served
-//! with bounded latency and the process stays up; failures are counted,
-//! logged with the stage name, and a stage failing too often is quarantined
-//! for `quarantine.duration` and then tried again.
+//! and the process stays up; a plugin spinning on the only worker does not
+//! hold it, so other requests go on at a pace measured against the same
+//! proxy's unhindered one; failures are counted, logged with the stage name,
+//! and a stage failing too often is quarantined for `quarantine.duration`
+//! and then tried again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -29,9 +31,6 @@ const REQUESTS_PER_CLIENT: usize = 40;
 const MISBEHAVE_EVERY: usize = 4;
 /// The whole load run must end within this (every request is bounded too).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// p99 latency the well-behaved requests must stay under: generous, since CI
-/// is a 2-core box running the proxy, the backend and the clients at once.
-const P99_BOUND: Duration = Duration::from_secs(1);
 
 /// One upstream over `backend`, admin listener, and the `misbehave` filter
 /// named [`STAGE`] with `mode`, `on_error` and extra stage keys.
@@ -55,7 +54,6 @@ config = {{ mode = "{mode}" }}
 struct Sent {
     misbehaving: bool,
     reply: Reply,
-    latency: Duration,
 }
 
 /// GET `/` through `client`, with `x-misbehave` when asked.
@@ -79,13 +77,8 @@ async fn mixed_load(proxy: &Portier) -> Vec<Sent> {
             for i in 0..REQUESTS_PER_CLIENT {
                 // Offset per client, so misbehaving requests overlap good ones.
                 let misbehaving = (i + c) % MISBEHAVE_EVERY == 0;
-                let started = Instant::now();
                 let reply = get(&client, &format!("/load/{c}/{i}"), misbehaving).await;
-                sent.push(Sent {
-                    misbehaving,
-                    reply,
-                    latency: started.elapsed(),
-                });
+                sent.push(Sent { misbehaving, reply });
             }
             sent
         });
@@ -98,12 +91,12 @@ async fn mixed_load(proxy: &Portier) -> Vec<Sent> {
         .collect()
 }
 
-/// The 99th percentile (nearest rank) of some latencies.
-fn p99(mut latencies: Vec<Duration>) -> Duration {
+/// The median of some latencies (the upper one of an even count).
+fn median(latencies: &[Duration]) -> Duration {
     assert!(!latencies.is_empty(), "no latencies to rank");
-    latencies.sort();
-    let rank = (latencies.len() * 99).div_ceil(100);
-    latencies[rank - 1]
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
 }
 
 /// `failures` of the stage named [`STAGE`] in `/status`.
@@ -216,18 +209,6 @@ async fn only_misbehaving_requests_get_the_policy(how: Misbehaviour, on_error: &
         good.len()
     );
 
-    let p99 = p99(good.iter().map(|s| s.latency).collect());
-    assert!(
-        p99 < P99_BOUND,
-        "p99 of the {} well-behaved requests was {p99:?} while {} requests made the plugin {mode}",
-        good.len(),
-        bad.len()
-    );
-    eprintln!(
-        "{mode}/{on_error}: p99 of {} well-behaved requests: {p99:?}",
-        good.len()
-    );
-
     proxy.assert_alive();
     let stage = stage_status(&proxy).await;
     assert_eq!(
@@ -320,13 +301,13 @@ async fn plugin_panicking_on_every_tenth_request_costs_exactly_every_tenth_reque
 async fn stage_failing_too_often_is_quarantined_then_tried_again_after_the_duration() {
     // Long enough for the checks made while quarantined to finish inside it
     // on a busy 2-core box; short enough to wait out.
-    let duration = Duration::from_secs(2);
+    let duration = Duration::from_secs(3);
     let backend = Backend::new("app").start().await;
     let proxy = Portier::start(&manifest(
         backend.addr(),
         "panic",
         "fail-closed",
-        r#"quarantine = { failures = 3, window = "10s", duration = "2s" }"#,
+        r#"quarantine = { failures = 3, window = "10s", duration = "3s" }"#,
     ))
     .await;
     let client = proxy.client();
@@ -378,7 +359,11 @@ async fn stage_failing_too_often_is_quarantined_then_tried_again_after_the_durat
             l.contains("stage quarantined") && l.contains(STAGE)
         })
         .await;
-    assert!(line.contains("ERROR") || line.contains("WARN"), "{line}");
+    assert!(line.contains(" ERROR "), "not an ERROR line: {line}");
+    assert!(
+        line.contains("for_ms=3000"),
+        "the duration is not logged: {line}"
+    );
     assert_eq!(failed_calls(&proxy), 4, "{}", proxy.logs());
     assert!(
         fourth.elapsed() < duration,
@@ -448,16 +433,12 @@ async fn quarantined_fail_open_stage_is_skipped_without_being_called() {
 #[tokio::test]
 async fn spinning_plugin_does_not_hold_the_only_worker() {
     // One worker thread and a long budget: if a spinning call held its
-    // worker (or starved its I/O driver), every other request would wait for
-    // the whole budget, or for many ticks per socket event.
+    // worker, every other request would wait for the rest of the spin; if it
+    // yielded without letting the worker poll its I/O driver, each socket
+    // event would wait ~60 task polls (tokio's event_interval), one epoch
+    // tick each: over 100 ms per request. Yielding properly, a request waits
+    // a tick or two per event: a few ms.
     let budget = Duration::from_millis(500);
-    // Each request below needs a few socket events on that worker; a yield
-    // that lets the I/O driver run serves them within a tick or two (a
-    // handful of ms). A yield that only requeues the task leaves the driver
-    // unpolled for ~60 task polls (tokio's event_interval), i.e. ~60 ms per
-    // socket event: over 100 ms per request. The median keeps one request
-    // delayed by a busy CI box from deciding.
-    let median_bound = Duration::from_millis(50);
     let backend = Backend::new("app").start().await;
     let proxy = Portier::start(
         &manifest(
@@ -470,7 +451,14 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
     )
     .await;
     let client = proxy.client();
-    get(&client, "/warm", false).await.echo();
+
+    // The baseline: the same requests on the same connection, nothing spinning.
+    let mut baseline = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        get(&client, &format!("/baseline/{i}"), false).await.echo();
+        baseline.push(started.elapsed());
+    }
 
     let spinner = {
         let client = proxy.client();
@@ -480,11 +468,15 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
             (reply, started.elapsed())
         })
     };
-    // Let it start spinning.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Measured from the moment the plugin says it spins, not from a guess.
+    proxy
+        .wait_for_log_line("from the plugin that it spins", |l| {
+            l.contains("spinning on /spin")
+        })
+        .await;
 
     let mut meanwhile = Vec::new();
-    while !spinner.is_finished() && meanwhile.len() < 100 {
+    while !spinner.is_finished() && meanwhile.len() < 1000 {
         let started = Instant::now();
         get(&client, &format!("/meanwhile/{}", meanwhile.len()), false)
             .await
@@ -492,12 +484,11 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
         meanwhile.push(started.elapsed());
     }
     let (reply, spun) = spinner.await.expect("the spinning request");
-    let mut sorted = meanwhile.clone();
-    sorted.sort();
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-    let slowest = sorted.last().copied().unwrap_or_default();
+    let (baseline, during) = (median(&baseline), median(&meanwhile));
+    let slowest = meanwhile.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "spun {spun:?}; {} requests meanwhile, median {median:?}, slowest {slowest:?}",
+        "spun {spun:?}; baseline median {baseline:?}; {} requests meanwhile, median {during:?}, \
+         slowest {slowest:?}",
         meanwhile.len()
     );
 
@@ -507,24 +498,28 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
         "{}",
         reply.text()
     );
-    // The call ran its whole budget of running time, concurrently with the
-    // requests above.
+    // The budget is running time in 1 ms epoch ticks, so the spin took at
+    // least that long on the wall clock.
+    assert!(spun >= budget, "spun only {spun:?} of its {budget:?}");
     assert!(
-        spun >= budget - Duration::from_millis(50),
-        "spun only {spun:?}"
+        meanwhile.len() >= 10,
+        "only {} requests were served while a plugin spun {spun:?} on the only worker: \
+         {meanwhile:?}",
+        meanwhile.len()
     );
+    // No request waited for a large part of the spin...
     assert!(
-        meanwhile.len() >= 3,
-        "too few requests while it spun: {meanwhile:?}"
+        slowest < spun / 2,
+        "a request waited {slowest:?} while a plugin spun {spun:?} on the only worker"
     );
+    // ...and they went on at a pace close to the unhindered one: within a
+    // twentieth of the spin, or 5x the baseline on a machine slow enough to
+    // make that the larger.
+    let bound = (spun / 20).max(baseline * 5);
     assert!(
-        slowest < budget,
-        "a request waited {slowest:?} for a plugin spinning {spun:?} on the only worker"
-    );
-    assert!(
-        median < median_bound,
-        "requests took {median:?} (median; > {median_bound:?}) while a plugin spun for {spun:?} \
-         on the only worker: {meanwhile:?}"
+        during < bound,
+        "requests took {during:?} (median; baseline {baseline:?}, bound {bound:?}) while a \
+         plugin spun {spun:?} on the only worker: {meanwhile:?}"
     );
 }
 

@@ -78,7 +78,10 @@ struct State {
     requests: AtomicUsize,
     body_bytes: AtomicU64,
     /// Permits for held responses to finish; closed on stop.
-    gate: Semaphore,
+    gate: Arc<Semaphore>,
+    /// Panics of the backend's own tasks: a broken fake, never the proxy's
+    /// doing. Checked on `stop` and drop, so none goes unnoticed.
+    panics: Mutex<Vec<String>>,
 }
 
 // === impl Backend ===
@@ -155,7 +158,8 @@ impl Backend {
             config: self,
             requests: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
-            gate: Semaphore::new(0),
+            gate: Arc::new(Semaphore::new(0)),
+            panics: Mutex::new(Vec::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -206,15 +210,27 @@ impl RunningBackend {
         self.state.gate.close();
         let task = self.task.lock().expect("backend task lock").take();
         if let Some(task) = task {
-            let _ = tokio::time::timeout(STOP_TIMEOUT, task)
+            tokio::time::timeout(STOP_TIMEOUT, task)
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
                         "backend {} did not stop within {STOP_TIMEOUT:?}",
                         self.name()
                     )
-                });
+                })
+                .unwrap_or_else(|e| panic!("backend {}: its task failed: {e}", self.name()));
         }
+        self.assert_no_panic();
+    }
+
+    /// Fail the test if any task of this backend panicked.
+    fn assert_no_panic(&self) {
+        let panics = self.state.panics.lock().expect("panics lock");
+        assert!(
+            panics.is_empty(),
+            "backend {}: tasks panicked: {panics:?}",
+            self.name()
+        );
     }
 }
 
@@ -225,6 +241,9 @@ impl Drop for RunningBackend {
         if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
             // Aborting drops the task's JoinSet, which aborts every connection.
             task.abort();
+        }
+        if !std::thread::panicking() {
+            self.assert_no_panic();
         }
     }
 }
@@ -255,12 +274,30 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                     }
                 });
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                record_panic(&state, joined);
+            }
         }
     }
     drop(listener);
     connections.abort_all();
-    while connections.join_next().await.is_some() {}
+    while let Some(joined) = connections.join_next().await {
+        record_panic(&state, joined);
+    }
+}
+
+/// Keep a connection task's panic for [`RunningBackend::assert_no_panic`];
+/// cancellation (on stop) is expected.
+fn record_panic(state: &State, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        state
+            .panics
+            .lock()
+            .expect("panics lock")
+            .push(e.to_string());
+    }
 }
 
 /// Answer one request as the backend's config says.
@@ -327,21 +364,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             body::full(echo.to_string())
         }
         Answer::Pattern(len) => body::pattern(len),
-        Answer::Held => {
-            let (tx, body) = body::channel();
-            let state = state.clone();
-            tokio::spawn(async move {
-                if tx.send(Bytes::from_static(HELD_FIRST)).await.is_err() {
-                    return;
-                }
-                // Closed on stop: the body then ends short, which is fine for a dead backend.
-                if let Ok(permit) = state.gate.acquire().await {
-                    permit.forget();
-                    let _ = tx.send(Bytes::from_static(HELD_REST)).await;
-                }
-            });
-            body
-        }
+        Answer::Held => body::held(
+            Bytes::from_static(HELD_FIRST),
+            state.gate.clone(),
+            Bytes::from_static(HELD_REST),
+        ),
         Answer::HangUp => unreachable!("answered above"),
     };
     Ok(response.body(body).expect("valid response"))

@@ -3,8 +3,10 @@
 //! sent, never held in memory) and a body fed from a channel (so a test decides
 //! when each chunk leaves).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 /// The one body type the test client sends and the fake backends answer with.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -70,6 +72,22 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn channel() -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel(4);
     (tx, ChannelBody { rx }.boxed())
+}
+
+/// A body that yields `first` at once, then waits for one permit of `gate`
+/// (taken for good) before `rest`; it ends short, without `rest`, if the gate
+/// is closed first. No task of its own: it runs as the connection polls it.
+pub fn held(first: Bytes, gate: Arc<Semaphore>, rest: Bytes) -> Body {
+    let release = Box::pin(async move {
+        let permit = gate.acquire_owned().await.ok()?;
+        permit.forget();
+        Some(rest)
+    });
+    HeldBody {
+        first: Some(first),
+        release: Some(release),
+    }
+    .boxed()
 }
 
 // === impl Pattern ===
@@ -150,6 +168,40 @@ impl http_body::Body for PatternBody {
         } else {
             SizeHint::default()
         }
+    }
+}
+
+// === impl HeldBody ===
+
+/// See [`held`].
+struct HeldBody {
+    first: Option<Bytes>,
+    /// `None` once it yielded the rest (or found the gate closed).
+    release: Option<Pin<Box<dyn Future<Output = Option<Bytes>> + Send + Sync>>>,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let Some(release) = this.release.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let rest = std::task::ready!(release.as_mut().poll(cx));
+        this.release = None;
+        Poll::Ready(rest.map(|r| Ok(Frame::data(r))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.release.is_none()
     }
 }
 

@@ -1,16 +1,29 @@
-//! A keep-alive HTTP/1.1 client (hyper-util's pooled client) for talking to
-//! the proxy, and the JSON echo the fake backends answer with.
+//! The test client, and the JSON echo the fake backends answer with.
+//!
+//! A [`Client`] is one HTTP/1.1 connection (hyper's `client::conn`, no pool):
+//! opened on its first request, never reopened, no request ever retried. So
+//! whatever a test sees is what the proxy did: a connection the proxy closed
+//! is reported as closed (with how many exchanges it carried), and every
+//! exchange a `Client` completed travelled over the same TCP connection,
+//! whose local address ([`Client::local_addr`]) the proxy logs as `client`.
+//! A test that wants several connections makes several clients.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{self, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use super::body::{self, Body};
 
@@ -18,11 +31,49 @@ use super::body::{self, Body};
 /// generous because a 10 MiB body crosses an unoptimised debug proxy twice.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A pooled client whose paths are relative to one address (the proxy's).
+/// One keep-alive HTTP/1.1 connection to one address (the proxy's); paths
+/// are relative to it. Clones share the connection: their requests take
+/// turns on it, as HTTP/1.1 requires.
 #[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     base: SocketAddr,
-    inner: legacy::Client<HttpConnector, Body>,
+    /// `None` until the first request connects.
+    conn: Mutex<Option<Conn>>,
+    /// Request-response exchanges completed (whole body received).
+    exchanges: AtomicUsize,
+}
+
+/// The connection: hyper's sender, and the task that drives the socket.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    local: SocketAddr,
+    driver: JoinHandle<Result<(), hyper::Error>>,
+    /// How the driver ended, once known.
+    ended: Option<String>,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// Connecting failed.
+    Connect(std::io::Error),
+    /// The connection was closed (by the proxy, or after an error) before
+    /// this request: the client never opens another.
+    Closed {
+        /// Exchanges the connection carried before it closed.
+        after: usize,
+        /// How the connection ended, as hyper reports it.
+        ended: String,
+    },
+    /// The request was sent (or being sent) and no whole response came back:
+    /// the proxy closed or reset the connection, or spoke invalid HTTP.
+    Failed(hyper::Error),
+    /// No whole reply within [`REQUEST_TIMEOUT`].
+    TimedOut,
 }
 
 /// A whole response: status, headers and the collected body.
@@ -58,17 +109,21 @@ pub struct Echo {
 // === impl Client ===
 
 impl Client {
-    /// A client for `http://BASE/...`.
+    /// A client for `base`; it connects on its first request.
     pub fn new(base: SocketAddr) -> Self {
-        let inner = legacy::Client::builder(TokioExecutor::new()).build_http();
-        Self { base, inner }
+        Self {
+            inner: Arc::new(Inner {
+                base,
+                conn: Mutex::new(None),
+                exchanges: AtomicUsize::new(0),
+            }),
+        }
     }
 
-    /// A request builder with method and URI (`http://BASE{path_and_query}`) filled in.
+    /// A request builder with the method and the origin-form target; the
+    /// `Host` header defaults to the base address when the test sets none.
     pub fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path_and_query}", self.base))
+        Request::builder().method(method).uri(path_and_query)
     }
 
     /// GET a path and collect the reply.
@@ -90,40 +145,166 @@ impl Client {
         self.send(request).await
     }
 
-    /// Send a request and collect the whole reply, bounded by [`REQUEST_TIMEOUT`].
+    /// Send a request and collect the whole reply; fails the test, saying
+    /// why, if there is none.
     pub async fn send(&self, request: Request<Body>) -> Reply {
         let what = format!("{} {}", request.method(), request.uri());
-        let collect = async {
-            let response = self
-                .inner
-                .request(request)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: request failed: {e:?}"));
+        self.try_send(request)
+            .await
+            .unwrap_or_else(|e| panic!("{what} to {}: {e}", self.inner.base))
+    }
+
+    /// Send a request and collect the whole reply, bounded by [`REQUEST_TIMEOUT`].
+    pub async fn try_send(&self, request: Request<Body>) -> Result<Reply, SendError> {
+        let exchange = async {
+            let response = self.start(request).await?;
             let (parts, incoming) = response.into_parts();
             let body = incoming
                 .collect()
                 .await
-                .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e:?}"))
+                .map_err(SendError::Failed)?
                 .to_bytes();
-            Reply {
+            self.inner.exchanges.fetch_add(1, Ordering::SeqCst);
+            Ok(Reply {
                 status: parts.status,
                 headers: parts.headers,
                 body,
-            }
+            })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, collect)
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .unwrap_or_else(|_| panic!("{what}: no whole reply within {REQUEST_TIMEOUT:?}"))
+            .unwrap_or(Err(SendError::TimedOut))
     }
 
     /// Send a request and return as soon as the response head arrives (bounded
     /// by [`REQUEST_TIMEOUT`]); the caller reads the body frame by frame.
     pub async fn send_streaming(&self, request: Request<Body>) -> Response<Incoming> {
         let what = format!("{} {}", request.method(), request.uri());
-        tokio::time::timeout(REQUEST_TIMEOUT, self.inner.request(request))
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.start(request))
             .await
-            .unwrap_or_else(|_| panic!("{what}: no response head within {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("{what}: request failed: {e:?}"))
+            .unwrap_or(Err(SendError::TimedOut))
+            .unwrap_or_else(|e| panic!("{what} to {}: {e}", self.inner.base));
+        // Counted now: the caller owns the body.
+        self.inner.exchanges.fetch_add(1, Ordering::SeqCst);
+        response
+    }
+
+    /// Wait for the connection to be ready (the previous response read to
+    /// its end), then send; returns the response head.
+    async fn start(&self, mut request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        if !request.headers().contains_key(header::HOST) {
+            let host = HeaderValue::from_str(&self.inner.base.to_string()).expect("an address");
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let mut guard = self.inner.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(connect(self.inner.base).await?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        if conn.sender.ready().await.is_err() || conn.sender.is_closed() {
+            return Err(self.closed(conn).await);
+        }
+        let sending = conn.sender.send_request(request);
+        // Let the next request queue behind this one while this caller reads its body.
+        drop(guard);
+        sending.await.map_err(|e| {
+            if e.is_canceled() {
+                // hyper never wrote it: the connection closed first.
+                SendError::Closed {
+                    after: self.exchanges(),
+                    ended: format!("{e}"),
+                }
+            } else {
+                SendError::Failed(e)
+            }
+        })
+    }
+
+    /// The error for a request on a connection that has closed.
+    async fn closed(&self, conn: &mut Conn) -> SendError {
+        if conn.ended.is_none() {
+            let ended = tokio::time::timeout(Duration::from_secs(1), &mut conn.driver).await;
+            conn.ended = Some(match ended {
+                Ok(Ok(Ok(()))) => "closed cleanly".to_owned(),
+                Ok(Ok(Err(e))) => format!("ended with an error: {e}"),
+                Ok(Err(join)) => format!("its task failed: {join}"),
+                Err(_) => {
+                    return SendError::Closed {
+                        after: self.exchanges(),
+                        ended: "closed, its task still running".to_owned(),
+                    };
+                }
+            });
+        }
+        SendError::Closed {
+            after: self.exchanges(),
+            ended: conn.ended.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Request-response exchanges completed on this connection so far.
+    pub fn exchanges(&self) -> usize {
+        self.inner.exchanges.load(Ordering::SeqCst)
+    }
+
+    /// The connection's local address (what the proxy logs as `client`);
+    /// `None` before the first request.
+    pub async fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.conn.lock().await.as_ref().map(|c| c.local)
+    }
+
+    /// Whether the connection is open and usable for another request (false
+    /// once the proxy closed it, and before the first request).
+    pub async fn is_open(&self) -> bool {
+        self.inner
+            .conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| !c.sender.is_closed())
+    }
+}
+
+/// Open the one connection of a client.
+async fn connect(base: SocketAddr) -> Result<Conn, SendError> {
+    let stream = TcpStream::connect(base).await.map_err(SendError::Connect)?;
+    stream.set_nodelay(true).map_err(SendError::Connect)?;
+    let local = stream.local_addr().map_err(SendError::Connect)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Failed)?;
+    let driver = tokio::spawn(connection);
+    Ok(Conn {
+        sender,
+        local,
+        driver,
+        ended: None,
+    })
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last clone is gone: close the socket now, not when the runtime ends.
+        if let Some(conn) = self.conn.get_mut() {
+            conn.driver.abort();
+        }
+    }
+}
+
+// === impl SendError ===
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "could not connect: {e}"),
+            SendError::Closed { after, ended } => write!(
+                f,
+                "the connection was closed after {after} exchanges ({ended}); \
+                 this client never reconnects"
+            ),
+            SendError::Failed(e) => write!(f, "no whole response: {e:?}"),
+            SendError::TimedOut => write!(f, "no whole reply within {REQUEST_TIMEOUT:?}"),
+        }
     }
 }
 

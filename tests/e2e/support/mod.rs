@@ -1,21 +1,27 @@
 //! What every end-to-end test stands on: fake backends on real sockets
 //! ([`Backend`]), the real `portier` process ([`Portier`], [`check`]), a
-//! keep-alive client ([`Client`]) with the backends' JSON echo ([`Echo`]),
-//! and the manifest scaffold most tests share ([`manifest::one_upstream`]).
+//! client that is exactly one keep-alive connection and never retries
+//! ([`Client`]) with the backends' JSON echo ([`Echo`]), access-log lines
+//! ([`AccessLine`]) and the manifest scaffold most tests share
+//! ([`manifest::one_upstream`]).
 //!
 //! Every wait here is bounded, and every test gets its own ports, processes
-//! and temp dirs, so tests run in parallel. Set `PORTIER_TEST_LOG` (a
-//! `RUST_LOG` filter) to make the proxies log more; a failing test prints its
-//! proxy's log.
+//! and temp dirs, so tests run in parallel. Nothing fails silently: a proxy
+//! that died or panicked, or a backend task that panicked, fails the test
+//! when it is dropped. Set `PORTIER_TEST_LOG` (a filter in `PORTIER_LOG`
+//! syntax, e.g. `debug`) to make the proxies log more; a failing test prints
+//! its proxy's log.
 
 pub mod body;
 pub mod manifest;
 
+mod access;
 mod backend;
 mod client;
 mod plugins;
 mod proxy;
 
+pub use access::AccessLine;
 pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Reply};
 pub use manifest::{endpoint, endpoints, one_upstream, one_upstream_with_admin};

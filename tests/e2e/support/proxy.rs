@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::access::AccessLine;
 use super::client::{Client, Reply};
 use super::wait_or_kill;
 
@@ -31,6 +32,10 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long `portier` may take to exit after SIGTERM: its drain timeout
+/// (10 s) and some.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A free port on 127.0.0.1 (bound, read and released; the proxy binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -51,8 +56,9 @@ pub fn plugin_path(name: &str) -> String {
 
 /// A `portier` command with a test-run-wide plugin cache (so plugins compile
 /// once per run, not per test, and nothing lands in the user's ~/.cache), no
-/// colours in its logs, and the user's RUST_LOG replaced by PORTIER_TEST_LOG
-/// (so the default filter, which logs access lines, is what tests see).
+/// colours in its logs, and its log filter (`PORTIER_LOG`, the variable the
+/// binary reads) taken from `PORTIER_TEST_LOG` or else left at the binary's
+/// default, which logs access lines: what the tests expect to see.
 fn portier_command() -> Command {
     let mut command = Command::new(PORTIER);
     command
@@ -61,13 +67,14 @@ fn portier_command() -> Command {
             concat!(env!("CARGO_TARGET_TMPDIR"), "/xdg-cache"),
         )
         .env("NO_COLOR", "1")
+        .env_remove("PORTIER_LOG")
         .env_remove("RUST_LOG")
         // Not the manifest's directory: relative plugin paths must resolve
         // against the manifest, not the working directory.
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null());
     if let Ok(filter) = std::env::var("PORTIER_TEST_LOG") {
-        command.env("RUST_LOG", filter);
+        command.env("PORTIER_LOG", filter);
     }
     command
 }
@@ -129,13 +136,17 @@ fn replace_file(path: &Path, contents: &[u8]) {
 
 // === impl Portier ===
 
-/// A running `portier run` process; killed on drop, and its log printed when
-/// the test is failing.
+/// A running `portier run` process. On drop it fails the test if the process
+/// died, or if the host panicked anywhere (a panic in a connection task does
+/// not end the process, so only the log tells), then kills it; when the test
+/// is failing, its log is printed instead.
 pub struct Portier {
     child: Child,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
     dir: TempDir,
+    /// Set by [`Portier::stop`]: the process was asked to exit, and did.
+    exited: Option<ExitStatus>,
 }
 
 /// How to start a `portier run`: the manifest, files beside it, and extra
@@ -199,6 +210,7 @@ impl Launch {
             addr,
             admin,
             dir,
+            exited: None,
         };
         proxy.wait_until_listening().await;
         proxy
@@ -296,22 +308,69 @@ impl Portier {
 
     /// Send the process SIGHUP (asks it to reload).
     pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(
             status.success(),
-            "kill -HUP {} failed: {status}",
+            "kill {signal} {} failed: {status}",
             self.pid()
         );
     }
 
-    /// Fail the test unless the process is still running.
+    /// Fail the test unless the process is still running and the host has
+    /// not panicked. Dropping a `Portier` checks the same.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
             panic!("portier exited ({status})\n{}", self.logs());
         }
+        self.assert_no_host_panic();
+    }
+
+    /// Fail the test if the host's log shows a Rust panic (of any thread).
+    fn assert_no_host_panic(&self) {
+        let logs = self.logs();
+        if let Some(line) = logs.lines().find(|l| is_panic_line(l)) {
+            panic!("the portier host panicked: {line}\n{logs}");
+        }
+    }
+
+    /// Ask the process to shut down (SIGTERM), wait for it to exit (bounded)
+    /// and fail the test unless it exits successfully. Afterwards the log is
+    /// complete: every line the process would ever write is in it.
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.assert_alive();
+        self.signal("-TERM");
+        // Polled, not blocking: backends in this test's runtime must go on
+        // serving while the proxy drains.
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "portier still running {STOP_TIMEOUT:?} after SIGTERM (killed)\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        self.exited = Some(status);
+        assert!(
+            status.success(),
+            "portier exited with {status} after SIGTERM\n{}",
+            self.logs()
+        );
+        self.assert_no_host_panic();
+        status
     }
 
     /// A keep-alive client for the admin listener (`admin.listen`).
@@ -350,6 +409,11 @@ impl Portier {
         admin.send(request).await
     }
 
+    /// Every access-log line written so far, parsed (either log format).
+    pub fn access_lines(&self) -> Vec<AccessLine> {
+        AccessLine::all(&self.logs())
+    }
+
     /// How many log lines so far match `matches`.
     pub fn count_log_lines(&self, matches: impl Fn(&str) -> bool) -> usize {
         self.logs().lines().filter(|line| matches(line)).count()
@@ -381,12 +445,27 @@ impl Portier {
 
 impl Drop for Portier {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
             eprintln!("portier on {} ({}):\n{}", self.addr, PORTIER, self.logs());
+            return;
         }
+        if self.exited.is_none() {
+            // The end of every test that started a proxy: it must still be up.
+            let alive = self.child.try_wait().expect("try_wait").is_none();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(alive, "portier exited during the test\n{}", self.logs());
+        }
+        self.assert_no_host_panic();
     }
+}
+
+/// Whether a log line is Rust's panic message (`thread 'NAME' panicked at`).
+/// A plugin's panic is a trap the host logs differently, so this is the host.
+fn is_panic_line(line: &str) -> bool {
+    line.starts_with("thread '") && line.contains("' panicked at ")
 }
 
 // === portier check ===
@@ -455,12 +534,6 @@ impl Checked {
     /// this key; returns stderr for further checks on the reason.
     pub fn assert_rejected_at(&self, key: &str) -> &str {
         self.assert_rejected_with(&format!("{}: {key}: ", self.path.display()))
-    }
-
-    /// Assert the manifest was rejected with `PATH: KEY...` for a key that
-    /// starts with `prefix` (when the contract leaves the rest of the key open).
-    pub fn assert_rejected_under(&self, prefix: &str) -> &str {
-        self.assert_rejected_with(&format!("{}: {prefix}", self.path.display()))
     }
 
     fn assert_rejected_with(&self, expected: &str) -> &str {

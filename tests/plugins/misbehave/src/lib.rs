@@ -12,13 +12,14 @@
 //!
 //! - `spin`, `alloc`, `panic`: misbehave only on requests that carry an
 //!   `x-misbehave` header (loop forever / grow memory without bound / panic),
-//!   so the tests can mix them with well-behaved requests.
+//!   so the tests can mix them with well-behaved requests. `spin` first logs
+//!   `spinning on PATH`, so a test knows the moment it starts.
 //! - `panic-every-10th`: panic on every 10th request counted across all
 //!   instances (a shared kv counter), whatever its headers.
 //! - `panic-on-response`: panic in `on_response`; with
 //!   `wants_response = false` the filter tells the host at init not to call it.
 
-use portier_sdk::{Action, Filter, Request, Response, config, kv};
+use portier_sdk::{Action, Filter, Request, Response, config, kv, log};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -85,7 +86,10 @@ impl Filter for Misbehave {
             return Action::Continue;
         }
         match self.mode {
-            Mode::Spin => spin(),
+            Mode::Spin => {
+                log::info(format!("spinning on {}", request.path()));
+                spin()
+            }
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
