@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask quickstart`: build everything, start three demo backends
 //!   and the proxy on `examples/quickstart.toml` (Ctrl-C stops all).
-//! - `cargo xtask test`: every test there is (plugin unit tests, host unit
-//!   tests, end-to-end tests with real processes). CI runs exactly this.
+//! - `cargo xtask test`: rustfmt and clippy (warnings are errors) on every
+//!   workspace, then every test there is (plugin unit tests, host unit
+//!   tests, end-to-end tests with real processes), then a build of the
+//!   micro-benchmarks. CI runs exactly this.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -70,8 +72,65 @@ fn ensure_wasm_target() -> Result<(), String> {
     }
 }
 
+/// The cargo workspaces: the host's (this one) and the wasm ones, each with
+/// the target its clippy run checks (`None`: the host's own).
+const WORKSPACES: [(&str, Option<&str>); 4] = [
+    ("Cargo.toml", None),
+    // The plugins also build natively: their unit tests run on the host.
+    ("plugins/Cargo.toml", None),
+    ("tests/plugins/Cargo.toml", Some("wasm32-wasip2")),
+    ("bench/plugins/Cargo.toml", Some("wasm32-wasip2")),
+];
+
+/// rustfmt and clippy ship with rustup's default profile; add them otherwise.
+fn ensure_components() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add rustfmt and clippy: {e}"))?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(
+        &format!("adding {}", missing.join(" and ")),
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+}
+
 fn test() -> Result<(), String> {
     ensure_wasm_target()?;
+    ensure_components()?;
+    // Style and lints first: they fail in seconds, the tests in minutes.
+    for (manifest, _) in WORKSPACES {
+        run(
+            &format!("rustfmt check ({manifest})"),
+            cargo().args(["fmt", "--all", "--check", "--manifest-path", manifest]),
+        )?;
+    }
+    for (manifest, target) in WORKSPACES {
+        let mut clippy = cargo();
+        clippy.args([
+            "clippy",
+            "--manifest-path",
+            manifest,
+            "--workspace",
+            "--all-targets",
+        ]);
+        if let Some(target) = target {
+            clippy.args(["--target", target]);
+        }
+        run(
+            &format!("clippy ({manifest})"),
+            clippy.args(["--", "-D", "warnings"]),
+        )?;
+    }
     run(
         "plugin unit tests (native)",
         cargo().args([
@@ -84,6 +143,13 @@ fn test() -> Result<(), String> {
     run(
         "host unit and end-to-end tests",
         cargo().args(["test", "--workspace"]),
+    )?;
+    // That the micro-benchmarks build and link. In the dev profile, whose
+    // artifacts the tests just built: an optimised build of wasmtime would
+    // cost CI ~11 minutes, and bench/run makes that one itself.
+    run(
+        "compiling the micro-benchmarks",
+        cargo().args(["bench", "--workspace", "--no-run", "--profile", "dev"]),
     )
 }
 
