@@ -2,6 +2,12 @@
 //! with 100 rules, a balancer over 10 endpoints, a fresh instance and whole
 //! pipelines cost the host per request.
 //!
+//! The filters are the bench plugins (bench/plugins): `noop` does nothing;
+//! `touch` reads and/or sets request headers as its config says, and sets a
+//! response header in `on_response` only when configured with `respond_set`
+//! (otherwise it declines responses at `init` and the host never calls its
+//! `on_response`). Every case name says what ran.
+//!
 //! Run with `cargo bench -p portier --bench stages` after building the bench
 //! plugins (`bench/run` does both). Prints a Markdown table; with
 //! `--out FILE` writes it there too; `--only TEXT` runs the cases whose name
@@ -11,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portier::body::ProxyBody;
+use portier::forward::clone_request_parts;
 use portier::manifest::Manifest;
 use portier::pipeline::Pipeline;
 use portier::plugin::Runtime;
@@ -84,11 +91,23 @@ struct Row {
     p99: Duration,
 }
 
+/// What runs after the request stages in one measured request.
+#[derive(Clone, Copy)]
+enum Response {
+    /// Nothing: the request stages alone.
+    No,
+    /// The response stages too, as `Pipeline::handle` runs them. With
+    /// `on_response` (some filter wants responses) the host first copies the
+    /// request head for the filters' `on_response`, and the bench checks that
+    /// they ran; without, the head moves on as is and no filter is called.
+    Stages { on_response: bool },
+}
+
 async fn measure(
     runtime: &Runtime,
     case: &'static str,
     pipeline_toml: &str,
-    responses: bool,
+    response: Response,
 ) -> Option<Row> {
     if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1)
         && !case.contains(&only)
@@ -104,19 +123,51 @@ async fn measure(
     let mut h = head();
     let mut times = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
+        // The upstream's answer would arrive from the network: made before the clock starts.
+        let upstream_answer = match response {
+            Response::No => None,
+            Response::Stages { .. } => Some((
+                ResponseHead {
+                    parts: http::Response::new(()).into_parts().0,
+                },
+                ProxyBody::full(""),
+            )),
+        };
         let t = Instant::now();
         let (back, decision) = pipeline.request_stages(h).await;
         h = back;
-        if responses {
-            let resp = ResponseHead {
-                parts: http::Response::new(()).into_parts().0,
-            };
-            let (_resp, _body) = pipeline
-                .response_stages(head(), resp, ProxyBody::full(""), decision.reached)
-                .await;
+        let answered = match (response, upstream_answer) {
+            (Response::Stages { on_response }, Some((resp, body))) => {
+                let parts = if on_response {
+                    clone_request_parts(&h.parts)
+                } else {
+                    http::Request::new(()).into_parts().0
+                };
+                let seen = RequestHead {
+                    parts,
+                    client: h.client,
+                };
+                Some(
+                    pipeline
+                        .response_stages(seen, resp, body, decision.reached)
+                        .await,
+                )
+            }
+            _ => None,
+        };
+        let elapsed = t.elapsed();
+        if let Some((resp, _)) = &answered
+            && let Response::Stages { on_response: true } = response
+        {
+            assert_eq!(
+                resp.parts.headers.get("x-c").map(|v| v.as_bytes()),
+                Some(&b"1"[..]),
+                "{case}: on-response did not run"
+            );
         }
+        drop(answered);
         if i >= WARMUP {
-            times.push(t.elapsed());
+            times.push(elapsed);
         }
         // Keep the head comparable between iterations (the router rewrites the path).
         h.parts.uri = "/api/users?id=7".parse().unwrap();
@@ -140,22 +191,24 @@ fn main() {
         let runtime = Runtime::new(Some(cache.path())).unwrap();
         let up1 = upstream(1);
         let up10 = upstream(10);
-        let five_touches: String = (0..5)
-            .map(|i| {
-                filter(
-                    "touch",
-                    &format!("t{i}"),
-                    "config = { read = \"x-a\", set = \"x-b\" }",
-                )
-            })
-            .collect();
+        let touches = |config: &str| -> String {
+            (0..5)
+                .map(|i| filter("touch", &format!("t{i}"), config))
+                .collect()
+        };
+        // As bench/run's case (c): each filter reads x-a and sets x-b.
+        let five_touches = touches("config = { read = \"x-a\", set = \"x-b\" }");
+        // The same, and each also sets x-c on the response (on_response).
+        let five_touches_respond =
+            touches("config = { read = \"x-a\", set = \"x-b\", respond_set = \"x-c\" }");
+        let request_only = Response::No;
         vec![
-            measure(&runtime, "empty pipeline (host only)", &up1, false).await,
+            measure(&runtime, "empty pipeline (host only)", &up1, request_only).await,
             measure(
                 &runtime,
                 "one stage: no-op filter",
                 &format!("{up1}{}", filter("noop", "noop", "")),
-                false,
+                request_only,
             )
             .await,
             measure(
@@ -165,7 +218,7 @@ fn main() {
                     "{up1}{}",
                     filter("touch", "read", "config = { read = \"x-a\" }")
                 ),
-                false,
+                request_only,
             )
             .await,
             measure(
@@ -175,7 +228,7 @@ fn main() {
                     "{up1}{}",
                     filter("touch", "set", "config = { set = \"x-b\" }")
                 ),
-                false,
+                request_only,
             )
             .await,
             measure(
@@ -185,35 +238,44 @@ fn main() {
                     "{up1}{}",
                     filter("noop", "fresh", "isolation = \"per-request\"")
                 ),
-                false,
+                request_only,
             )
             .await,
             measure(
                 &runtime,
                 "router, 100 rules (last matches)",
                 &format!("{up1}{}", router(100)),
-                false,
+                request_only,
             )
             .await,
             measure(
                 &runtime,
-                "balancer over 10 endpoints",
+                "balancer over 10 endpoints (round-robin)",
                 &format!("{up10}{BALANCER}"),
-                false,
+                request_only,
             )
             .await,
             measure(
                 &runtime,
-                "pipeline: router + balancer",
+                "pipeline: router + balancer, request and response sides",
                 &format!("{up10}{}{BALANCER}", router(2)),
-                true,
+                Response::Stages { on_response: false },
             )
             .await,
             measure(
                 &runtime,
-                "pipeline: 5 filters + router + balancer, with on-response",
+                "pipeline: 5 filters (each reads x-a, sets x-b) + router + balancer, \
+                 no on-response",
                 &format!("{up10}{five_touches}{}{BALANCER}", router(2)),
-                true,
+                Response::Stages { on_response: false },
+            )
+            .await,
+            measure(
+                &runtime,
+                "pipeline: 5 filters (each reads x-a, sets x-b; on-response sets x-c) \
+                 + router + balancer",
+                &format!("{up10}{five_touches_respond}{}{BALANCER}", router(2)),
+                Response::Stages { on_response: true },
             )
             .await,
         ]

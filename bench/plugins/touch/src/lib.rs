@@ -1,11 +1,16 @@
-//! # touch — read one request header, set one
+//! # touch — read one request header, set one; optionally set a response header
 //!
 //! ```toml
 //! config = { read = "x-request-id", set = "x-seen" }   # either may be left out
+//! config = { read = "x-a", set = "x-b", respond_set = "x-c" }
 //! ```
-//! The header set carries the value read (or "1"), so the read is not optimised away.
+//! The request header set carries the value read (or "1"), so the read is not
+//! optimised away. Only with `respond_set` does the filter want responses: its
+//! `on_response` then sets that response header to "1". Without it the filter
+//! declares at `init` that it has no response work, and the host never calls
+//! its `on_response`.
 
-use portier_sdk::{Action, Filter, Request, config};
+use portier_sdk::{Action, Filter, Request, Response, config};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -13,6 +18,7 @@ use serde::Deserialize;
 struct Touch {
     read: Option<String>,
     set: Option<String>,
+    respond_set: Option<String>,
 }
 
 impl Filter for Touch {
@@ -21,7 +27,7 @@ impl Filter for Touch {
     }
 
     fn wants_response(&self) -> bool {
-        false
+        self.respond_set.is_some()
     }
 
     fn on_request(&self, request: &Request) -> Action {
@@ -30,6 +36,12 @@ impl Filter for Touch {
             let _ = request.set_header(name, value.as_deref().unwrap_or("1"));
         }
         Action::Continue
+    }
+
+    fn on_response(&self, _request: &Request, response: &Response) {
+        if let Some(name) = &self.respond_set {
+            let _ = response.set_header(name, "1");
+        }
     }
 }
 
