@@ -1,22 +1,42 @@
-//! The response body type and the access log written when a body ends.
+//! Bodies through the proxy, and the access log written when one ends.
+//!
+//! - [`Watched`]: a body streamed from a peer under a size limit and an idle
+//!   deadline: a client's request body (`limits.max_request_body`,
+//!   `timeouts.request_body`) or an upstream's response body
+//!   (`timeouts.upstream_body`). What stopped it is kept in a
+//!   [`BodyOutcome`], so the proxy answers 413, 400 or 408 instead of
+//!   blaming the upstream.
+//! - [`ProxyBody`]: a watched body or one the proxy made itself.
+//! - [`Logged`]: the response body to the client, which writes the access
+//!   log line when it ends or is dropped.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::clock;
+use crate::server::Busy;
+
+/// Any body error: the peer's, or the proxy's reason for cutting it off.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Either a body streamed through from a peer or one the proxy made itself.
 /// Used in both directions: responses to clients, requests to upstreams.
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from the other side, never buffered.
-    Streamed(Incoming),
+    Streamed(Watched),
     /// Generated here (errors, plugin responses).
     Full(Full<Bytes>),
 }
@@ -30,12 +50,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
@@ -52,6 +72,218 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
         }
+    }
+}
+
+/// Why a watched body stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cut {
+    /// It passed its size limit.
+    TooLarge = 1,
+    /// Its peer sent nothing for the idle deadline.
+    Stalled = 2,
+    /// Its peer broke the framing (a bad chunk size) or the connection.
+    Broken = 3,
+}
+
+/// What became of a watched body, readable by whoever handles the error it
+/// caused (a failed upstream request, for a client's body).
+#[derive(Debug, Default)]
+pub struct BodyOutcome(AtomicU8);
+
+impl BodyOutcome {
+    /// Why the body was cut off, if it was.
+    pub fn cut(&self) -> Option<Cut> {
+        match self.0.load(Relaxed) {
+            1 => Some(Cut::TooLarge),
+            2 => Some(Cut::Stalled),
+            3 => Some(Cut::Broken),
+            _ => None,
+        }
+    }
+
+    fn set(&self, cut: Cut) {
+        self.0.store(cut as u8, Relaxed);
+    }
+}
+
+/// The error a watched body ends with when the proxy cuts it off.
+#[derive(Debug)]
+pub struct CutError(pub Cut);
+
+impl fmt::Display for CutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Cut::TooLarge => "body larger than its limit",
+            Cut::Stalled => "body stalled past its idle timeout",
+            Cut::Broken => "body broken by its peer",
+        })
+    }
+}
+
+impl std::error::Error for CutError {}
+
+/// A body streamed from a peer, with a size limit and an idle deadline.
+/// The deadline counts only time the body's reader waits on the peer, not
+/// time the reader itself is slow (backpressure is not the peer's fault).
+pub struct Watched {
+    inner: Incoming,
+    /// A frame read ahead by [`Watched::first_frame`], served first.
+    ahead: Option<Frame<Bytes>>,
+    limit: u64,
+    seen: u64,
+    idle: Duration,
+    /// Since when the reader has been waiting (coarse-clock ms).
+    waiting_since: Option<u64>,
+    timer: Option<Pin<Box<Sleep>>>,
+    outcome: Option<Arc<BodyOutcome>>,
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("limit", &self.limit)
+            .field("seen", &self.seen)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watched {
+    /// A client's request body: at most `limit` bytes (`None`: no limit),
+    /// no pause longer than `idle`; `outcome` learns why it was cut off.
+    pub fn request(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: Duration,
+        outcome: Arc<BodyOutcome>,
+    ) -> Watched {
+        Watched {
+            inner,
+            ahead: None,
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+            idle,
+            waiting_since: None,
+            timer: None,
+            outcome: Some(outcome),
+        }
+    }
+
+    /// An upstream's response body: no pause longer than `idle`.
+    pub fn response(inner: Incoming, idle: Duration) -> Watched {
+        Watched {
+            inner,
+            ahead: None,
+            limit: u64::MAX,
+            seen: 0,
+            idle,
+            waiting_since: None,
+            timer: None,
+            outcome: None,
+        }
+    }
+
+    fn cut(&self, cut: Cut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(o) = &self.outcome {
+            o.set(cut);
+        }
+        Poll::Ready(Some(Err(Box::new(CutError(cut)))))
+    }
+
+    /// Nothing arrived: cut the body off once the peer has kept us waiting
+    /// for `idle`; until then make sure a timer wakes us by that time.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let since = *self.waiting_since.get_or_insert_with(clock::now_ms);
+        let due = clock::instant_at(since) + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+        if timer.deadline().into_std() > due {
+            timer.as_mut().reset(due.into());
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= due {
+                return self.cut(Cut::Stalled);
+            }
+            // Armed for an earlier wait that ended since.
+            timer.as_mut().reset(due.into());
+        }
+        Poll::Pending
+    }
+}
+
+impl Watched {
+    /// Read the first frame ahead (it is served first later): a body that
+    /// breaks, stalls or overflows at once is refused before a byte of the
+    /// request reaches an upstream. `Err` says why.
+    pub async fn first_frame(&mut self) -> Result<(), Cut> {
+        let first = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+        match first {
+            Some(Ok(frame)) => {
+                self.ahead = Some(frame);
+                Ok(())
+            }
+            Some(Err(_)) => Err(self
+                .outcome
+                .as_ref()
+                .and_then(|o| o.cut())
+                .unwrap_or(Cut::Broken)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.ahead.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting_since = None;
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return this.cut(Cut::TooLarge);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(o) = &this.outcome {
+                    o.set(Cut::Broken);
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.ahead.is_none() && self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let ahead = self
+            .ahead
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + ahead);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
 
@@ -80,6 +312,8 @@ pub struct Logged {
     inner: ProxyBody,
     bytes: u64,
     record: Option<AccessRecord>,
+    /// The request counts as in flight on its connection until this drops.
+    busy: Option<Busy>,
 }
 
 impl Logged {
@@ -89,24 +323,35 @@ impl Logged {
             inner,
             bytes: 0,
             record,
+            busy: None,
         }
+    }
+
+    /// Keep the request marked in flight on its connection until the body ends.
+    pub fn holding(mut self, busy: Busy) -> Logged {
+        self.busy = Some(busy);
+        self
     }
 }
 
 impl Body for Logged {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(d) = frame.data_ref()
         {
             this.bytes += d.len() as u64;
+        }
+        if let Poll::Ready(Some(Err(e))) = &poll {
+            // The client gets a cut-off response; say why, once.
+            tracing::warn!(error = %e, "response body cut off");
         }
         poll
     }

@@ -5,15 +5,25 @@
 
 use http::StatusCode;
 
+use crate::body::Cut;
+use crate::ingress::Rejection;
+
 /// Who caused a request to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// The client's request head broke a rule (ingress).
+    Refused(Rejection),
+    /// The client's request body was too large, stalled or malformed.
+    ClientBody(Cut),
     /// The upstream refused, reset, or sent garbage.
     Upstream,
     /// The upstream did not answer in time.
     UpstreamTimeout,
     /// No endpoint could take the request.
     NoEndpoint,
+    /// This process ran out of something (file descriptors, ports, memory)
+    /// reaching the upstream: not the endpoint's fault.
+    LocalResources,
     /// A plugin failed and its stage is fail-closed.
     Plugin,
     /// A plugin returned something the host cannot use (unknown upstream...).
@@ -24,10 +34,23 @@ impl Fault {
     /// The status the client sees.
     pub fn status(self) -> StatusCode {
         match self {
+            Fault::Refused(r) => r.status(),
+            Fault::ClientBody(Cut::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            Fault::ClientBody(Cut::Stalled) => StatusCode::REQUEST_TIMEOUT,
+            Fault::ClientBody(Cut::Broken) => StatusCode::BAD_REQUEST,
             Fault::Upstream => StatusCode::BAD_GATEWAY,
             Fault::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Fault::NoEndpoint | Fault::Plugin => StatusCode::SERVICE_UNAVAILABLE,
+            Fault::NoEndpoint | Fault::Plugin | Fault::LocalResources => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Fault::PluginContract => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// Whether the client's connection must close after the answer: the
+    /// rest of what it sent (an unread or broken body, a bad head) cannot
+    /// be trusted to frame a next request.
+    pub fn closes_connection(self) -> bool {
+        matches!(self, Fault::Refused(_) | Fault::ClientBody(_))
     }
 }

@@ -2,11 +2,10 @@
 //! streaming bodies, and failures mapped to who is at fault.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -17,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::error::Fault;
+use crate::ingress::strip_hop_by_hop;
 use crate::upstream::{Upstream, Upstreams};
 
 /// Pooled HTTP clients per upstream (each with its connect deadline), one per
@@ -76,19 +76,18 @@ impl Forwarder {
         upstream: &Arc<Upstream>,
         index: usize,
         mut parts: http::request::Parts,
-        body: Incoming,
-        client: SocketAddr,
+        body: ProxyBody,
     ) -> Result<Response<Incoming>, Fault> {
         let endpoint = &upstream.endpoints[index];
         let http_client = self.client(&upstream.name).ok_or(Fault::PluginContract)?;
-        prepare_request(&mut parts, &endpoint.address, client)?;
+        prepare_request(&mut parts, &endpoint.address)?;
         // A pooled connection the upstream already closed fails a request
         // after it was written. One with no body and a repeatable method is
         // replayed once; a new connection also tells a dead endpoint (refused)
         // from a keep-alive race.
         let replay = (body.is_end_stream() && parts.method.is_idempotent())
             .then(|| clone_request_parts(&parts));
-        let req = Request::from_parts(parts, ProxyBody::Streamed(body));
+        let req = Request::from_parts(parts, body);
 
         let _in_flight = endpoint.start_request();
         let sent = Instant::now();
@@ -106,6 +105,12 @@ impl Forwarder {
             Err(_elapsed) => {
                 tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, "upstream timed out");
                 Err(Fault::UpstreamTimeout)
+            }
+            Ok(Err(e)) if e.is_connect() && local_exhaustion(&e) => {
+                // Our own file descriptors or ports ran out: the endpoint is
+                // not to blame, and marking it would spread the outage.
+                tracing::error!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "cannot connect upstream: this process is out of resources");
+                Err(Fault::LocalResources)
             }
             Ok(Err(e)) => {
                 if e.is_connect() {
@@ -149,21 +154,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Rewrite a client request for the upstream: absolute URI to the endpoint,
-/// HTTP/1.1, hop-by-hop headers removed, proxy headers set.
+/// Whether a failed connect failed for want of local resources: file
+/// descriptors (EMFILE, ENFILE), buffers or memory (ENOBUFS, ENOMEM) or
+/// ephemeral ports (EADDRNOTAVAIL). Linux's numbers.
+fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
+    const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|code| LOCAL.contains(&code))
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Point a request (settled at ingress, edited by the stages) at the
+/// endpoint: absolute URI, HTTP/1.1. Host and the forwarding headers were
+/// set at ingress, before the plugins, which may have changed them.
 fn prepare_request(
     parts: &mut http::request::Parts,
     endpoint: &http::uri::Authority,
-    client: SocketAddr,
 ) -> Result<(), Fault> {
-    // HTTP/2 clients carry the host in :authority; HTTP/1.1 upstreams need a Host header.
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
     let pq = parts
         .uri
         .path_and_query()
@@ -174,44 +188,8 @@ fn prepare_request(
     uri.authority = Some(endpoint.clone());
     uri.path_and_query = Some(pq);
     parts.uri = Uri::from_parts(uri).map_err(|_| Fault::PluginContract)?;
-    let client_version = parts.version;
     parts.version = Version::HTTP_11;
-
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    if let Some(host) = &original_host {
-        h.insert(header::HOST, host.clone());
-        h.insert(X_FORWARDED_HOST, host.clone());
-    }
-    append_forwarded_for(h, client);
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    append_via(h, client_version);
     Ok(())
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Append the client's IP to X-Forwarded-For, folding repeated headers into one.
-fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let mut prior: Vec<&str> = h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if prior.is_empty() {
-        ip
-    } else {
-        prior.push(&ip);
-        prior.join(", ")
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR, v);
-    }
 }
 
 fn append_via(h: &mut HeaderMap, version: Version) {
@@ -223,73 +201,33 @@ fn append_via(h: &mut HeaderMap, version: Version) {
     h.append(header::VIA, HeaderValue::from_static(v));
 }
 
-/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including any that
-/// `Connection` names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        h.remove(n);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
-        let mut b = Request::builder().uri("/a/b?x=1");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
+    #[test]
+    fn upstream_request_is_pointed_at_the_endpoint_and_keeps_its_headers() {
+        let mut p = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("/a/b?x=1")
+            .header("host", "example.com")
+            .header("x-forwarded-for", "192.0.2.7")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        prepare_request(&mut p, &"127.0.0.1:9000".parse().unwrap()).unwrap();
+        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9000/a/b?x=1");
+        assert_eq!(p.version, Version::HTTP_11);
+        assert_eq!(p.headers["host"], "example.com");
+        assert_eq!(p.headers["x-forwarded-for"], "192.0.2.7");
     }
 
     #[test]
-    fn upstream_request_gets_proxy_headers_and_loses_hop_by_hop_ones() {
-        let mut p = parts(&[
-            ("host", "example.com"),
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("x-kept", "yes"),
-        ]);
-        prepare_request(
-            &mut p,
-            &"127.0.0.1:9000".parse().unwrap(),
-            "192.0.2.7:5555".parse().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9000/a/b?x=1");
-        assert_eq!(
-            p.headers["x-forwarded-for"],
-            "10.0.0.1, 10.0.0.2, 192.0.2.7"
-        );
-        assert_eq!(p.headers["x-forwarded-host"], "example.com");
-        assert_eq!(p.headers["x-forwarded-proto"], "http");
-        assert_eq!(p.headers["host"], "example.com");
-        assert_eq!(p.headers["via"], "1.1 portier");
-        assert_eq!(p.headers["x-kept"], "yes");
-        for gone in ["connection", "x-secret", "keep-alive"] {
-            assert!(!p.headers.contains_key(gone), "{gone} was forwarded");
-        }
+    fn running_out_of_descriptors_is_local_but_a_refusal_is_not() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(local_exhaustion(&emfile));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!local_exhaustion(&refused));
     }
 }

@@ -2,12 +2,20 @@
 //!
 //! Keys are namespaced per stage by [`Namespace`], so two stages never see
 //! each other's keys. Operations are atomic per key (a counter incremented by
-//! many instances at once stays exact). Expired entries vanish on access and
-//! are swept as the store grows, so memory stays bounded by live keys.
+//! many instances at once stays exact).
+//!
+//! Memory is bounded per stage by its [`Quota`]: keys and values have
+//! maximum sizes, and a write that would take the stage past its bytes or
+//! entries fails with [`KvError::QuotaExceeded`] (nothing is evicted: the
+//! plugin decides what to do, e.g. a rate limiter fails open or closed).
+//! Expired entries vanish on access and a background sweep frees them
+//! without waiting for new writes. A stage's usage belongs to its name, so
+//! it survives reloads with the entries it counts.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Failure of the store itself (not "key absent").
@@ -19,37 +27,149 @@ pub enum KvError {
     /// The counter would overflow an i64.
     #[error("increment overflows")]
     Overflow,
+    /// The key is longer than the stage's `kv.max_key`.
+    #[error("key longer than {0} bytes (kv.max_key)")]
+    KeyTooLong(usize),
+    /// The value is larger than the stage's `kv.max_value`.
+    #[error("value larger than {0} bytes (kv.max_value)")]
+    ValueTooLarge(usize),
+    /// The write would take the stage past `kv.max_bytes` or `kv.max_entries`.
+    #[error(
+        "quota exceeded: the stage's kv holds {entries} entries, {bytes} bytes (kv.max_entries, kv.max_bytes)"
+    )]
+    QuotaExceeded {
+        /// Entries the stage holds.
+        entries: usize,
+        /// Bytes the stage holds.
+        bytes: usize,
+    },
 }
+
+/// What one stage may keep in kv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes of keys, values and bookkeeping together.
+    pub max_bytes: usize,
+    /// Entries.
+    pub max_entries: usize,
+    /// Bytes of one key.
+    pub max_key: usize,
+    /// Bytes of one value.
+    pub max_value: usize,
+}
+
+impl Default for Quota {
+    fn default() -> Quota {
+        Quota {
+            max_bytes: 16 << 20,
+            max_entries: 100_000,
+            max_key: 1 << 10,
+            max_value: 1 << 20,
+        }
+    }
+}
+
+/// What an entry costs beyond its key and value: the map slot, the entry's
+/// fields, allocator headers. Counted so a million empty values still count.
+const ENTRY_OVERHEAD: usize = 96;
 
 const SHARDS: usize = 16;
 
+/// How often the background sweep visits each shard.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// The process-wide store. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Kv {
     inner: Arc<Inner>,
+}
+
+impl Default for Kv {
+    fn default() -> Kv {
+        let inner = Arc::new(Inner::default());
+        spawn_sweeper(Arc::downgrade(&inner));
+        Kv { inner }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
+    /// Usage per stage name, kept across reloads.
+    usage: Mutex<HashMap<String, Arc<Usage>>>,
 }
 
 #[derive(Default)]
 struct Shard {
     map: HashMap<Vec<u8>, Entry>,
-    /// Sweep expired entries when the map reaches this size.
-    sweep_at: usize,
 }
 
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
+    /// The stage it counts against.
+    usage: Arc<Usage>,
 }
 
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires.is_none_or(|t| t > now)
+    }
+
+    fn cost(key: &[u8], value: &[u8]) -> usize {
+        key.len() + value.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// One stage's usage and quota.
+#[derive(Debug)]
+struct Usage {
+    bytes: AtomicUsize,
+    entries: AtomicUsize,
+    quota: Mutex<Quota>,
+}
+
+impl Usage {
+    fn quota(&self) -> Quota {
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve room for a change of `bytes` and `entries`; fails past the quota.
+    fn reserve(&self, bytes: isize, entries: isize) -> Result<(), KvError> {
+        let q = self.quota();
+        let now_bytes = self.bytes.load(Relaxed);
+        let now_entries = self.entries.load(Relaxed);
+        let grows = bytes > 0 || entries > 0;
+        if grows
+            && (now_bytes.saturating_add_signed(bytes) > q.max_bytes
+                || now_entries.saturating_add_signed(entries) > q.max_entries)
+        {
+            return Err(KvError::QuotaExceeded {
+                entries: now_entries,
+                bytes: now_bytes,
+            });
+        }
+        self.adjust(bytes, entries);
+        Ok(())
+    }
+
+    fn adjust(&self, bytes: isize, entries: isize) {
+        if bytes >= 0 {
+            self.bytes.fetch_add(bytes as usize, Relaxed);
+        } else {
+            self.bytes.fetch_sub(bytes.unsigned_abs(), Relaxed);
+        }
+        if entries >= 0 {
+            self.entries.fetch_add(entries as usize, Relaxed);
+        } else {
+            self.entries.fetch_sub(entries.unsigned_abs(), Relaxed);
+        }
+    }
+
+    /// An entry left the store.
+    fn release(&self, key: &[u8], e: &Entry) {
+        self.adjust(-(Entry::cost(key, &e.value) as isize), -1);
     }
 }
 
@@ -58,17 +178,32 @@ impl Entry {
 pub struct Namespace {
     kv: Kv,
     prefix: Vec<u8>,
+    usage: Arc<Usage>,
 }
 
 impl Kv {
-    /// A view whose keys cannot collide with any other namespace's.
-    pub fn namespace(&self, name: &str) -> Namespace {
+    /// A view whose keys cannot collide with any other namespace's, under
+    /// `quota` (which replaces the quota an earlier generation gave it).
+    pub fn namespace(&self, name: &str, quota: Quota) -> Namespace {
         // The length prefix makes ("a", "bc") and ("ab", "c") distinct.
         let mut prefix = (name.len() as u32).to_be_bytes().to_vec();
         prefix.extend_from_slice(name.as_bytes());
+        let usage = {
+            let mut all = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let usage = all.entry(name.to_owned()).or_insert_with(|| {
+                Arc::new(Usage {
+                    bytes: AtomicUsize::new(0),
+                    entries: AtomicUsize::new(0),
+                    quota: Mutex::new(quota),
+                })
+            });
+            *usage.quota.lock().unwrap_or_else(|p| p.into_inner()) = quota;
+            usage.clone()
+        };
         Namespace {
             kv: self.clone(),
             prefix,
+            usage,
         }
     }
 
@@ -79,12 +214,44 @@ impl Kv {
     ) -> R {
         let shard = &self.inner.shards[(self.inner.hasher.hash_one(&key) as usize) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if shard.map.len() >= shard.sweep_at.max(1024) {
-            shard.map.retain(|_, e| e.live(now));
-            shard.sweep_at = shard.map.len() * 2;
+        f(&mut shard.map, key, Instant::now())
+    }
+}
+
+/// Sweep expired entries out of every shard, one shard at a time, until
+/// the store is gone.
+fn spawn_sweeper(inner: Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("portier-kv-sweep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_EVERY / SHARDS as u32);
+                for i in 0..SHARDS {
+                    let Some(inner) = inner.upgrade() else { return };
+                    sweep(&inner.shards[i]);
+                    drop(inner);
+                    std::thread::sleep(SWEEP_EVERY / SHARDS as u32);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no background kv sweep: expired entries go when touched");
+    }
+}
+
+fn sweep(shard: &Mutex<Shard>) {
+    let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    shard.map.retain(|k, e| {
+        let live = e.live(now);
+        if !live {
+            e.usage.release(k, e);
         }
-        f(&mut shard.map, key, now)
+        live
+    });
+    // Give back what a burst of entries left behind.
+    if shard.map.capacity() > 64 && shard.map.capacity() > shard.map.len() * 4 {
+        shard.map.shrink_to_fit();
     }
 }
 
@@ -93,60 +260,94 @@ fn deadline(now: Instant, ttl: Option<Duration>) -> Option<Instant> {
 }
 
 impl Namespace {
-    fn key(&self, key: &str) -> Vec<u8> {
+    fn key(&self, key: &str) -> Result<Vec<u8>, KvError> {
+        let max = self.usage.quota().max_key;
+        if key.len() > max {
+            return Err(KvError::KeyTooLong(max));
+        }
         let mut k = Vec::with_capacity(self.prefix.len() + key.len());
         k.extend_from_slice(&self.prefix);
         k.extend_from_slice(key.as_bytes());
-        k
+        Ok(k)
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        let max = self.usage.quota().max_value;
+        if value.len() > max {
+            return Err(KvError::ValueTooLarge(max));
+        }
+        Ok(())
+    }
+
+    /// Put `value` under `k`, replacing what is there, within the quota.
+    fn store(
+        &self,
+        map: &mut HashMap<Vec<u8>, Entry>,
+        k: Vec<u8>,
+        value: Vec<u8>,
+        expires: Option<Instant>,
+    ) -> Result<(), KvError> {
+        let new_cost = Entry::cost(&k, &value) as isize;
+        let (old_cost, old_entries) = match map.get(&k) {
+            Some(old) => (Entry::cost(&k, &old.value) as isize, 1),
+            None => (0, 0),
+        };
+        self.usage.reserve(new_cost - old_cost, 1 - old_entries)?;
+        map.insert(
+            k,
+            Entry {
+                value,
+                expires,
+                usage: self.usage.clone(),
+            },
+        );
+        Ok(())
     }
 
     /// The live value of a key.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.kv.with_entry(self.key(key), |map, k, now| {
+        let k = self.key(key)?;
+        Ok(self.kv.with_entry(k, |map, k, now| {
             map.get(&k).filter(|e| e.live(now)).map(|e| e.value.clone())
         }))
     }
 
     /// Store a value with an optional time to live.
     pub fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        self.kv.with_entry(self.key(key), |map, k, now| {
-            map.insert(
-                k,
-                Entry {
-                    value,
-                    expires: deadline(now, ttl),
-                },
-            );
-        });
-        Ok(())
+        let k = self.key(key)?;
+        self.check_value(&value)?;
+        self.kv.with_entry(k, |map, k, now| {
+            self.store(map, k, value, deadline(now, ttl))
+        })
     }
 
     /// Delete a key; true when a live value existed.
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
-        Ok(self.kv.with_entry(self.key(key), |map, k, now| {
-            map.remove(&k).is_some_and(|e| e.live(now))
+        let k = self.key(key)?;
+        Ok(self.kv.with_entry(k, |map, k, now| {
+            map.remove(&k).is_some_and(|e| {
+                e.usage.release(&k, &e);
+                e.live(now)
+            })
         }))
     }
 
     /// Add `delta` to a decimal counter; a missing key starts at 0 with `ttl`.
     pub fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        self.kv.with_entry(self.key(key), |map, k, now| {
-            let e = match map.get_mut(&k) {
-                Some(e) if e.live(now) => e,
-                _ => map
-                    .entry(k)
-                    .insert_entry(Entry {
-                        value: b"0".to_vec(),
-                        expires: deadline(now, ttl),
-                    })
-                    .into_mut(),
+        let k = self.key(key)?;
+        self.kv.with_entry(k, |map, k, now| {
+            let (current, expires) = match map.get(&k) {
+                Some(e) if e.live(now) => {
+                    let current: i64 = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(KvError::NotAnInteger)?;
+                    (current, e.expires)
+                }
+                _ => (0, deadline(now, ttl)),
             };
-            let current: i64 = std::str::from_utf8(&e.value)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(KvError::NotAnInteger)?;
             let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
-            e.value = next.to_string().into_bytes();
+            self.store(map, k, next.to_string().into_bytes(), expires)?;
             Ok(next)
         })
     }
@@ -159,23 +360,27 @@ impl Namespace {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool, KvError> {
-        Ok(self.kv.with_entry(self.key(key), |map, k, now| {
+        let k = self.key(key)?;
+        self.check_value(&value)?;
+        self.kv.with_entry(k, |map, k, now| {
             let current = map
                 .get(&k)
                 .filter(|e| e.live(now))
                 .map(|e| e.value.as_slice());
             if current != expected {
-                return false;
+                return Ok(false);
             }
-            map.insert(
-                k,
-                Entry {
-                    value,
-                    expires: deadline(now, ttl),
-                },
-            );
-            true
-        }))
+            self.store(map, k, value, deadline(now, ttl))?;
+            Ok(true)
+        })
+    }
+
+    /// Entries and bytes this stage holds (expired ones until swept).
+    pub fn usage(&self) -> (usize, usize) {
+        (
+            self.usage.entries.load(Relaxed),
+            self.usage.bytes.load(Relaxed),
+        )
     }
 }
 
@@ -183,10 +388,17 @@ impl Namespace {
 mod tests {
     use super::*;
 
+    fn ns(name: &str) -> Namespace {
+        Kv::default().namespace(name, Quota::default())
+    }
+
     #[test]
     fn namespaces_do_not_see_each_others_keys() {
         let kv = Kv::default();
-        let (a, b) = (kv.namespace("a"), kv.namespace("ab"));
+        let (a, b) = (
+            kv.namespace("a", Quota::default()),
+            kv.namespace("ab", Quota::default()),
+        );
         a.set("bk", b"1".to_vec(), None).unwrap();
         assert_eq!(b.get("k").unwrap(), None);
         assert_eq!(a.get("bk").unwrap(), Some(b"1".to_vec()));
@@ -194,7 +406,7 @@ mod tests {
 
     #[test]
     fn increment_counts_exactly_across_threads() {
-        let ns = Kv::default().namespace("rl");
+        let ns = ns("rl");
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -211,7 +423,7 @@ mod tests {
 
     #[test]
     fn expired_values_are_gone_and_counters_restart() {
-        let ns = Kv::default().namespace("t");
+        let ns = ns("t");
         ns.set("k", b"v".to_vec(), Some(Duration::from_millis(1)))
             .unwrap();
         assert_eq!(
@@ -226,7 +438,7 @@ mod tests {
 
     #[test]
     fn compare_and_swap_only_swaps_the_expected_value() {
-        let ns = Kv::default().namespace("cas");
+        let ns = ns("cas");
         assert!(ns.compare_and_swap("k", None, b"1".to_vec(), None).unwrap());
         assert!(!ns.compare_and_swap("k", None, b"2".to_vec(), None).unwrap());
         assert!(
@@ -238,5 +450,94 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(ns.get("k").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn writes_past_the_quota_fail_and_deletes_make_room() {
+        let quota = Quota {
+            max_bytes: 10 * (ENTRY_OVERHEAD + 100),
+            max_entries: 1000,
+            max_key: 16,
+            max_value: 64,
+        };
+        let ns = Kv::default().namespace("q", quota);
+        assert_eq!(
+            ns.set(&"k".repeat(17), vec![], None),
+            Err(KvError::KeyTooLong(16))
+        );
+        assert_eq!(
+            ns.set("k", vec![0; 65], None),
+            Err(KvError::ValueTooLarge(64))
+        );
+        let mut stored = 0;
+        for i in 0..100 {
+            match ns.set(&format!("k{i:02}"), vec![0; 64], None) {
+                Ok(()) => stored += 1,
+                Err(KvError::QuotaExceeded { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!((10..=15).contains(&stored), "{stored} entries fit");
+        let (entries, bytes) = ns.usage();
+        assert_eq!(entries, stored);
+        assert!(bytes <= quota.max_bytes);
+        // Replacing a value with one of the same size needs no new room.
+        ns.set("k00", vec![1; 64], None).unwrap();
+        assert!(ns.delete("k00").unwrap());
+        ns.set("fresh", vec![0; 64], None).unwrap();
+        assert_eq!(ns.usage().0, stored);
+    }
+
+    #[test]
+    fn entry_quota_holds_and_counters_count_against_it() {
+        let ns = Kv::default().namespace(
+            "e",
+            Quota {
+                max_entries: 3,
+                ..Quota::default()
+            },
+        );
+        for k in ["a", "b", "c"] {
+            ns.increment(k, 1, None).unwrap();
+        }
+        assert!(matches!(
+            ns.increment("d", 1, None),
+            Err(KvError::QuotaExceeded { entries: 3, .. })
+        ));
+        // An existing counter still counts.
+        assert_eq!(ns.increment("a", 1, None).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_background_sweep_frees_expired_entries_without_new_writes() {
+        let ns = ns("sweep");
+        for i in 0..100 {
+            ns.set(
+                &format!("k{i}"),
+                vec![0; 100],
+                Some(Duration::from_millis(1)),
+            )
+            .unwrap();
+        }
+        assert_eq!(ns.usage().0, 100);
+        let started = Instant::now();
+        while ns.usage() != (0, 0) {
+            assert!(
+                started.elapsed() < SWEEP_EVERY * 5,
+                "still counted: {:?}",
+                ns.usage()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn usage_belongs_to_the_stage_name_across_reloads() {
+        let kv = Kv::default();
+        let first = kv.namespace("s", Quota::default());
+        first.set("k", b"v".to_vec(), None).unwrap();
+        let reloaded = kv.namespace("s", Quota::default());
+        assert_eq!(reloaded.usage(), first.usage());
+        assert_eq!(reloaded.get("k").unwrap(), Some(b"v".to_vec()));
     }
 }

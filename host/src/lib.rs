@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod error;
 pub mod forward;
+pub mod ingress;
 pub mod kv;
 pub mod manifest;
 pub mod pipeline;

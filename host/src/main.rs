@@ -107,11 +107,12 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     control_runtime()?.block_on(async move {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
+        raise_open_file_limit();
         let listeners = server::bind(&manifest.server.listen)?;
         let admin = match manifest.admin {
-            Some(a) => Some(tokio::net::TcpListener::from_std(
-                server::bind(&[a])?.remove(0),
-            )?),
+            Some(a) => Some(tokio::net::TcpListener::from_std(server::bind_exclusive(
+                a,
+            )?)?),
             None => None,
         };
         let workers = manifest.server.workers;
@@ -139,6 +140,15 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
             .await?;
         Ok(())
     })
+}
+
+/// Every connection, client or upstream, is a file descriptor: take all the
+/// kernel allows this process (the soft limit is often 1024).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -13,14 +13,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{AccessRecord, Logged, ProxyBody};
+use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
 use crate::error::Fault;
 use crate::forward::{Forwarder, clone_request_parts};
-use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role};
-use crate::plugin::heads::{RequestHead, ResponseHead};
+use crate::ingress::{Ingress, Scheme};
+use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role, Server};
+use crate::plugin::heads::{HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
 use crate::upstream::{Upstream, Upstreams};
 
@@ -31,7 +33,9 @@ pub struct Pipeline {
     stages: Vec<Stage>,
     upstreams: Arc<Upstreams>,
     forwarder: Forwarder,
-    access_log: bool,
+    server: Server,
+    ingress: Ingress,
+    header_limits: HeaderLimits,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -62,21 +66,39 @@ impl Pipeline {
         generation: u64,
     ) -> Result<Pipeline, ManifestError> {
         let upstreams = Arc::new(Upstreams::new(&manifest.upstreams));
+        let limits = manifest.server.limits;
+        let header_limits = HeaderLimits {
+            max_headers: limits.max_headers,
+            max_bytes: limits.max_request_head,
+        };
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
             stages.push(
                 runtime
-                    .load_stage(&manifest.file, spec, upstreams.clone())
+                    .load_stage(&manifest.file, spec, upstreams.clone(), header_limits)
                     .await?,
             );
         }
+        let server = manifest.server.clone();
         Ok(Pipeline {
             generation,
             stages,
-            forwarder: Forwarder::new(&upstreams, manifest.server.workers),
+            forwarder: Forwarder::new(&upstreams, server.workers),
             upstreams,
-            access_log: manifest.server.access_log,
+            ingress: Ingress {
+                trusted_proxies: server.trusted_proxies.clone(),
+                max_uri: server.limits.max_uri,
+                merge_slashes: server.merge_slashes,
+            },
+            header_limits,
+            server,
         })
+    }
+
+    /// The `[server]` settings of this generation: new connections take
+    /// their limits and timeouts from the generation current when they open.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// The stages, in order.
@@ -119,13 +141,59 @@ impl Pipeline {
         serde_json::json!({ "generation": self.generation, "stages": stages, "upstreams": upstreams })
     }
 
-    /// Serve one request: request stages, upstream, response stages.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Logged> {
+    /// Serve one request: ingress checks, request stages, upstream,
+    /// response stages. `peer` is the TCP peer; `scheme` the listener's.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Response<Logged> {
         let start = Instant::now();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let record = self
+            .server
             .access_log
             .then(|| (parts.method.clone(), parts.uri.clone()));
+        let log = |client, status, upstream| {
+            record.map(|(method, uri)| AccessRecord {
+                start,
+                client,
+                method,
+                uri,
+                status,
+                upstream,
+            })
+        };
+        let client = match self.admit(&mut parts, peer, scheme) {
+            Ok(client) => client,
+            Err(fault) => {
+                let (parts, body) = error_response(fault);
+                return Response::from_parts(
+                    parts,
+                    Logged::new(body, log(peer, fault.status(), None)),
+                );
+            }
+        };
+        let (body, outcome) = if body.is_end_stream() {
+            (ProxyBody::full(bytes::Bytes::new()), None)
+        } else {
+            let outcome = Arc::new(BodyOutcome::default());
+            let mut watched = Watched::request(
+                body,
+                self.server.limits.max_request_body,
+                self.server.timeouts.request_body,
+                outcome.clone(),
+            );
+            // A body broken from its first bytes (a bad chunk size, say) is
+            // refused here, before any plugin or upstream sees the request.
+            if let Err(cut) = watched.first_frame().await {
+                let (parts, body) = error_response(Fault::ClientBody(cut));
+                let record = log(client, parts.status, None);
+                return Response::from_parts(parts, Logged::new(body, record));
+            }
+            (ProxyBody::Streamed(watched), Some(outcome))
+        };
         let (mut head, decision) = self.request_stages(RequestHead { parts, client }).await;
 
         let mut served_by = None;
@@ -142,19 +210,25 @@ impl Pipeline {
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
-                match self
+                let forwarded = self
                     .forwarder
-                    .forward(&self.upstreams, &up, i, parts, body, client)
-                    .await
-                {
+                    .forward(&self.upstreams, &up, i, parts, body)
+                    .await;
+                match forwarded {
                     Ok(resp) => {
                         let (p, b) = resp.into_parts();
+                        let b = Watched::response(b, self.server.timeouts.upstream_body);
                         (p, ProxyBody::Streamed(b))
                     }
-                    Err(fault) => error_response(fault),
+                    // A request body the client broke or overfilled is the
+                    // client's fault, not the upstream's.
+                    Err(fault) => match outcome.and_then(|o| o.cut()) {
+                        Some(cut) => error_response(Fault::ClientBody(cut)),
+                        None => error_response(fault),
+                    },
                 }
             }
-            Outcome::Respond(r) => plugin_response(r),
+            Outcome::Respond(r) => plugin_response(r, self.header_limits),
             Outcome::Fail(fault) => error_response(fault),
         };
 
@@ -166,15 +240,34 @@ impl Pipeline {
                 decision.reached,
             )
             .await;
-        let record = record.map(|(method, uri)| AccessRecord {
-            start,
-            client,
-            method,
-            uri,
-            status: resp.parts.status,
-            upstream: served_by,
-        });
+        let record = log(client, resp.parts.status, served_by);
         Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// Ingress checks, and a declared body over the limit refused before
+    /// any plugin runs or a byte of it is read.
+    fn admit(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Result<SocketAddr, Fault> {
+        let client = self.ingress.admit(parts, peer, scheme).map_err(|r| {
+            tracing::debug!(client = %peer, reason = r.reason(), "request refused at ingress");
+            Fault::Refused(r)
+        })?;
+        if let (Some(limit), Some(declared)) = (
+            self.server.limits.max_request_body,
+            parts.headers.get(header::CONTENT_LENGTH),
+        ) && declared
+            .to_str()
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+            .is_some_and(|d| d > limit)
+        {
+            return Err(Fault::ClientBody(crate::body::Cut::TooLarge));
+        }
+        Ok(client)
     }
 
     /// Run the request stages in order and decide where the response comes
@@ -295,6 +388,8 @@ impl Pipeline {
 }
 
 /// The proxy's own error answer: fixed text, nothing about the backend.
+/// After a request the client got wrong, the connection closes: what is
+/// left of it on the wire cannot be trusted to frame the next one.
 fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
     let status = fault.status();
     let text = format!(
@@ -302,7 +397,13 @@ fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    text_response(status, text)
+    let (mut parts, body) = text_response(status, text);
+    if fault.closes_connection() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (parts, body)
 }
 
 fn text_response(status: StatusCode, text: String) -> (http::response::Parts, ProxyBody) {
@@ -315,22 +416,18 @@ fn text_response(status: StatusCode, text: String) -> (http::response::Parts, Pr
     (r.into_parts().0, ProxyBody::full(text))
 }
 
-/// A response a plugin made. Invalid status or headers are the plugin's bug: 500.
-fn plugin_response(p: PluginResponse) -> (http::response::Parts, ProxyBody) {
+/// A response a plugin made. Its stage checked the status (200-599); a
+/// header that is malformed, owned by the proxy (framing, hop-by-hop) or
+/// past the header limits is dropped, and Content-Length comes from the body.
+fn plugin_response(p: PluginResponse, limits: HeaderLimits) -> (http::response::Parts, ProxyBody) {
     let mut r = Response::new(());
-    match StatusCode::from_u16(p.status) {
-        Ok(s) => *r.status_mut() = s,
-        Err(_) => {
-            tracing::error!(status = p.status, "plugin responded with an invalid status");
-            return error_response(Fault::PluginContract);
-        }
+    match crate::plugin::final_status(p.status) {
+        Some(s) => *r.status_mut() = s,
+        None => return error_response(Fault::PluginContract),
     }
     for (k, v) in &p.headers {
-        match crate::plugin::heads::header_pair(k, v) {
-            Ok((n, v)) => {
-                r.headers_mut().append(n, v);
-            }
-            Err(e) => tracing::warn!(error = %e, "dropping invalid header from a plugin response"),
+        if let Err(e) = crate::plugin::heads::append_header(r.headers_mut(), k, v, limits) {
+            tracing::debug!(error = %e, "dropping a header from a plugin's response");
         }
     }
     (r.into_parts().0, ProxyBody::full(p.body))

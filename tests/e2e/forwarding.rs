@@ -240,7 +240,7 @@ async fn repeated_response_headers_arrive_in_order() {
 }
 
 #[tokio::test]
-async fn forwarded_headers_and_via_are_appended_and_host_kept() {
+async fn an_untrusted_clients_forwarding_claims_are_replaced_and_host_kept() {
     let backend = Backend::new("app").start().await;
     let proxy = proxy_to(&backend).await;
     let client = proxy.client();
@@ -251,6 +251,8 @@ async fn forwarded_headers_and_via_are_appended_and_host_kept() {
             &[
                 ("host", "shop.example"),
                 ("x-forwarded-for", "1.2.3.4"),
+                ("x-real-ip", "1.2.3.4"),
+                ("forwarded", "for=1.2.3.4;proto=https"),
                 ("via", "1.0 edge"),
             ],
         )
@@ -259,17 +261,57 @@ async fn forwarded_headers_and_via_are_appended_and_host_kept() {
 
     // The backend must see the name the client asked for, not its own address.
     assert_eq!(echo.header_all("host"), ["shop.example"]);
-    // One line or several is the same list (RFC 9110 §5.3); the order is not.
-    assert_eq!(
-        echo.header_joined("x-forwarded-for").as_deref(),
-        Some("1.2.3.4, 127.0.0.1")
-    );
+    // No trusted_proxies: what the client says about earlier hops is not
+    // passed on as if the proxy had seen it.
+    assert_eq!(echo.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echo.header_all("x-real-ip"), Vec::<&str>::new());
+    assert_eq!(echo.header_all("forwarded"), Vec::<&str>::new());
+    // Via records hops, not claims: the proxy adds its own.
     assert_eq!(
         echo.header_joined("via").as_deref(),
         Some("1.0 edge, 1.1 portier")
     );
     assert_eq!(echo.header_all("x-forwarded-proto"), ["http"]);
     assert_eq!(echo.header_all("x-forwarded-host"), ["shop.example"]);
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_are_kept_and_name_the_client() {
+    let backend = Backend::new("app").start().await;
+    let manifest = single_upstream(&backend).replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        1,
+    );
+    let mut proxy = Portier::start(&manifest).await;
+    let client = proxy.client();
+
+    let echo = client
+        .get_with(
+            "/who",
+            &[
+                ("host", "shop.example"),
+                ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "www.example"),
+            ],
+        )
+        .await
+        .echo();
+
+    // One line or several is the same list (RFC 9110 §5.3); the order is not.
+    assert_eq!(
+        echo.header_joined("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 10.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(echo.header_all("x-forwarded-proto"), ["https"]);
+    assert_eq!(echo.header_all("x-forwarded-host"), ["www.example"]);
+    drop(client);
+    proxy.stop().await;
+    // The client is the nearest untrusted hop: 10.0.0.1 is not trusted here.
+    let lines = proxy.access_lines();
+    assert_eq!(lines.len(), 1, "{}", proxy.logs());
+    assert_eq!(lines[0].client, "10.0.0.1:0".parse().unwrap());
 }
 
 #[tokio::test]

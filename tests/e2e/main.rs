@@ -9,8 +9,10 @@ mod support;
 
 mod balancing;
 mod capabilities;
+mod edge;
 mod failures;
 mod forwarding;
+mod limits;
 mod manifest_errors;
 mod policy_plugins;
 mod quickstart;

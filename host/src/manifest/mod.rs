@@ -6,6 +6,7 @@
 //! happen when the pipeline is built, with the same error type.
 
 mod raw;
+mod server;
 mod units;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use http::uri::Authority;
 
 use crate::plugin::builtin;
 use raw::{RawEndpoint, RawManifest, RawStage, RawUpstream};
+pub use server::{Limits, Server, Timeouts};
 
 /// A manifest error: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,20 +59,6 @@ pub struct Manifest {
     pub upstreams: Vec<Upstream>,
     /// `[[pipeline]]`, in file order.
     pub stages: Vec<Stage>,
-}
-
-/// Listener and process settings.
-#[derive(Debug, Clone)]
-pub struct Server {
-    /// Addresses to listen on.
-    pub listen: Vec<SocketAddr>,
-    /// Worker threads, each an event loop with its own listening sockets
-    /// (default: one per CPU).
-    pub workers: usize,
-    /// Whether to write an access-log line per request.
-    pub access_log: bool,
-    /// Where compiled plugins are cached; `None` means the user cache dir.
-    pub cache_dir: Option<PathBuf>,
 }
 
 /// A named group of endpoints.
@@ -179,6 +167,8 @@ pub struct Stage {
     pub quarantine: Quarantine,
     /// Capabilities beyond the defaults.
     pub grants: Grants,
+    /// What the stage may keep in kv.
+    pub kv_quota: crate::kv::Quota,
     /// The stage's config table as JSON text.
     pub config_json: String,
 }
@@ -201,12 +191,17 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
 }
 
-/// A stage failing more than `failures` times within `window` is not called
-/// for `duration`: requests get its failure policy directly, then it is tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stage whose calls fail at `failure_ratio` or more within `window`
+/// (once it saw `min_calls` calls there) is not called for `duration`:
+/// requests get its failure policy directly, then it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quarantine {
-    /// Failures tolerated per window; 0 disables quarantine.
-    pub failures: u32,
+    /// Whether the stage is ever quarantined.
+    pub enabled: bool,
+    /// The share of failed calls that trips it, in (0, 1].
+    pub failure_ratio: f64,
+    /// Calls within the window before the ratio counts.
+    pub min_calls: u32,
     /// The counting window.
     pub window: Duration,
     /// How long the stage stays out of service.
@@ -216,7 +211,9 @@ pub struct Quarantine {
 impl Default for Quarantine {
     fn default() -> Quarantine {
         Quarantine {
-            failures: 20,
+            enabled: true,
+            failure_ratio: 0.5,
+            min_calls: 20,
             window: Duration::from_secs(10),
             duration: Duration::from_secs(30),
         }
@@ -419,33 +416,6 @@ impl Validator<'_> {
         })
     }
 
-    fn server(&self, raw: raw::RawServer) -> Result<Server, ManifestError> {
-        let listen_raw = raw.listen.into_vec();
-        if listen_raw.is_empty() {
-            return Err(self.err("server.listen", "at least one address is required"));
-        }
-        let mut listen = Vec::new();
-        for (i, a) in listen_raw.iter().enumerate() {
-            let key = if listen_raw.len() == 1 {
-                "server.listen".to_string()
-            } else {
-                format!("server.listen[{i}]")
-            };
-            listen.push(self.address(key, a)?);
-        }
-        if raw.workers == Some(0) {
-            return Err(self.err("server.workers", "must be at least 1"));
-        }
-        Ok(Server {
-            listen,
-            workers: raw
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            access_log: raw.access_log.unwrap_or(true),
-            cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
-        })
-    }
-
     fn address(&self, key: String, a: &str) -> Result<SocketAddr, ManifestError> {
         a.parse().map_err(|_| {
             self.err(
@@ -600,14 +570,28 @@ impl Validator<'_> {
             None => Quarantine::default(),
             Some(q) => {
                 let d = Quarantine::default();
+                let failure_ratio = q.failure_ratio.unwrap_or(d.failure_ratio);
+                if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+                    return Err(self.err(
+                        key("quarantine.failure_ratio"),
+                        format!("{failure_ratio} is not a share of calls in (0, 1], e.g. 0.5"),
+                    ));
+                }
+                let window = self.duration(key("quarantine.window"), q.window, d.window)?;
+                if window < Duration::from_millis(10) {
+                    return Err(self.err(key("quarantine.window"), "must be at least 10ms"));
+                }
                 Quarantine {
-                    failures: q.failures.unwrap_or(d.failures),
-                    window: self.duration(key("quarantine.window"), q.window, d.window)?,
+                    enabled: q.enabled.unwrap_or(true),
+                    failure_ratio,
+                    min_calls: q.min_calls.unwrap_or(d.min_calls).max(1),
+                    window,
                     duration: self.duration(key("quarantine.duration"), q.duration, d.duration)?,
                 }
             }
         };
         let grants = self.grants(i, raw.grants)?;
+        let kv_quota = self.kv_quota(i, raw.kv)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
         Ok(Stage {
@@ -621,7 +605,37 @@ impl Validator<'_> {
             isolation,
             quarantine,
             grants,
+            kv_quota,
             config_json,
+        })
+    }
+
+    fn kv_quota(
+        &self,
+        i: usize,
+        raw: Option<raw::RawKvQuota>,
+    ) -> Result<crate::kv::Quota, ManifestError> {
+        let d = crate::kv::Quota::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let size = |name: &str, v: Option<String>, default: usize| match v {
+            None => Ok(default),
+            Some(s) => match units::bytes(&s) {
+                Ok(0) => Err(self.err(format!("pipeline[{i}].kv.{name}"), "must be more than 0")),
+                Ok(n) => Ok(n),
+                Err(r) => Err(self.err(format!("pipeline[{i}].kv.{name}"), r)),
+            },
+        };
+        if raw.max_entries == Some(0) {
+            return Err(self.err(
+                format!("pipeline[{i}].kv.max_entries"),
+                "must be at least 1",
+            ));
+        }
+        Ok(crate::kv::Quota {
+            max_bytes: size("max_bytes", raw.max_bytes, d.max_bytes)?,
+            max_entries: raw.max_entries.unwrap_or(d.max_entries),
+            max_key: size("max_key", raw.max_key, d.max_key)?,
+            max_value: size("max_value", raw.max_value, d.max_value)?,
         })
     }
 

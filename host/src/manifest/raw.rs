@@ -27,6 +27,37 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub access_log: Option<bool>,
     pub cache_dir: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub merge_slashes: Option<bool>,
+    pub limits: Option<RawLimits>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// `[server.limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_head: Option<String>,
+    pub max_headers: Option<usize>,
+    pub max_uri: Option<String>,
+    pub max_request_body: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// `[server.timeouts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub header: Option<String>,
+    pub keepalive: Option<String>,
+    pub request_body: Option<String>,
+    pub response_write: Option<String>,
+    pub upstream_body: Option<String>,
+    pub http2_keepalive_interval: Option<String>,
+    pub http2_keepalive_timeout: Option<String>,
+    pub http2_idle: Option<String>,
+    pub shutdown: Option<String>,
 }
 
 /// `[admin]`.
@@ -93,6 +124,7 @@ pub struct RawStage {
     pub isolation: Option<String>,
     pub quarantine: Option<RawQuarantine>,
     pub grants: Option<RawGrants>,
+    pub kv: Option<RawKvQuota>,
     pub config: Option<toml::Table>,
 }
 
@@ -106,6 +138,16 @@ pub struct RawGrants {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
+/// `kv = { max_bytes = "16MiB", max_entries = 100000, max_key = "1KiB", max_value = "1MiB" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKvQuota {
+    pub max_bytes: Option<String>,
+    pub max_entries: Option<usize>,
+    pub max_key: Option<String>,
+    pub max_value: Option<String>,
+}
+
 /// A file named by `include`: shared upstream definitions.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,11 +156,13 @@ pub struct RawInclude {
     pub upstreams: Vec<RawUpstream>,
 }
 
-/// `quarantine = { failures = 20, window = "10s", duration = "30s" }`.
+/// `quarantine = { failure_ratio = 0.5, min_calls = 20, window = "10s", duration = "30s" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuarantine {
-    pub failures: Option<u32>,
+    pub enabled: Option<bool>,
+    pub failure_ratio: Option<f64>,
+    pub min_calls: Option<u32>,
     pub window: Option<String>,
     pub duration: Option<String>,
 }

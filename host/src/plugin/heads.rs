@@ -96,32 +96,120 @@ pub fn header_all(headers: &HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Validate a header name and value from a guest.
+/// Headers a plugin may not set, append or remove: message framing and
+/// hop-by-hop headers belong to the proxy, which re-derives them (a plugin
+/// that could edit them could split a response or desynchronise a pooled
+/// upstream connection).
+const PROXY_OWNED: [http::HeaderName; 10] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::TRAILER,
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
+/// Whether a plugin may edit this header.
+pub fn proxy_owned(name: &HeaderName) -> bool {
+    PROXY_OWNED.contains(name)
+}
+
+/// The limits a plugin's header edits obey: the client's (`[server.limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    /// Header fields per message.
+    pub max_headers: usize,
+    /// Bytes of all names and values together.
+    pub max_bytes: usize,
+}
+
+impl HeaderLimits {
+    /// Check `headers` would stay within the limits with `extra` more bytes
+    /// in `fields` more fields.
+    fn check(&self, headers: &HeaderMap, fields: usize, extra: usize) -> Result<(), EditError> {
+        if headers.len() + fields > self.max_headers {
+            return Err(format!(
+                "more than {} header fields (limits.max_headers)",
+                self.max_headers
+            ));
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        if bytes + extra > self.max_bytes {
+            return Err(format!(
+                "headers over {} bytes (limits.max_request_head)",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Validate a header name and value from a guest: well-formed and not
+/// one the proxy owns.
 pub fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), EditError> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name {name:?}"))?;
+    if proxy_owned(&n) {
+        return Err(format!(
+            "{n} cannot be edited: the proxy owns message framing and hop-by-hop headers"
+        ));
+    }
     let v =
         HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
     Ok((n, v))
 }
 
 /// Set a header, replacing existing values.
-pub fn set_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), EditError> {
+pub fn set_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    limits: HeaderLimits,
+) -> Result<(), EditError> {
     let (n, v) = header_pair(name, value)?;
+    let existing: usize = headers
+        .get_all(&n)
+        .iter()
+        .map(|old| n.as_str().len() + old.len())
+        .sum();
+    let replaced = headers.get_all(&n).iter().count();
+    let added = n.as_str().len() + v.len();
+    limits.check(
+        headers,
+        1usize.saturating_sub(replaced),
+        added.saturating_sub(existing),
+    )?;
     headers.insert(n, v);
     Ok(())
 }
 
 /// Append a header value.
-pub fn append_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), EditError> {
+pub fn append_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    limits: HeaderLimits,
+) -> Result<(), EditError> {
     let (n, v) = header_pair(name, value)?;
+    limits.check(headers, 1, n.as_str().len() + v.len())?;
     headers.append(n, v);
     Ok(())
 }
 
-/// Remove every value of a header (an invalid name matches nothing).
+/// Remove every value of a header. An invalid name matches nothing; a
+/// header the proxy owns is left alone (the WIT call has no error to say
+/// so: `set-header` on it does).
 pub fn remove_header(headers: &mut HeaderMap, name: &str) {
-    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+    if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+        && !proxy_owned(&n)
+    {
         headers.remove(n);
     }
 }
@@ -150,6 +238,46 @@ mod tests {
         );
         assert_eq!(head("/", Some("[::1]:80")).host(), Some("[::1]"));
         assert_eq!(head("http://a.test/x", None).host(), Some("a.test"));
+    }
+
+    const LIMITS: HeaderLimits = HeaderLimits {
+        max_headers: 3,
+        max_bytes: 64,
+    };
+
+    #[test]
+    fn plugins_cannot_edit_framing_or_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "upgrade",
+            "te",
+        ] {
+            let e = set_header(&mut h, name, "x", LIMITS).unwrap_err();
+            assert!(e.contains("cannot be edited"), "{name}: {e}");
+            assert!(append_header(&mut h, name, "x", LIMITS).is_err(), "{name}");
+        }
+        remove_header(&mut h, "content-length");
+        assert_eq!(h["content-length"], "5");
+        assert!(set_header(&mut h, "x-fine", "1", LIMITS).is_ok());
+    }
+
+    #[test]
+    fn plugin_header_edits_obey_the_count_and_size_limits() {
+        let mut h = HeaderMap::new();
+        append_header(&mut h, "a", "1", LIMITS).unwrap();
+        append_header(&mut h, "b", "2", LIMITS).unwrap();
+        append_header(&mut h, "c", "3", LIMITS).unwrap();
+        let e = append_header(&mut h, "d", "4", LIMITS).unwrap_err();
+        assert!(e.contains("max_headers"), "{e}");
+        // Replacing a value adds no field.
+        set_header(&mut h, "a", "one", LIMITS).unwrap();
+        let e = set_header(&mut h, "b", &"x".repeat(64), LIMITS).unwrap_err();
+        assert!(e.contains("max_request_head"), "{e}");
+        assert_eq!(h["b"], "2");
     }
 
     #[test]

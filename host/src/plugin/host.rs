@@ -12,7 +12,8 @@ use wasmtime::{Result, StoreLimits};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::portier::plugin::{clock, config, kv, log, types, upstreams};
-use super::heads::{self, RequestHead, ResponseHead};
+use super::heads::{self, HeaderLimits, RequestHead, ResponseHead};
+use super::report::{self, LogBudget};
 use crate::kv::Namespace;
 use crate::manifest::Grants;
 use crate::upstream::Upstreams;
@@ -30,6 +31,10 @@ pub struct StageShared {
     pub upstreams: Arc<Upstreams>,
     /// Capabilities the manifest grants beyond the defaults.
     pub grants: Arc<Grants>,
+    /// What header edits may add up to (the client's limits).
+    pub header_limits: HeaderLimits,
+    /// How many log lines the stage may still write.
+    pub log_budget: Arc<LogBudget>,
 }
 
 /// Per-instance store data.
@@ -52,8 +57,10 @@ impl StageState {
         for (k, v) in &shared.grants.env {
             wasi.env(k, v);
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(super::MAX_RESOURCES);
         Ok(StageState {
-            table: ResourceTable::new(),
+            table,
             wasi: wasi.build(),
             limits,
             shared,
@@ -118,6 +125,7 @@ impl types::HostRequestHead for StageState {
             &mut self.table.get_mut(&h)?.parts.headers,
             &name,
             &value,
+            self.shared.header_limits,
         ))
     }
     fn append_header(
@@ -130,6 +138,7 @@ impl types::HostRequestHead for StageState {
             &mut self.table.get_mut(&h)?.parts.headers,
             &name,
             &value,
+            self.shared.header_limits,
         ))
     }
     fn remove_header(&mut self, h: Resource<RequestHead>, name: String) -> Result<()> {
@@ -151,12 +160,14 @@ impl types::HostResponseHead for StageState {
     }
     fn set_status(&mut self, h: Resource<ResponseHead>, status: u16) -> Result<Result<(), String>> {
         let head = self.table.get_mut(&h)?;
-        Ok(match http::StatusCode::from_u16(status) {
-            Ok(s) => {
+        Ok(match super::final_status(status) {
+            Some(s) => {
                 head.parts.status = s;
                 Ok(())
             }
-            Err(_) => Err(format!("invalid status code {status}")),
+            None => Err(format!(
+                "status {status} is not a final status (200-599) a proxy can send"
+            )),
         })
     }
     fn header(&mut self, h: Resource<ResponseHead>, name: String) -> Result<Option<String>> {
@@ -175,6 +186,7 @@ impl types::HostResponseHead for StageState {
             &mut self.table.get_mut(&h)?.parts.headers,
             &name,
             &value,
+            self.shared.header_limits,
         ))
     }
     fn append_header(
@@ -187,6 +199,7 @@ impl types::HostResponseHead for StageState {
             &mut self.table.get_mut(&h)?.parts.headers,
             &name,
             &value,
+            self.shared.header_limits,
         ))
     }
     fn remove_header(&mut self, h: Resource<ResponseHead>, name: String) -> Result<()> {
@@ -203,6 +216,13 @@ impl types::HostResponseHead for StageState {
 impl log::Host for StageState {
     fn log(&mut self, level: log::Level, message: String) -> Result<()> {
         let stage = &*self.shared.name;
+        let Some(dropped) = self.shared.log_budget.take() else {
+            return Ok(());
+        };
+        if dropped > 0 {
+            tracing::warn!(target: "portier::plugin", stage, dropped, "the stage logged faster than {} lines a second; lines dropped", report::LINES_PER_SECOND);
+        }
+        let message = report::capped(&message);
         match level {
             log::Level::Trace => tracing::trace!(target: "portier::plugin", stage, "{message}"),
             log::Level::Debug => tracing::debug!(target: "portier::plugin", stage, "{message}"),

@@ -9,13 +9,15 @@
 mod bindings;
 pub mod builtin;
 pub mod heads;
+mod health;
 mod host;
+pub mod report;
 mod wasi;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::component::{Component, Linker, Resource};
@@ -30,7 +32,8 @@ use crate::upstream::Upstreams;
 use bindings::balancer::{Balancer, BalancerPre};
 use bindings::filter::{Filter, FilterPre};
 use bindings::router::{Router, RouterPre};
-use heads::{RequestHead, ResponseHead};
+use heads::{HeaderLimits, RequestHead, ResponseHead};
+use health::StageHealth;
 use host::{StageShared, StageState};
 
 pub use bindings::portier::plugin::types::Response as PluginResponse;
@@ -43,6 +46,15 @@ const MAX_IDLE_INSTANCES: usize = 64;
 const MAX_INSTANCES: u32 = 1000;
 /// Bytes of each memory slot reset by zeroing rather than decommitted.
 const KEEP_RESIDENT: usize = 2 << 20;
+/// Resources one instance may hold (its WASI handles and the heads it is
+/// lent): a plugin leaking handles fails instead of growing the host.
+const MAX_RESOURCES: usize = 1024;
+/// Core instances, tables and linear memories one component may create.
+/// A Rust plugin has one module with one memory, plus the shims its
+/// bindings need.
+const MAX_CORE_INSTANCES: usize = 16;
+const MAX_TABLES: usize = 16;
+const MAX_MEMORIES: usize = 1;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +68,16 @@ pub enum StageError {
     #[error("call ran past its {0:?} budget")]
     Timeout(Duration),
     /// The guest trapped (panic, out-of-bounds, out of memory...).
-    #[error("plugin trapped: {0}")]
-    Trap(String),
+    #[error("plugin trapped: {reason}")]
+    Trap {
+        /// One line: what trapped, and the plugin's frame where.
+        reason: String,
+        /// Everything wasmtime says, backtrace included (logged at debug).
+        detail: String,
+    },
+    /// The plugin returned something the host cannot send or use.
+    #[error("plugin broke the contract: {0}")]
+    Contract(String),
     /// A fresh instance could not be created or its `init` failed.
     #[error("instance could not start: {0}")]
     Start(String),
@@ -114,6 +134,7 @@ impl Runtime {
         manifest: &Path,
         spec: &manifest::Stage,
         upstreams: Arc<Upstreams>,
+        header_limits: HeaderLimits,
     ) -> Result<Stage, ManifestError> {
         let err = |key: String, reason: String| ManifestError {
             file: manifest.to_owned(),
@@ -171,13 +192,17 @@ impl Runtime {
             shared: StageShared {
                 name: spec.name.as_str().into(),
                 config_json: spec.config_json.as_str().into(),
-                kv: self.kv.namespace(&spec.name),
+                kv: self.kv.namespace(&spec.name, spec.kv_quota),
                 upstreams,
                 grants: Arc::new(spec.grants.clone()),
+                header_limits,
+                log_budget: Arc::new(report::LogBudget::default()),
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
             health: StageHealth::new(spec.quarantine),
+            failure_log: report::FailureLog::default(),
             wants_response: AtomicBool::new(true),
+            breach_logged: AtomicBool::new(false),
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
         // rejects the manifest instead of failing the first request.
@@ -309,8 +334,11 @@ pub struct Stage {
     shared: StageShared,
     idle: ArrayQueue<Instance>,
     health: StageHealth,
+    failure_log: report::FailureLog,
     /// A filter's answer at `init`: whether it has work on responses.
     wants_response: AtomicBool,
+    /// Whether a contract breach has been logged (it is logged once).
+    breach_logged: AtomicBool,
 }
 
 macro_rules! with_instance {
@@ -323,7 +351,13 @@ macro_rules! with_instance {
         };
         $self.arm_deadline(&mut inst.store);
         let table = &mut inst.store.data_mut().table;
-        $(let $res = table.push($head).expect("resource table has room");)*
+        // Room for the heads is checked first: a failed push would lose them.
+        if table.iter_mut().count() + [$(stringify!($head)),*].len() > MAX_RESOURCES {
+            drop(inst);
+            let e = StageError::Contract(format!("holds more than {} resources", MAX_RESOURCES - 2));
+            return ($($head,)* Err($self.fail(e)));
+        }
+        $(let $res = table.push($head).expect("checked: the table has room");)*
         let out = match &inst.role {
             RoleInstance::$variant($b) => {
                 let $store = &mut inst.store;
@@ -347,13 +381,11 @@ impl Stage {
     ) -> (RequestHead, Result<FilterAction, StageError>) {
         let (head, out) = with_instance!(self, Filter(f), [head], |store, req| f
             .call_on_request(store, req));
-        (
-            head,
-            out.map(|a| match a {
-                bindings::filter::Action::Continue => FilterAction::Continue,
-                bindings::filter::Action::Respond(r) => FilterAction::Respond(r),
-            }),
-        )
+        let out = out.and_then(|a| match a {
+            bindings::filter::Action::Continue => Ok(FilterAction::Continue),
+            bindings::filter::Action::Respond(r) => self.checked(r).map(FilterAction::Respond),
+        });
+        (head, out)
     }
 
     /// Run a filter's `on-response`.
@@ -373,13 +405,11 @@ impl Stage {
     ) -> (RequestHead, Result<RouteDecision, StageError>) {
         let (head, out) = with_instance!(self, Router(r), [head], |store, req| r
             .call_route(store, req));
-        (
-            head,
-            out.map(|d| match d {
-                bindings::router::Route::Upstream(u) => RouteDecision::Upstream(u),
-                bindings::router::Route::Respond(r) => RouteDecision::Respond(r),
-            }),
-        )
+        let out = out.and_then(|d| match d {
+            bindings::router::Route::Upstream(u) => Ok(RouteDecision::Upstream(u)),
+            bindings::router::Route::Respond(r) => self.checked(r).map(RouteDecision::Respond),
+        });
+        (head, out)
     }
 
     /// Run a balancer's `pick`.
@@ -405,7 +435,7 @@ impl Stage {
 
     /// How many calls of this stage have failed since it was loaded.
     pub fn failures(&self) -> u64 {
-        self.health.total.load(Relaxed)
+        self.health.failures()
     }
 
     async fn take(&self) -> Result<Instance, StageError> {
@@ -414,8 +444,50 @@ impl Stage {
         }
         match self.idle.pop() {
             Some(i) => Ok(i),
-            None => self.start_instance().await,
+            // A plugin whose instances cannot start fails its calls: counted
+            // and logged like any other failure.
+            None => self.start_instance().await.map_err(|e| self.fail(e)),
         }
+    }
+
+    /// A response a plugin made must carry a status a proxy can send.
+    fn checked(&self, response: PluginResponse) -> Result<PluginResponse, StageError> {
+        if final_status(response.status).is_some() {
+            return Ok(response);
+        }
+        let e = StageError::Contract(format!(
+            "answered with status {}, outside 200-599",
+            response.status
+        ));
+        Err(self.fail(e))
+    }
+
+    /// Count a failed call (perhaps starting a quarantine) and report it:
+    /// one line, repeats folded, the backtrace at debug level.
+    fn fail(&self, e: StageError) -> StageError {
+        let quarantine = self.health.record_failure();
+        let line = e.to_string();
+        let first_breach =
+            matches!(e, StageError::Contract(_)) && !self.breach_logged.swap(true, Relaxed);
+        match self.failure_log.failed(&line) {
+            report::Report::Log { folded } if folded > 0 => {
+                tracing::error!(stage = %self.name, role = %self.role, error = %line, repeats_folded = folded, "plugin call failed")
+            }
+            report::Report::Log { .. } => {
+                tracing::error!(stage = %self.name, role = %self.role, error = %line, "plugin call failed")
+            }
+            report::Report::Fold if first_breach => {
+                tracing::error!(stage = %self.name, role = %self.role, error = %line, "plugin call failed")
+            }
+            report::Report::Fold => {}
+        }
+        if let StageError::Trap { detail, .. } = &e {
+            tracing::debug!(stage = %self.name, "{detail}");
+        }
+        if let Some(d) = quarantine {
+            tracing::error!(stage = %self.name, for_ms = d.as_millis() as u64, "stage quarantined: most of its recent calls failed; its failure policy applies meanwhile");
+        }
+        e
     }
 
     /// After a successful call: keep the instance for the next request, unless
@@ -430,6 +502,9 @@ impl Stage {
     async fn start_instance(&self) -> Result<Instance, StageError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
+            .memories(MAX_MEMORIES)
+            .instances(MAX_CORE_INSTANCES)
+            .tables(MAX_TABLES)
             .trap_on_grow_failure(true)
             .build();
         let start = |e: wasmtime::Error| StageError::Start(format!("{e:#}"));
@@ -497,126 +572,94 @@ impl Stage {
     fn finish<R>(&self, inst: Instance, out: wasmtime::Result<R>) -> Result<R, StageError> {
         match out {
             Ok(r) => {
+                self.health.record_success();
                 self.put_back(inst);
                 Ok(r)
             }
             Err(e) => {
                 // The instance's state is unknown after a trap: discard it.
                 drop(inst);
-                let e = classify(e, self.call_timeout);
-                tracing::error!(stage = %self.name, role = %self.role, error = %e, "plugin call failed");
-                if let Some(d) = self.health.record_failure() {
-                    tracing::error!(stage = %self.name, for_ms = d.as_millis() as u64, "stage quarantined after repeated failures; its failure policy applies meanwhile");
-                }
-                Err(e)
+                Err(self.fail(classify(e, self.call_timeout)))
             }
         }
     }
 }
 
+/// A status a plugin may answer with or set: a final one (RFC 9110 §15),
+/// 200-599. 1xx would announce a different protocol or more responses.
+pub fn final_status(status: u16) -> Option<http::StatusCode> {
+    (200..=599)
+        .contains(&status)
+        .then(|| http::StatusCode::from_u16(status).ok())
+        .flatten()
+}
+
+/// Frames of the language runtime's panic and abort machinery (names with
+/// their crate hashes removed), skipped to name the plugin's own frame
+/// where a trap happened.
+const RUNTIME_FRAMES: [&str; 8] = [
+    "core::",
+    "std::",
+    "alloc::",
+    "__rustc::",
+    "__rust",
+    "rust_",
+    "abort",
+    "<",
+];
+
+/// A frame's function name demangled, without crate hashes:
+/// `std[d123b7a1a2ed1472]::process::abort` -> `std::process::abort`.
+fn readable(name: &str) -> String {
+    let name = format!("{:#}", rustc_demangle::demangle(name));
+    let mut out = String::with_capacity(name.len());
+    let mut depth = 0;
+    for c in name.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth > 0 => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn classify(e: wasmtime::Error, timeout: Duration) -> StageError {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => StageError::Timeout(timeout),
-        _ => StageError::Trap(format!("{e:?}")),
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return StageError::Timeout(timeout);
     }
-}
-
-/// Failure counting and quarantine for one stage. Relaxed atomics: a race
-/// costs at most one extra call or one early reset, never a wrong answer.
-struct StageHealth {
-    policy: manifest::Quarantine,
-    origin: Instant,
-    total: AtomicU64,
-    window_start_ms: AtomicU64,
-    window_failures: AtomicU64,
-    quarantined_until_ms: AtomicU64,
-}
-
-impl StageHealth {
-    fn new(policy: manifest::Quarantine) -> StageHealth {
-        StageHealth {
-            policy,
-            origin: Instant::now(),
-            total: AtomicU64::new(0),
-            window_start_ms: AtomicU64::new(0),
-            window_failures: AtomicU64::new(0),
-            quarantined_until_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
-    }
-
-    fn quarantined(&self) -> bool {
-        let until = self.quarantined_until_ms.load(Relaxed);
-        until != 0 && self.now_ms() < until
-    }
-
-    /// Count a failure; `Some(duration)` when it starts a quarantine.
-    fn record_failure(&self) -> Option<Duration> {
-        self.total.fetch_add(1, Relaxed);
-        let q = self.policy;
-        if q.failures == 0 {
-            return None;
-        }
-        let now = self.now_ms();
-        let start = self.window_start_ms.load(Relaxed);
-        let count = if now.saturating_sub(start) > q.window.as_millis() as u64 {
-            self.window_start_ms.store(now, Relaxed);
-            self.window_failures.store(1, Relaxed);
-            1
-        } else {
-            self.window_failures.fetch_add(1, Relaxed) + 1
-        };
-        if count > q.failures as u64 {
-            self.quarantined_until_ms
-                .store(now + q.duration.as_millis() as u64, Relaxed);
-            // The next window starts fresh once the quarantine ends.
-            self.window_failures.store(0, Relaxed);
-            self.window_start_ms
-                .store(now + q.duration.as_millis() as u64, Relaxed);
-            return Some(q.duration);
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quarantine_starts_after_more_than_n_failures_in_the_window_and_ends() {
-        let h = StageHealth::new(manifest::Quarantine {
-            failures: 3,
-            window: Duration::from_secs(10),
-            // Long enough that a busy machine cannot pass it between two lines.
-            duration: Duration::from_millis(300),
-        });
-        for _ in 0..3 {
-            assert_eq!(h.record_failure(), None);
-        }
-        assert!(!h.quarantined());
-        assert_eq!(h.record_failure(), Some(Duration::from_millis(300)));
-        assert!(h.quarantined());
-        std::thread::sleep(Duration::from_millis(310));
-        assert!(
-            !h.quarantined(),
-            "quarantine ends and the stage is tried again"
-        );
-        assert_eq!(h.total.load(Relaxed), 4);
-    }
-
-    #[test]
-    fn zero_failures_disables_quarantine() {
-        let h = StageHealth::new(manifest::Quarantine {
-            failures: 0,
-            ..Default::default()
-        });
-        for _ in 0..100 {
-            assert_eq!(h.record_failure(), None);
-        }
-        assert!(!h.quarantined());
-    }
+    let what = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e
+            .root_cause()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("unknown")
+            .to_owned(),
+    };
+    let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>();
+    let frame = backtrace.and_then(|bt| {
+        let names: Vec<String> = bt
+            .frames()
+            .iter()
+            .filter_map(|f| f.func_name())
+            .map(readable)
+            .collect();
+        names
+            .iter()
+            .find(|n| !RUNTIME_FRAMES.iter().any(|p| n.starts_with(p)))
+            .or(names.first())
+            .cloned()
+    });
+    let reason = match frame {
+        Some(frame) => format!("{what} (in {frame})"),
+        None => what,
+    };
+    let detail = match backtrace {
+        Some(bt) => format!("{reason}\n{bt}"),
+        None => format!("{e:#}"),
+    };
+    StageError::Trap { reason, detail }
 }

@@ -1,20 +1,29 @@
-//! Listeners and connections: accept, serve HTTP/1.1 and HTTP/2 (h2c) with
-//! hyper, hand every request to the current pipeline, drain on shutdown.
+//! Listeners and connections: accept within the connection limits, serve
+//! HTTP/1.1 and HTTP/2 (h2c) with hyper under the edge's deadlines, hand
+//! every request to the current pipeline, drain on shutdown.
+//!
+//! - `mod.rs`: binding, worker threads, the accept loop, the drain.
+//! - [`conn`]: one connection: protocol detection, hyper, the service.
+//! - [`io`]: the socket wrapper that keeps the header, idle and write deadlines.
+//! - [`limits`]: open connections, in total and per client IP.
 
-use std::convert::Infallible;
+mod conn;
+mod io;
+mod limits;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::pipeline::Pipeline;
+pub use io::Busy;
+pub use limits::Connections;
 
 /// The pipeline requests are served by; reload swaps it atomically, and
 /// requests already running keep the generation they started with.
@@ -23,34 +32,54 @@ pub type Current = Arc<ArcSwap<Pipeline>>;
 /// Pending connections the kernel queues per listening socket.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// How long a client may take to send a complete request head; hyper also
-/// applies it to an idle keep-alive connection waiting for its next request.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long open connections may take to finish after shutdown is asked.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Bind every listen address (before anything is served, so errors are
 /// early). Sockets are `SO_REUSEPORT`, so each worker can bind its own on the
-/// same address and the kernel spreads connections across them.
+/// same address and the kernel spreads connections across them; an address
+/// another process already serves is refused, not silently shared.
 pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let l = bind_one(*a)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+        let cannot =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+        ensure_unused(*a).map_err(cannot)?;
+        let l = bind_one(*a, true).map_err(cannot)?;
         tracing::info!(address = %l.local_addr()?, "listening");
         listeners.push(l);
     }
     Ok(listeners)
 }
 
+/// Bind a listener that only this process uses (the admin API): no
+/// `SO_REUSEPORT`, so a second process on the same address fails to start.
+pub fn bind_exclusive(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind_one(addr, false)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Fail with `AddrInUse` if something already listens on `addr`: a probe
+/// without `SO_REUSEPORT` cannot bind beside any listener, while our own
+/// workers' sockets, all `SO_REUSEPORT`, share the port among themselves.
+fn ensure_unused(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match bind_one(addr, false) {
+        Ok(_probe) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            "address already in use (is another portier or server running there?)",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A std listener (not yet tied to any thread's reactor), so it can be
 /// handed to the worker that will serve it.
-fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -64,12 +93,13 @@ pub fn spawn_workers(
     workers: usize,
     first: Vec<std::net::TcpListener>,
     current: Current,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let addrs: Vec<SocketAddr> = first
         .iter()
         .map(|l| l.local_addr())
         .collect::<Result<_, _>>()?;
+    let connections = Arc::new(Connections::default());
     let mut first = Some(first);
     let mut threads = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -78,10 +108,10 @@ pub fn spawn_workers(
             Some(l) => l,
             None => addrs
                 .iter()
-                .map(|a| bind_one(*a))
+                .map(|a| bind_one(*a, true))
                 .collect::<Result<_, _>>()?,
         };
-        let (current, mut stop) = (current.clone(), stop.clone());
+        let (current, mut stop, connections) = (current.clone(), stop.clone(), connections.clone());
         let thread = std::thread::Builder::new()
             .name(format!("portier-worker-{id}"))
             .spawn(move || {
@@ -105,7 +135,7 @@ pub fn spawn_workers(
                         let _ = stop.wait_for(|stop| *stop).await;
                     };
                     match listeners {
-                        Ok(l) => serve(l, current, stopped).await,
+                        Ok(l) => serve(l, current, connections, stopped).await,
                         Err(e) => {
                             tracing::error!(worker = id, error = %e, "cannot register listeners")
                         }
@@ -117,71 +147,91 @@ pub fn spawn_workers(
     Ok(threads)
 }
 
-/// Serve until `shutdown` resolves, then stop accepting and drain.
+/// Serve until `shutdown` resolves, then stop accepting, ask every open
+/// connection to finish (keep-alive ends after the request in flight), and
+/// wait for them up to `timeouts.shutdown`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     current: Current,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut accept_loops = Vec::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_loops = JoinSet::new();
     for listener in listeners {
-        let (current, graceful, mut stop) = (current.clone(), graceful.clone(), stop_rx.clone());
-        accept_loops.push(tokio::spawn(async move {
-            loop {
-                let (stream, client) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.changed() => break,
-                };
-                let _ = stream.set_nodelay(true);
-                let current = current.clone();
-                let svc = service_fn(move |req| {
-                    let pipeline = current.load_full();
-                    // Boxed per request: hyper keeps a slot of the service
-                    // future's size for each connection's whole life, so an
-                    // unboxed pipeline future (kilobytes) would cost every idle
-                    // keep-alive connection that much.
-                    Box::pin(async move { Ok::<_, Infallible>(pipeline.handle(req, client).await) })
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                // A client that never sends (or finishes) a request head must not hold a connection forever.
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                builder.http2().timer(TokioTimer::new());
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%client, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-        }));
+        accept_loops.spawn(accept_loop(
+            listener,
+            current.clone(),
+            connections.clone(),
+            stop_rx.clone(),
+        ));
     }
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining open ones");
     let _ = stop_tx.send(true);
-    for l in accept_loops {
-        let _ = l.await;
+    while let Some(done) = accept_loops.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "an accept loop failed");
+        }
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops ended"));
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+}
+
+/// Accept connections within the limits until `stop`; then drain this
+/// listener's connections.
+async fn accept_loop(
+    listener: TcpListener,
+    current: Current,
+    connections: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut open = JoinSet::new();
+    loop {
+        let limits = current.load().server().limits;
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            Some(done) = open.join_next(), if !open.is_empty() => {
+                if let Err(e) = done && e.is_panic() {
+                    tracing::error!(error = %e, "a connection task panicked");
+                }
+                continue;
+            }
+            accepted = async {
+                connections.room_for(limits.max_connections).await;
+                listener.accept().await
+            } => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let admitted = tokio::select! {
+            _ = stop.changed() => break,
+            a = connections.admit(peer.ip(), limits.max_connections_per_ip, limits.max_connections) => a,
+        };
+        let Some(admitted) = admitted else {
+            tracing::debug!(client = %peer, "closing a connection over limits.max_connections_per_ip");
+            continue;
+        };
+        open.spawn(conn::serve(
+            stream,
+            peer,
+            current.clone(),
+            stop.clone(),
+            admitted,
+        ));
+    }
+    let deadline = current.load().server().timeouts.shutdown;
+    let drained = async { while open.join_next().await.is_some() {} };
+    if tokio::time::timeout(deadline, drained).await.is_err() {
+        tracing::warn!(
+            left = open.len(),
+            "connections still open after timeouts.shutdown ({deadline:?}); closing them"
+        );
+        open.abort_all();
     }
 }

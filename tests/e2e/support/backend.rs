@@ -76,6 +76,8 @@ pub struct RunningBackend {
 struct State {
     config: Backend,
     requests: AtomicUsize,
+    /// Requests whose body arrived whole.
+    completed: AtomicUsize,
     body_bytes: AtomicU64,
     /// Permits for held responses to finish; closed on stop.
     gate: Arc<Semaphore>,
@@ -157,6 +159,7 @@ impl Backend {
         let state = Arc::new(State {
             config: self,
             requests: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
             gate: Arc::new(Semaphore::new(0)),
             panics: Mutex::new(Vec::new()),
@@ -188,6 +191,12 @@ impl RunningBackend {
     /// Requests received so far (counted when the head arrives).
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received whole, body included (a request the proxy cut off
+    /// mid-body is counted by `requests` only).
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
     }
 
     /// Request-body bytes received so far, over all requests, counted as they
@@ -328,6 +337,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 .fetch_add(data.len() as u64, Ordering::SeqCst);
         }
     }
+
+    state.completed.fetch_add(1, Ordering::SeqCst);
 
     if let Some(delay) = config.delay {
         tokio::time::sleep(delay).await;

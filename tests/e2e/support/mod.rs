@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod manifest;
+pub mod raw;
 
 mod access;
 mod backend;
