@@ -6,13 +6,21 @@
 //! - `POST /reload`: rebuild from the manifest; 200 with the new generation,
 //!   or 422 with the `FILE: KEY: REASON` that kept the old one serving.
 //!
-//! Bind it to loopback or a management network: it can trigger reloads.
+//! Who may use it, checked in this order on every request:
+//! - **Host**: the listen address itself, `localhost` when it is loopback,
+//!   or one of `admin.hosts`; anything else is 403, so a web page whose name
+//!   an attacker re-points at 127.0.0.1 (DNS rebinding) gets nowhere.
+//! - **No browsers**: a request with an `Origin` header, or a `Sec-Fetch-Site`
+//!   other than `none`, is 403: a page cannot make a visitor's browser
+//!   reload the proxy (CSRF), not even with a CORS-simple form post.
+//! - **Token**: with `admin.token` set (required off loopback), every
+//!   endpoint but `/healthz` needs `Authorization: Bearer TOKEN`, else 401.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,19 +28,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::manifest::Admin;
 use crate::reload::Reloader;
 
-/// Serve the admin API on `listener` forever.
-pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
+/// Serve the admin API on `listener` forever, under `access`.
+pub async fn serve(listener: TcpListener, access: Admin, reloader: Arc<Reloader>) {
+    let access = Arc::new(access);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let reloader = reloader.clone();
+        let (reloader, access) = (reloader.clone(), access.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(handle(req, &reloader).await) }
+                let (reloader, access) = (reloader.clone(), access.clone());
+                async move { Ok::<_, Infallible>(handle(req, &access, &reloader).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -41,7 +51,14 @@ pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    access: &Admin,
+    reloader: &Reloader,
+) -> Response<Full<Bytes>> {
+    if let Err(refusal) = allowed(req.headers(), req.uri().path(), access) {
+        return refusal.response();
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/status") => {
@@ -64,6 +81,89 @@ async fn handle(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<By
     }
 }
 
+/// Why a request was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 403, with the reason.
+    Forbidden(&'static str),
+    /// 401: no token, or the wrong one.
+    Unauthorized,
+}
+
+impl Refusal {
+    fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Refusal::Forbidden(why) => {
+                reply(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"))
+            }
+            Refusal::Unauthorized => {
+                let mut r = reply(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "401 Unauthorized\n".into(),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"portier admin\""),
+                );
+                r
+            }
+        }
+    }
+}
+
+/// The module docs' three checks.
+fn allowed(h: &HeaderMap, path: &str, access: &Admin) -> Result<(), Refusal> {
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(|host| host_allowed(host, access)) {
+        return Err(Refusal::Forbidden("host not allowed"));
+    }
+    let from_a_page = h.contains_key(header::ORIGIN)
+        || h.get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"none");
+    if from_a_page {
+        return Err(Refusal::Forbidden("the admin API is not for browsers"));
+    }
+    if let Some(token) = &access.token
+        && path != "/healthz"
+    {
+        let given = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return Err(Refusal::Unauthorized);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Host header names this listener.
+fn host_allowed(host: &str, access: &Admin) -> bool {
+    let listen = access.listen;
+    let port = listen.port();
+    let mut names = vec![listen.to_string()];
+    if listen.ip().is_loopback() {
+        names.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    names.iter().any(|n| n.eq_ignore_ascii_case(host))
+        || access.hosts.iter().any(|n| {
+            n.eq_ignore_ascii_case(host)
+                || host
+                    .rsplit_once(':')
+                    .is_some_and(|(name, p)| p == port.to_string() && n.eq_ignore_ascii_case(name))
+        })
+}
+
+/// Compare secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -72,4 +172,96 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         http::HeaderValue::from_static(content_type),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(listen: &str, token: Option<&str>, hosts: &[&str]) -> Admin {
+        Admin {
+            listen: listen.parse().unwrap(),
+            token: token.map(str::to_owned),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn status(h: &[(&str, &str)], path: &str, a: &Admin) -> u16 {
+        match allowed(&headers(h), path, a) {
+            Ok(()) => 200,
+            Err(r) => r.response().status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn only_the_listeners_own_names_are_accepted_as_host() {
+        let a = access("127.0.0.1:9000", None, &["admin.internal"]);
+        for ok in [
+            "127.0.0.1:9000",
+            "localhost:9000",
+            "LOCALHOST:9000",
+            "admin.internal",
+            "admin.internal:9000",
+        ] {
+            assert_eq!(status(&[("host", ok)], "/status", &a), 200, "{ok}");
+        }
+        for bad in [
+            "evil.example:9000",
+            "127.0.0.1:9001",
+            "admin.internal:80",
+            "",
+        ] {
+            assert_eq!(status(&[("host", bad)], "/status", &a), 403, "{bad}");
+        }
+        assert_eq!(status(&[], "/status", &a), 403);
+    }
+
+    #[test]
+    fn browsers_are_turned_away() {
+        let a = access("127.0.0.1:9000", None, &[]);
+        let host = ("host", "127.0.0.1:9000");
+        assert_eq!(
+            status(&[host, ("origin", "http://evil.example")], "/reload", &a),
+            403
+        );
+        assert_eq!(
+            status(&[host, ("sec-fetch-site", "cross-site")], "/reload", &a),
+            403
+        );
+        assert_eq!(
+            status(&[host, ("sec-fetch-site", "none")], "/reload", &a),
+            200
+        );
+    }
+
+    #[test]
+    fn a_token_is_required_except_for_healthz() {
+        let a = access("10.0.0.1:9000", Some("0123456789abcdef"), &[]);
+        let host = ("host", "10.0.0.1:9000");
+        assert_eq!(status(&[host], "/status", &a), 401);
+        assert_eq!(
+            status(&[host, ("authorization", "Bearer nope")], "/status", &a),
+            401
+        );
+        assert_eq!(
+            status(
+                &[host, ("authorization", "Bearer 0123456789abcdef")],
+                "/status",
+                &a
+            ),
+            200
+        );
+        assert_eq!(status(&[host], "/healthz", &a), 200);
+    }
 }

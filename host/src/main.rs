@@ -109,10 +109,11 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
         raise_open_file_limit();
         let listeners = server::bind(&manifest.server.listen)?;
-        let admin = match manifest.admin {
-            Some(a) => Some(tokio::net::TcpListener::from_std(server::bind_exclusive(
+        let admin = match manifest.admin.clone() {
+            Some(a) => Some((
+                tokio::net::TcpListener::from_std(server::bind_exclusive(a.listen)?)?,
                 a,
-            )?)?),
+            )),
             None => None,
         };
         let workers = manifest.server.workers;
@@ -127,8 +128,8 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         if watch {
             tokio::spawn(reloader.clone().watch(Duration::from_secs(1)));
         }
-        if let Some(listener) = admin {
-            tokio::spawn(portier::admin::serve(listener, reloader));
+        if let Some((listener, access)) = admin {
+            tokio::spawn(portier::admin::serve(listener, access, reloader));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let threads = server::spawn_workers(workers, listeners, current, stopped)?;

@@ -7,11 +7,14 @@
 
 mod support;
 
+mod admin;
 mod balancing;
+mod boundary;
 mod capabilities;
 mod edge;
 mod failures;
 mod forwarding;
+mod lifecycle;
 mod limits;
 mod manifest_errors;
 mod policy_plugins;

@@ -69,14 +69,20 @@ async fn get(client: &Client, path: &str, misbehave: bool) -> Reply {
 /// [`CLIENTS`] concurrent clients send [`REQUESTS_PER_CLIENT`] requests each;
 /// every [`MISBEHAVE_EVERY`]th carries `x-misbehave`.
 async fn mixed_load(proxy: &Portier) -> Vec<Sent> {
+    load(proxy, REQUESTS_PER_CLIENT, MISBEHAVE_EVERY).await
+}
+
+/// [`CLIENTS`] concurrent clients send `per_client` requests each; every
+/// `every`th carries `x-misbehave`.
+async fn load(proxy: &Portier, per_client: usize, every: usize) -> Vec<Sent> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..CLIENTS {
         let client = proxy.client();
         tasks.spawn(async move {
-            let mut sent = Vec::with_capacity(REQUESTS_PER_CLIENT);
-            for i in 0..REQUESTS_PER_CLIENT {
+            let mut sent = Vec::with_capacity(per_client);
+            for i in 0..per_client {
                 // Offset per client, so misbehaving requests overlap good ones.
-                let misbehaving = (i + c) % MISBEHAVE_EVERY == 0;
+                let misbehaving = (i + c) % every == 0;
                 let reply = get(&client, &format!("/load/{c}/{i}"), misbehaving).await;
                 sent.push(Sent { misbehaving, reply });
             }
@@ -525,6 +531,54 @@ async fn spinning_plugin_does_not_hold_the_only_worker() {
         "requests took {during:?} (median; baseline {baseline:?}, bound {bound:?}) while a \
          plugin spun {spun:?} on the only worker: {meanwhile:?}"
     );
+}
+
+/// The default quarantine (half the calls over 10 s, at least 20 calls)
+/// under load where every `every`th request makes the plugin panic: the
+/// misbehaving requests get the policy, every other one is served, and the
+/// stage is quarantined or not as `quarantined` says.
+async fn poisoned_share_under_default_quarantine(on_error: &str, every: usize, quarantined: bool) {
+    const PER_CLIENT: usize = 60;
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&manifest(backend.addr(), "panic", on_error, "")).await;
+
+    let sent = load(&proxy, PER_CLIENT, every).await;
+
+    let (bad, good): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.misbehaving);
+    assert_eq!(sent.len(), CLIENTS * PER_CLIENT);
+    let stage = stage_status(&proxy).await;
+    assert_eq!(stage["quarantined"], quarantined, "{stage}");
+    if quarantined {
+        // Once quarantined, calls stop: fewer failures than poisoned requests.
+        let failures = stage["failures"].as_u64().unwrap() as usize;
+        assert!(failures < bad.len(), "{failures} of {}", bad.len());
+        return;
+    }
+    for s in &good {
+        assert_eq!(s.reply.echo().backend, "app");
+    }
+    for s in &bad {
+        match on_error {
+            "fail-closed" => assert_eq!(s.reply.status, StatusCode::SERVICE_UNAVAILABLE),
+            _ => assert_eq!(s.reply.echo().header("x-misbehave"), Some("1")),
+        }
+    }
+    assert_eq!(stage["failures"], bad.len(), "{stage}");
+}
+
+#[tokio::test]
+async fn a_tenth_of_requests_trapping_never_quarantines_the_stage_fail_closed() {
+    poisoned_share_under_default_quarantine("fail-closed", 10, false).await;
+}
+
+#[tokio::test]
+async fn a_tenth_of_requests_trapping_never_quarantines_the_stage_fail_open() {
+    poisoned_share_under_default_quarantine("fail-open", 10, false).await;
+}
+
+#[tokio::test]
+async fn every_request_trapping_quarantines_the_stage() {
+    poisoned_share_under_default_quarantine("fail-closed", 1, true).await;
 }
 
 /// A filter whose `on_response` panics, telling the host at init whether it

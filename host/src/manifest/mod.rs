@@ -53,13 +53,39 @@ pub struct Manifest {
     pub includes: Vec<PathBuf>,
     /// `[server]`.
     pub server: Server,
-    /// `[admin]`: where the admin API listens, if anywhere.
-    pub admin: Option<SocketAddr>,
+    /// `[admin]`: the admin API, if any.
+    pub admin: Option<Admin>,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[pipeline]]`, in file order.
     pub stages: Vec<Stage>,
 }
+
+/// `[admin]`: where the admin API listens and who may use it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// The bearer token every request but `/healthz` must carry; required
+    /// when `listen` is not a loopback address.
+    pub token: Option<String>,
+    /// Host header values accepted besides the listen address itself (and
+    /// `localhost` on loopback): a defence against DNS rebinding.
+    pub hosts: Vec<String>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
+
+/// The shortest admin token accepted.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// A named group of endpoints.
 #[derive(Debug, Clone)]
@@ -370,7 +396,7 @@ impl Validator<'_> {
         let server = self.server(raw.server)?;
         let admin = match raw.admin {
             None => None,
-            Some(a) => Some(self.address("admin.listen".into(), &a.listen)?),
+            Some(a) => Some(self.admin(a)?),
         };
         // Included upstreams first, then this file's; a duplicate is reported
         // in the file (and at the index) where it appears second.
@@ -413,6 +439,45 @@ impl Validator<'_> {
             admin,
             upstreams,
             stages,
+        })
+    }
+
+    fn admin(&self, raw: raw::RawAdmin) -> Result<Admin, ManifestError> {
+        let listen = self.address("admin.listen".into(), &raw.listen)?;
+        let token = match (raw.token, raw.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("admin.token_file", "give token or token_file, not both"));
+            }
+            (Some(t), None) => Some((t, "admin.token")),
+            (None, Some(f)) => {
+                let path = self.base.join(&f);
+                let t = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some((t.trim().to_owned(), "admin.token_file"))
+            }
+            (None, None) => None,
+        };
+        if let Some((t, key)) = &token
+            && t.len() < MIN_TOKEN_LEN
+        {
+            return Err(self.err(*key, format!("at least {MIN_TOKEN_LEN} characters")));
+        }
+        if token.is_none() && !listen.ip().is_loopback() {
+            return Err(self.err(
+                "admin.token",
+                format!(
+                    "required: admin.listen {listen} is reachable from other machines, and the admin API can reload the proxy"
+                ),
+            ));
+        }
+        Ok(Admin {
+            listen,
+            token: token.map(|(t, _)| t),
+            hosts: raw.hosts.unwrap_or_default(),
         })
     }
 

@@ -65,6 +65,9 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub hosts: Option<Vec<String>>,
 }
 
 /// A value that may be written as one string or a list of strings.

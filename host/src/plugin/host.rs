@@ -216,11 +216,16 @@ impl types::HostResponseHead for StageState {
 impl log::Host for StageState {
     fn log(&mut self, level: log::Level, message: String) -> Result<()> {
         let stage = &*self.shared.name;
-        let Some(dropped) = self.shared.log_budget.take() else {
-            return Ok(());
-        };
-        if dropped > 0 {
-            tracing::warn!(target: "portier::plugin", stage, dropped, "the stage logged faster than {} lines a second; lines dropped", report::LINES_PER_SECOND);
+        match self.shared.log_budget.take() {
+            report::Allowance::Drop { first: true } => {
+                tracing::warn!(target: "portier::plugin", stage, "the stage logs faster than {} lines a second; its lines are dropped until it slows down", report::LINES_PER_SECOND);
+                return Ok(());
+            }
+            report::Allowance::Drop { first: false } => return Ok(()),
+            report::Allowance::Log { dropped: 0 } => {}
+            report::Allowance::Log { dropped } => {
+                tracing::warn!(target: "portier::plugin", stage, dropped, "log lines of the stage were dropped");
+            }
         }
         let message = report::capped(&message);
         match level {

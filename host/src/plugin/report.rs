@@ -6,10 +6,11 @@
 //!   where it stopped; the whole wasm backtrace is logged at debug level.
 //!   The same failure again within [`REPEAT_WINDOW`] is counted instead of
 //!   logged, and the next line that is logged says how many it folded in.
-//! - A plugin's log line is cut at [`MAX_LINE`] bytes (marked as cut), and
+//! - A plugin's log line is made one line (control characters escaped, so
+//!   it cannot forge others) and cut at [`MAX_LINE`] bytes (marked as cut);
 //!   each stage may log [`LINES_PER_SECOND`] lines a second (bursts up to
-//!   [`BURST`]); lines past that are dropped and counted, and the next line
-//!   let through says how many were dropped.
+//!   [`BURST`]). Past that, lines are dropped: the first drop is announced
+//!   and the next line let through says how many were dropped.
 
 use std::sync::Mutex;
 
@@ -100,10 +101,24 @@ impl Default for LogBudget {
     }
 }
 
+/// What to do with one plugin log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Allowance {
+    /// Log it; `dropped` lines were dropped since the last one logged.
+    Log {
+        /// Lines dropped just before this one.
+        dropped: u64,
+    },
+    /// Drop it; `first` when it starts a run of drops (say so, once).
+    Drop {
+        /// Whether the lines before it were logged.
+        first: bool,
+    },
+}
+
 impl LogBudget {
-    /// Whether one more line may be logged; `Some(dropped)` says so, with
-    /// the lines dropped since the last one let through.
-    pub fn take(&self) -> Option<u64> {
+    /// Whether one more line may be logged.
+    pub fn take(&self) -> Allowance {
         let now = clock::now_ms();
         let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = now.saturating_sub(b.refilled_ms);
@@ -111,10 +126,14 @@ impl LogBudget {
         b.refilled_ms = now;
         if b.milli_tokens < 1000 {
             b.dropped += 1;
-            return None;
+            return Allowance::Drop {
+                first: b.dropped == 1,
+            };
         }
         b.milli_tokens -= 1000;
-        Some(std::mem::take(&mut b.dropped))
+        Allowance::Log {
+            dropped: std::mem::take(&mut b.dropped),
+        }
     }
 }
 
@@ -169,15 +188,28 @@ mod tests {
     fn a_burst_of_log_lines_is_cut_to_the_budget_and_the_drop_counted() {
         let budget = LogBudget::default();
         let attempts = BURST * 10;
-        let let_through = (0..attempts).filter(|_| budget.take().is_some()).count() as u64;
+        let outcomes: Vec<Allowance> = (0..attempts).map(|_| budget.take()).collect();
+        let let_through = outcomes
+            .iter()
+            .filter(|a| matches!(a, Allowance::Log { .. }))
+            .count() as u64;
         // The burst, and what refills while the loop runs: far from all.
         assert!(
             (BURST..BURST * 2).contains(&let_through),
             "{let_through} of {attempts}"
         );
+        // The first drop says so; the others do not.
+        assert_eq!(outcomes[BURST as usize], Allowance::Drop { first: true });
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|a| **a == Allowance::Drop { first: true })
+                .count(),
+            1
+        );
         let started = std::time::Instant::now();
         let dropped = loop {
-            if let Some(dropped) = budget.take() {
+            if let Allowance::Log { dropped } = budget.take() {
                 break dropped;
             }
             assert!(started.elapsed() < std::time::Duration::from_secs(5));

@@ -16,8 +16,11 @@
 //!
 //! - `requests` (at least 1) and `window` (`"500ms"`, `"60s"`, `"1m"`, `"1h"`,
 //!   `"1d"`) are required. `key` is `"client-ip"` (default: the client's
-//!   address without the port) or `{ header = "name" }` (the header's value;
-//!   requests without it are counted by client IP).
+//!   address without the port, IPv6 grouped by `ipv6_prefix` bits, default
+//!   64) or `{ header = "name" }` (the header's value, hashed; requests
+//!   without it, or with one over 256 bytes, are counted by client IP).
+//!   Each header value has its own budget: it limits key holders, not key
+//!   guessing (a `client-ip` stage before it does that).
 //! - Sliding window, approximated with two fixed-window counters in `kv`:
 //!   the previous window's count, weighted by how much of it the sliding
 //!   window still covers, plus the current one's. No burst of twice the limit
@@ -26,9 +29,11 @@
 //!   `retry-after` (seconds until one more request fits, rounded up) and
 //!   `ratelimit-limit` / `ratelimit-remaining: 0` / `ratelimit-reset`.
 //!   Refused requests do not count against the budget.
-//! - **If `kv` fails, requests go through** (fail open) and the plugin logs
-//!   a warning, once, and an info line when `kv` works again: a broken
-//!   limiter must not take the site down.
+//! - **If the stage's kv quota is full**, a client it cannot count gets 429
+//!   (a way around the limit otherwise). **If `kv` fails otherwise,
+//!   requests go through** (fail open) and the plugin logs a warning, once,
+//!   and an info line when `kv` works again: a broken limiter must not take
+//!   the site down.
 //! - Unknown keys, `requests = 0` and bad durations are rejected at init.
 
 use std::cell::Cell;
@@ -37,6 +42,7 @@ use std::time::Duration;
 use portier_sdk::{Action, Filter, HttpResponse, Request, clock, config, kv, log};
 use serde::Deserialize;
 
+mod client;
 mod window;
 
 use window::{Position, Verdict};
@@ -48,6 +54,12 @@ struct Config {
     window: String,
     #[serde(default)]
     key: Key,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 /// What a client is.
@@ -67,7 +79,9 @@ pub struct RateLimit {
     /// Window length in milliseconds.
     window: u64,
     key: Key,
+    ipv6_prefix: u8,
     kv_failing: Cell<bool>,
+    kv_full: Cell<bool>,
 }
 
 impl Filter for RateLimit {
@@ -76,7 +90,11 @@ impl Filter for RateLimit {
             requests,
             window,
             key,
+            ipv6_prefix,
         } = config::parse(json)?;
+        if ipv6_prefix > 128 {
+            return Err("ipv6_prefix: at most 128 bits".to_string());
+        }
         if requests == 0 {
             return Err("requests: must be at least 1".to_string());
         }
@@ -92,7 +110,9 @@ impl Filter for RateLimit {
             limit: u64::from(requests),
             window,
             key,
+            ipv6_prefix,
             kv_failing: Cell::new(false),
+            kv_full: Cell::new(false),
         })
     }
 
@@ -105,15 +125,15 @@ impl Filter for RateLimit {
         let client = self.client(request);
         match self.count(&client) {
             Ok(Verdict::Allow) => Action::Continue,
-            Ok(Verdict::Deny { retry_after }) => {
-                let seconds = retry_after.div_ceil(1000).to_string();
-                Action::Respond(
-                    HttpResponse::text(429, "429 Too Many Requests\n")
-                        .header("retry-after", &seconds)
-                        .header("ratelimit-limit", self.limit.to_string())
-                        .header("ratelimit-remaining", "0")
-                        .header("ratelimit-reset", seconds),
-                )
+            Ok(Verdict::Deny { retry_after }) => self.too_many(retry_after),
+            Err(e) if e.message().contains("quota exceeded") => {
+                // The stage's kv is full of live counters: someone is minting
+                // clients. Letting uncountable clients through would hand
+                // them the limit's bypass, so they wait a window instead.
+                if !self.kv_full.replace(true) {
+                    log::warn(format!("{e}; refusing clients it cannot count"));
+                }
+                self.too_many(self.window)
             }
             Err(e) => {
                 if !self.kv_failing.replace(true) {
@@ -128,14 +148,26 @@ impl Filter for RateLimit {
 portier_sdk::export_filter!(RateLimit);
 
 impl RateLimit {
-    /// The kv key prefix of this request's client.
+    /// The kv key prefix of this request's client (see `client`).
     fn client(&self, request: &Request) -> String {
         if let Key::Header(name) = &self.key
-            && let Some(value) = request.header(name)
+            && let Some(key) = request.header(name).as_deref().and_then(client::by_header)
         {
-            return format!("h:{value}");
+            return key;
         }
-        format!("ip:{}", client_ip(&request.client_addr()))
+        client::by_ip(&request.client_addr(), self.ipv6_prefix)
+    }
+
+    /// 429, with when to come back.
+    fn too_many(&self, retry_after_ms: u64) -> Action {
+        let seconds = retry_after_ms.div_ceil(1000).to_string();
+        Action::Respond(
+            HttpResponse::text(429, "429 Too Many Requests\n")
+                .header("retry-after", &seconds)
+                .header("ratelimit-limit", self.limit.to_string())
+                .header("ratelimit-remaining", "0")
+                .header("ratelimit-reset", seconds),
+        )
     }
 
     /// Count the request in the current window and decide.
@@ -157,6 +189,9 @@ impl RateLimit {
         if self.kv_failing.replace(false) {
             log::info("kv is available again; limiting again");
         }
+        if self.kv_full.replace(false) {
+            log::info("kv has room again; counting every client again");
+        }
         let verdict = window::decide(self.limit, self.window, elapsed, previous, current);
         if verdict != Verdict::Allow {
             // Refused requests do not use up the budget. If this fails, the
@@ -164,17 +199,6 @@ impl RateLimit {
             let _ = kv::increment(&current_key, -1, None);
         }
         Ok(verdict)
-    }
-}
-
-/// The IP of `"ip:port"` or `"[ipv6]:port"`.
-fn client_ip(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((ip, _port)) if !ip.contains(':') => ip,
-        _ => addr,
     }
 }
 
@@ -190,15 +214,6 @@ fn check_header(name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_ip_drops_the_port() {
-        assert_eq!(client_ip("10.0.0.7:51234"), "10.0.0.7");
-        assert_eq!(client_ip("[::1]:51234"), "::1");
-        assert_eq!(client_ip("[2001:db8::1]:80"), "2001:db8::1");
-        assert_eq!(client_ip("2001:db8::1"), "2001:db8::1");
-        assert_eq!(client_ip("10.0.0.7"), "10.0.0.7");
-    }
 
     #[test]
     fn config_defaults_and_key_forms() {
@@ -235,12 +250,16 @@ mod tests {
             "key: unknown variant `ip`, expected `client-ip` or `header`"
         );
         assert_eq!(
+            err(r#"{"requests": 1, "window": "1s", "ipv6_prefix": 129}"#),
+            "ipv6_prefix: at most 128 bits"
+        );
+        assert_eq!(
             err(r#"{"requests": 1, "window": "1s", "key": {"header": "a b"}}"#),
             r#"key.header: invalid header name "a b""#
         );
         assert_eq!(
             err(r#"{"requests": 1, "window": "1s", "per_ip": 3}"#),
-            "per_ip: unknown field `per_ip`, expected one of `requests`, `window`, `key`"
+            "per_ip: unknown field `per_ip`, expected one of `requests`, `window`, `key`, `ipv6_prefix`"
         );
     }
 }

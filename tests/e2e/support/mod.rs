@@ -27,7 +27,7 @@ pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Reply};
 pub use manifest::{endpoint, endpoints, one_upstream, one_upstream_with_admin};
 pub use plugins::test_plugin;
-pub use proxy::{Launch, Portier, check, check_file, free_addr, plugin_path};
+pub use proxy::{Launch, Portier, check, check_file, free_addr, plugin_path, run_expecting_exit};
 
 use std::net::SocketAddr;
 use std::process::{Child, ExitStatus};

@@ -60,7 +60,20 @@ pub fn plugin_path(name: &str) -> String {
 /// binary reads) taken from `PORTIER_TEST_LOG` or else left at the binary's
 /// default, which logs access lines: what the tests expect to see.
 fn portier_command() -> Command {
-    let mut command = Command::new(PORTIER);
+    wrapped_command(None)
+}
+
+/// [`portier_command`], run by `wrapper` (a program and its arguments, such
+/// as `prlimit --nofile=96:96 --`) when there is one.
+fn wrapped_command(wrapper: Option<&(String, Vec<String>)>) -> Command {
+    let mut command = match wrapper {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(PORTIER);
+            c
+        }
+        None => Command::new(PORTIER),
+    };
     command
         .env(
             "XDG_CACHE_HOME",
@@ -157,6 +170,7 @@ pub struct Launch {
     files: Vec<(PathBuf, Vec<u8>)>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    wrapper: Option<(String, Vec<String>)>,
 }
 
 impl Launch {
@@ -179,6 +193,15 @@ impl Launch {
         self
     }
 
+    /// Run portier under `program args...` (e.g. `prlimit --nofile=96:96 --`).
+    pub fn wrap(mut self, program: &str, args: &[&str]) -> Self {
+        self.wrapper = Some((
+            program.to_owned(),
+            args.iter().map(|a| (*a).to_owned()).collect(),
+        ));
+        self
+    }
+
     /// Write the manifest (as `portier.toml`) and the files to a fresh
     /// directory, run `portier run` on it, and wait until `server.listen`
     /// (and `admin.listen`, if any) accept connections.
@@ -196,7 +219,7 @@ impl Launch {
         }
         let stdout = File::create(dir.path().join("stdout.log")).expect("stdout.log");
         let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
-        let child = portier_command()
+        let child = wrapped_command(self.wrapper.as_ref())
             .arg("run")
             .arg(&manifest_path)
             .args(&self.args)
@@ -239,6 +262,7 @@ impl Portier {
             files: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
+            wrapper: None,
         }
     }
 
@@ -495,11 +519,25 @@ pub fn check(manifest: &str) -> Checked {
 
 /// Run `portier check PATH` (bounded by a timeout).
 pub fn check_file(path: &Path) -> Checked {
+    run_to_exit("check", path)
+}
+
+/// Write `manifest` to a fresh directory and `portier run` it, expecting it
+/// to exit (it cannot start); the outcome, bounded by a timeout.
+pub fn run_expecting_exit(manifest: &str) -> Checked {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("portier.toml");
+    fs::write(&path, manifest).expect("write manifest");
+    run_to_exit("run", &path)
+}
+
+/// Run `portier COMMAND PATH` to its exit (bounded by a timeout).
+fn run_to_exit(command: &str, path: &Path) -> Checked {
     let out = tempfile::tempdir().expect("temp dir");
     let stdout_path = out.path().join("stdout.log");
     let stderr_path = out.path().join("stderr.log");
     let mut child = portier_command()
-        .arg("check")
+        .arg(command)
         .arg(path)
         .stdout(File::create(&stdout_path).expect("stdout.log"))
         .stderr(File::create(&stderr_path).expect("stderr.log"))
@@ -507,7 +545,7 @@ pub fn check_file(path: &Path) -> Checked {
         .unwrap_or_else(|e| panic!("spawn {PORTIER}: {e}"));
     let status = wait_or_kill(&mut child, CHECK_TIMEOUT).unwrap_or_else(|| {
         panic!(
-            "portier check {} still running after {CHECK_TIMEOUT:?}",
+            "portier {command} {} still running after {CHECK_TIMEOUT:?}",
             path.display()
         )
     });

@@ -1,0 +1,193 @@
+//! Lifecycle proves how a proxy starts and stops: SIGTERM lets the request
+//! in flight (a slow one) finish and the process exit 0, refusing new
+//! connections meanwhile; requests still running at `timeouts.shutdown` are
+//! cut and the process exits anyway; a second `portier run` on an address
+//! another one serves fails to start, naming the address, instead of
+//! silently sharing it; and running out of file descriptors is this
+//! process's problem, not a reason to mark an upstream endpoint unhealthy.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::raw::RawConn;
+use crate::support::{
+    Backend, Portier, endpoints, one_upstream, one_upstream_with_admin, run_expecting_exit,
+};
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let delay = Duration::from_millis(1500);
+    let backend = Backend::new("slow").delay(delay).start().await;
+    let mut proxy = Portier::start(&one_upstream(&endpoints(&[&backend]), "", "")).await;
+    let client = proxy.client();
+    let slow = tokio::spawn(async move { client.get("/slow").await });
+    // Wait until the backend has the request: it is in flight.
+    crate::support::wait_until(
+        "the request reaches the backend",
+        Duration::from_secs(10),
+        || backend.requests() == 1,
+    )
+    .await;
+
+    let addr = proxy.addr();
+    let signalled = Instant::now();
+    let stopping = async { proxy.stop().await };
+    let refused_meanwhile = async {
+        // Once the proxy stops accepting, new connections are refused.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (status, refused) = tokio::join!(stopping, refused_meanwhile);
+    assert!(status.success());
+    assert!(
+        refused,
+        "new connections were still accepted while draining"
+    );
+    let reply = slow.await.expect("the slow request");
+    assert_eq!(reply.echo().backend, "slow");
+    assert!(signalled.elapsed() < Duration::from_secs(20));
+    assert_eq!(proxy.access_lines().len(), 1, "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn requests_still_running_at_the_shutdown_timeout_are_cut_and_the_process_exits() {
+    let backend = Backend::new("stuck")
+        .delay(Duration::from_secs(30))
+        .start()
+        .await;
+    let manifest = format!(
+        "{}\n[server.timeouts]\nshutdown = \"500ms\"\n",
+        one_upstream(&endpoints(&[&backend]), "", "")
+    );
+    let mut proxy = Portier::start(&manifest).await;
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.send(b"GET /stuck HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    crate::support::wait_until(
+        "the request reaches the backend",
+        Duration::from_secs(10),
+        || backend.requests() == 1,
+    )
+    .await;
+
+    let signalled = Instant::now();
+    let status = proxy.stop().await;
+    let took = signalled.elapsed();
+    assert!(status.success());
+    assert!(
+        took >= Duration::from_millis(500),
+        "exited after {took:?}, before the timeout"
+    );
+    assert!(took < Duration::from_secs(10), "exited after {took:?}");
+    assert!(conn.closed_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_second_portier_on_a_served_address_fails_to_start() {
+    let backend = Backend::new("app").start().await;
+    let manifest = one_upstream_with_admin(&endpoints(&[&backend]), "", "");
+    let first = Portier::start(&manifest).await;
+
+    let second = run_expecting_exit(&manifest);
+    assert!(!second.status.success(), "{second}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("cannot listen on {}: ", first.addr())),
+        "{second}"
+    );
+    assert!(second.stderr.contains("address already in use"), "{second}");
+
+    // The admin address alone taken: the same.
+    let admin = first.status().await;
+    assert_eq!(admin["generation"], 1);
+    let other_listen = one_upstream(&endpoints(&[&backend]), "", "");
+    let admin_addr = manifest
+        .lines()
+        .skip_while(|l| *l != "[admin]")
+        .nth(1)
+        .expect("admin.listen")
+        .to_owned();
+    let admin_taken = other_listen.replacen(
+        "[server]\n",
+        &format!("[admin]\n{admin_addr}\n\n[server]\n"),
+        1,
+    );
+    let second = run_expecting_exit(&admin_taken);
+    assert!(!second.status.success(), "{second}");
+    assert!(
+        second.stderr.contains("Address already in use")
+            || second.stderr.contains("address already in use"),
+        "{second}"
+    );
+    // The first one never noticed.
+    first.client().get("/").await.echo();
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_mark_the_upstream_unhealthy() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        panic!("prlimit (util-linux) is needed for this test");
+    }
+    let backend = Backend::new("app").start().await;
+    // No passive-health forgiveness: a marked endpoint would stay out for a minute.
+    let mut proxy = Portier::launch(&one_upstream(
+        &endpoints(&[&backend]),
+        r#"refused_cooldown = "60s""#,
+        "",
+    ))
+    .wrap("prlimit", &["--nofile=96:96", "--"])
+    .start()
+    .await;
+
+    // The first connection, held open without a request yet.
+    let mut first = RawConn::open(proxy.addr()).await;
+    // Then as many as it takes for the proxy to run out of descriptors.
+    let mut hogs = Vec::new();
+    for _ in 0..200 {
+        hogs.push(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+    }
+    // Wait until accepting fails.
+    proxy
+        .wait_for_log_line("that accepting fails", |l| l.contains("accept failed"))
+        .await;
+
+    first
+        .send(b"GET /exhausted HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let response = first.response().await;
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(backend.requests(), 0);
+
+    // Descriptors back: the endpoint was never marked, so it serves at once.
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        first.send(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let response = first.response().await;
+        if response.status == 200 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{response:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint stayed out: it was marked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Said at least once (once per request that hit it, however many the
+    // loop above needed while descriptors came back).
+    assert!(
+        proxy.count_log_lines(|l| l.contains("this process is out of resources")) >= 1,
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(proxy.stop().await.code(), Some(0));
+}
