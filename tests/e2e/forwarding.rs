@@ -618,3 +618,23 @@ async fn access_log_off_writes_no_line() {
     assert_eq!(proxy.access_lines(), [], "{}", proxy.logs());
     assert_eq!(backend.requests(), 5);
 }
+
+#[tokio::test]
+async fn a_plugin_may_set_the_forwarding_headers_and_the_upstream_gets_its_value() {
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[&backend]),
+        "",
+        r#"
+[[pipeline]]
+plugin = "headers"
+config = { request = { set = { "x-forwarded-proto" = "https" } } }
+"#,
+    ))
+    .await;
+
+    // TLS terminated in front of portier, say: the plugin knows better than
+    // the listener, and the proxy does not overwrite what it set.
+    let echo = proxy.client().get("/who").await.echo();
+    assert_eq!(echo.header_all("x-forwarded-proto"), ["https"]);
+}

@@ -619,3 +619,47 @@ async fn filter_that_declines_responses_at_init_is_never_called_on_them() {
     assert_eq!(stage_status(&declines).await["failures"], 0);
     assert_eq!(stage_status(&wants).await["failures"], 5);
 }
+
+#[tokio::test]
+async fn a_stage_never_takes_more_than_its_max_instances_from_the_pool() {
+    let backend = Backend::new("app").start().await;
+    let proxy = Portier::start(&manifest(
+        backend.addr(),
+        "spin",
+        "fail-closed",
+        "quarantine = { enabled = false }\ncall_timeout = \"2s\"\nmax_instances = 1",
+    ))
+    .await;
+
+    // One request spins in the stage's only instance...
+    let spinner = {
+        let client = proxy.client();
+        tokio::spawn(async move { get(&client, "/spin", true).await })
+    };
+    proxy
+        .wait_for_log_line("from the plugin that it spins", |l| {
+            l.contains("spinning on /spin")
+        })
+        .await;
+    // ...so another waits for it (100 ms at most, far less than the 2 s
+    // spin) and gets the policy without a second instance being made.
+    let waited = get(&proxy.client(), "/meanwhile", false).await;
+    assert_eq!(
+        waited.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        waited.text()
+    );
+    let spun = spinner.await.expect("the spinning request");
+    assert_eq!(spun.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        proxy.count_log_lines(|l| l.contains("all 1 instances of the stage stayed busy")),
+        1,
+        "{}",
+        proxy.logs()
+    );
+    // Waiting for an instance is not the plugin's failure: only the spin counts.
+    assert_eq!(stage_status(&proxy).await["failures"], 1);
+    // The instance freed, the stage serves again.
+    get(&proxy.client(), "/after", false).await.echo();
+}

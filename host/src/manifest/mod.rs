@@ -189,6 +189,8 @@ pub struct Stage {
     pub memory_limit: usize,
     /// Whether instances are reused across requests.
     pub isolation: Isolation,
+    /// Live instances the stage may have (idle and in calls together).
+    pub max_instances: usize,
     /// When repeated failures take the stage out of service.
     pub quarantine: Quarantine,
     /// Capabilities beyond the defaults.
@@ -263,6 +265,10 @@ pub const DEFAULT_REFUSED_COOLDOWN: Duration = Duration::from_secs(5);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Default linear-memory cap per plugin instance.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// Default live instances per stage.
+pub const DEFAULT_MAX_INSTANCES: usize = 256;
+/// The most `max_instances` may be: the process's instance pool.
+pub const MAX_STAGE_INSTANCES: usize = 1000;
 /// The largest `memory_limit` a stage may ask for (the instance pool's slot size).
 pub const MAX_MEMORY_LIMIT: usize = 1 << 30;
 
@@ -655,6 +661,18 @@ impl Validator<'_> {
                 }
             }
         };
+        let max_instances = match raw.max_instances {
+            None => DEFAULT_MAX_INSTANCES,
+            Some(n) if (1..=MAX_STAGE_INSTANCES).contains(&n) => n,
+            Some(_) => {
+                return Err(self.err(
+                    key("max_instances"),
+                    format!(
+                        "between 1 and {MAX_STAGE_INSTANCES} (the instance pool of the process)"
+                    ),
+                ));
+            }
+        };
         let grants = self.grants(i, raw.grants)?;
         let kv_quota = self.kv_quota(i, raw.kv)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
@@ -668,6 +686,7 @@ impl Validator<'_> {
             call_timeout,
             memory_limit,
             isolation,
+            max_instances,
             quarantine,
             grants,
             kv_quota,

@@ -125,6 +125,7 @@ pub struct RawStage {
     pub call_timeout: Option<String>,
     pub memory_limit: Option<String>,
     pub isolation: Option<String>,
+    pub max_instances: Option<usize>,
     pub quarantine: Option<RawQuarantine>,
     pub grants: Option<RawGrants>,
     pub kv: Option<RawKvQuota>,

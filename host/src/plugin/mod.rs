@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
@@ -43,7 +44,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Idle instances kept per stage; more are created under load and dropped after.
 const MAX_IDLE_INSTANCES: usize = 64;
 /// Live instances across all stages and generations (the pool's size).
-const MAX_INSTANCES: u32 = 1000;
+const MAX_INSTANCES: u32 = manifest::MAX_STAGE_INSTANCES as u32;
 /// Bytes of each memory slot reset by zeroing rather than decommitted.
 const KEEP_RESIDENT: usize = 2 << 20;
 /// Resources one instance may hold (its WASI handles and the heads it is
@@ -55,6 +56,9 @@ const MAX_RESOURCES: usize = 1024;
 const MAX_CORE_INSTANCES: usize = 16;
 const MAX_TABLES: usize = 16;
 const MAX_MEMORIES: usize = 1;
+/// How long a call waits for an instance when all `max_instances` are busy
+/// (or its call budget, if shorter).
+const MAX_INSTANCE_WAIT: Duration = Duration::from_millis(100);
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,10 @@ pub enum StageError {
     /// The stage failed too often recently and is not being called.
     #[error("stage is quarantined after repeated failures")]
     Quarantined,
+    /// Every one of the stage's `max_instances` was busy for the call's
+    /// whole budget.
+    #[error("all {0} instances of the stage stayed busy")]
+    Busy(usize),
 }
 
 /// Process-wide wasm state: one per `portier` process, shared by every pipeline generation.
@@ -199,6 +207,9 @@ impl Runtime {
                 log_budget: Arc::new(report::LogBudget::default()),
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
+            slots: Arc::new(Semaphore::new(spec.max_instances)),
+            max_instances: spec.max_instances,
+            freed: Arc::new(Notify::new()),
             health: StageHealth::new(spec.quarantine),
             failure_log: report::FailureLog::default(),
             wants_response: AtomicBool::new(true),
@@ -206,7 +217,10 @@ impl Runtime {
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
         // rejects the manifest instead of failing the first request.
-        match stage.start_instance().await {
+        let slot = stage
+            .slot()
+            .expect("a new stage has all its max_instances (at least 1) free");
+        match stage.start_instance(slot).await {
             Ok(inst) => {
                 stage.put_back(inst);
                 Ok(stage)
@@ -298,6 +312,20 @@ enum RoleInstance {
 struct Instance {
     store: Store<StageState>,
     role: RoleInstance,
+    _slot: Slot,
+}
+
+/// One of a stage's `max_instances`, held by a live instance; dropping it
+/// (the instance discarded) tells a call waiting for an instance.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
 }
 
 /// What a filter decided for a request.
@@ -333,6 +361,11 @@ pub struct Stage {
     pre: RolePre,
     shared: StageShared,
     idle: ArrayQueue<Instance>,
+    /// `max_instances` permits; each live instance holds one.
+    slots: Arc<Semaphore>,
+    max_instances: usize,
+    /// Told when an instance goes back to `idle` or its slot frees.
+    freed: Arc<Notify>,
     health: StageHealth,
     failure_log: report::FailureLog,
     /// A filter's answer at `init`: whether it has work on responses.
@@ -442,12 +475,47 @@ impl Stage {
         if self.health.quarantined() {
             return Err(StageError::Quarantined);
         }
-        match self.idle.pop() {
-            Some(i) => Ok(i),
-            // A plugin whose instances cannot start fails its calls: counted
-            // and logged like any other failure.
-            None => self.start_instance().await.map_err(|e| self.fail(e)),
+        let mut deadline = None;
+        loop {
+            if let Some(i) = self.idle.pop() {
+                return Ok(i);
+            }
+            if let Some(slot) = self.slot() {
+                // A plugin whose instances cannot start fails its calls:
+                // counted and logged like any other failure.
+                return self.start_instance(slot).await.map_err(|e| self.fail(e));
+            }
+            // Registered before looking again, so a return in between is not missed.
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(i) = self.idle.pop() {
+                return Ok(i);
+            }
+            let deadline = *deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now() + self.call_timeout.min(MAX_INSTANCE_WAIT)
+            });
+            // Every instance the stage may have is in a call: wait for one,
+            // briefly (instances come back within microseconds unless the
+            // stage is stuck). Not the plugin's failure: the policy applies,
+            // but it does not count towards quarantine.
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                let e = StageError::Busy(self.max_instances);
+                if let report::Report::Log { .. } = self.failure_log.failed(&e.to_string()) {
+                    tracing::warn!(stage = %self.name, error = %e, "plugin call not made");
+                }
+                return Err(e);
+            }
         }
+    }
+
+    /// One of the stage's `max_instances`, if one is free.
+    fn slot(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _permit: permit,
+            freed: self.freed.clone(),
+        })
     }
 
     /// A response a plugin made must carry a status a proxy can send.
@@ -493,13 +561,14 @@ impl Stage {
     /// After a successful call: keep the instance for the next request, unless
     /// the stage wants isolation or the pool is full (load has dropped).
     fn put_back(&self, inst: Instance) {
-        if self.isolation == manifest::Isolation::Pooled {
-            let _ = self.idle.push(inst);
+        if self.isolation == manifest::Isolation::Pooled && self.idle.push(inst).is_ok() {
+            self.freed.notify_one();
         }
+        // Otherwise the instance drops here, and its slot tells a waiter.
     }
 
     /// A new instance with its `init` run.
-    async fn start_instance(&self) -> Result<Instance, StageError> {
+    async fn start_instance(&self, slot: Slot) -> Result<Instance, StageError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .memories(MAX_MEMORIES)
@@ -552,7 +621,11 @@ impl Stage {
             }
         };
         match init {
-            Ok(Ok(())) => Ok(Instance { store, role }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                role,
+                _slot: slot,
+            }),
             Ok(Err(msg)) => Err(StageError::Start(msg)),
             Err(e) => Err(classify(e, self.call_timeout)),
         }
