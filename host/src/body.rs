@@ -25,7 +25,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::clock;
 use crate::server::Busy;
 
 /// Any body error: the peer's, or the proxy's reason for cutting it off.
@@ -134,8 +133,9 @@ pub struct Watched {
     limit: u64,
     seen: u64,
     idle: Duration,
-    /// Since when the reader has been waiting (coarse-clock ms).
-    waiting_since: Option<u64>,
+    /// Since when the reader has been waiting. The real clock, read only
+    /// when a wait begins: the deadline must never come early.
+    waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     outcome: Option<Arc<BodyOutcome>>,
 }
@@ -195,8 +195,8 @@ impl Watched {
     /// Nothing arrived: cut the body off once the peer has kept us waiting
     /// for `idle`; until then make sure a timer wakes us by that time.
     fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let since = *self.waiting_since.get_or_insert_with(clock::now_ms);
-        let due = clock::instant_at(since) + self.idle;
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let due = since + self.idle;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));

@@ -23,7 +23,16 @@ use crate::upstream::{Upstream, Upstreams};
 /// worker: a worker's requests use connections its own event loop drives, so
 /// a request never hops threads.
 pub struct Forwarder {
-    clients: HashMap<String, Vec<Client<HttpConnector, ProxyBody>>>,
+    clients: HashMap<String, Vec<Clients>>,
+}
+
+/// One worker's clients for one upstream.
+struct Clients {
+    /// Keeps connections for reuse.
+    pooled: Client<HttpConnector, ProxyBody>,
+    /// Keeps none: a replay goes over a connection of its own, never over
+    /// another pooled one the endpoint may have closed as well.
+    fresh: Client<HttpConnector, ProxyBody>,
 }
 
 thread_local! {
@@ -46,16 +55,21 @@ impl Forwarder {
             .iter()
             .filter_map(|n| upstreams.get(n))
             .map(|u| {
+                let client = |idle_per_host: usize| {
+                    let mut conn = HttpConnector::new();
+                    conn.set_nodelay(true);
+                    conn.set_connect_timeout(Some(u.connect_timeout));
+                    conn.set_keepalive(Some(Duration::from_secs(60)));
+                    Client::builder(TokioExecutor::new())
+                        .pool_timer(TokioTimer::new())
+                        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                        .pool_max_idle_per_host(idle_per_host)
+                        .build(conn)
+                };
                 let per_worker = (0..workers.max(1))
-                    .map(|_| {
-                        let mut conn = HttpConnector::new();
-                        conn.set_nodelay(true);
-                        conn.set_connect_timeout(Some(u.connect_timeout));
-                        conn.set_keepalive(Some(Duration::from_secs(60)));
-                        Client::builder(TokioExecutor::new())
-                            .pool_timer(TokioTimer::new())
-                            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                            .build(conn)
+                    .map(|_| Clients {
+                        pooled: client(usize::MAX),
+                        fresh: client(0),
                     })
                     .collect();
                 (u.name.clone(), per_worker)
@@ -64,7 +78,7 @@ impl Forwarder {
         Forwarder { clients }
     }
 
-    fn client(&self, upstream: &str) -> Option<&Client<HttpConnector, ProxyBody>> {
+    fn client(&self, upstream: &str) -> Option<&Clients> {
         let clients = self.clients.get(upstream)?;
         clients.get(WORKER.with(|w| w.get()) % clients.len())
     }
@@ -93,13 +107,13 @@ impl Forwarder {
         let sent = Instant::now();
         // One deadline for the response head, replay included.
         let deadline = tokio::time::Instant::now() + upstream.timeout;
-        let mut result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
+        let mut result = tokio::time::timeout_at(deadline, http_client.pooled.request(req)).await;
         if let (Ok(Err(e)), Some(parts)) = (&result, replay)
             && !e.is_connect()
         {
             tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(e), "replaying on a new connection");
             let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
-            result = tokio::time::timeout_at(deadline, http_client.request(req)).await;
+            result = tokio::time::timeout_at(deadline, http_client.fresh.request(req)).await;
         }
         match result {
             Err(_elapsed) => {

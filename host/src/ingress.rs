@@ -25,7 +25,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use ipnet::IpNet;
 
@@ -158,26 +158,14 @@ impl Ingress {
         } else {
             // Whatever an untrusted client claims about earlier hops is a lie
             // as far as anyone behind us knows.
-            for name in [
-                X_FORWARDED_FOR,
-                X_FORWARDED_HOST,
-                X_FORWARDED_PROTO,
-                X_FORWARDED_PORT,
-                FORWARDED,
-                X_REAL_IP,
-            ] {
-                h.remove(name);
-            }
+            remove_present(h, &FORWARDING_CLAIMS);
             peer
         };
         append_forwarded_for(h, peer.ip());
-        if !h.contains_key(X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO, scheme.header_value());
-        }
-        if !h.contains_key(X_FORWARDED_HOST)
-            && let Some(host) = h.get(header::HOST).cloned()
-        {
-            h.insert(X_FORWARDED_HOST, host);
+        h.entry(X_FORWARDED_PROTO)
+            .or_insert_with(|| scheme.header_value());
+        if let Some(host) = h.get(header::HOST).cloned() {
+            h.entry(X_FORWARDED_HOST).or_insert(host);
         }
         h.append(header::VIA, via(parts.version));
         client
@@ -229,8 +217,9 @@ fn target_len(uri: &Uri) -> usize {
 /// replaces any Host; otherwise HTTP/1.1 needs exactly one Host. The URI is
 /// left in origin form, the authority in Host.
 fn settle_host(parts: &mut http::request::Parts) -> Result<(), Rejection> {
-    let hosts = parts.headers.get_all(header::HOST).iter().count();
-    if hosts > 1 {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(Rejection::BadRequest("more than one Host header"));
     }
     if let Some(authority) = parts.uri.authority() {
@@ -248,21 +237,80 @@ fn settle_host(parts: &mut http::request::Parts) -> Result<(), Rejection> {
         parts.uri = Uri::from(pq);
         return Ok(());
     }
-    match parts.headers.get(header::HOST) {
-        Some(host) => {
-            let valid = std::str::from_utf8(host.as_bytes())
-                .ok()
-                .and_then(|h| h.parse::<Authority>().ok())
-                .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
-            if valid {
-                Ok(())
-            } else {
-                Err(Rejection::BadRequest("invalid Host header"))
-            }
-        }
+    match host {
+        Some(host) if valid_host(host.as_bytes()) => Ok(()),
+        Some(_) => Err(Rejection::BadRequest("invalid Host header")),
         // HTTP/1.0 predates Host; HTTP/1.1 and HTTP/2 must name the host.
         None if parts.version == Version::HTTP_10 => Ok(()),
         None => Err(Rejection::BadRequest("no Host header")),
+    }
+}
+
+/// The headers by which a client describes earlier hops.
+const FORWARDING_CLAIMS: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    FORWARDED,
+    X_REAL_IP,
+];
+
+/// Remove those of `names` that are present, looking at each header once
+/// instead of hashing every name (most requests carry none of them).
+fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
+    let mut present = 0u32;
+    for key in h.keys() {
+        if let Some(i) = names.iter().position(|n| n == key) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(name);
+        }
+    }
+}
+
+/// Whether a Host value is `host[:port]` (RFC 9110 §7.2): a name of
+/// unreserved, sub-delim and percent characters, or an IPv4 address, or an
+/// IPv6 address in brackets; no userinfo, path or whitespace. Checked
+/// without parsing into an allocated `Authority`: this runs per request.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets is IPv6's, not the port's.
+        Some(i) if !host[i..].contains(&b']') => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    };
+    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    match name {
+        [] => false,
+        [b'[', inner @ .., b']'] => inner
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        name => name.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
     }
 }
 
@@ -281,9 +329,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n);
         }
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
+    remove_present(h, &HOP_BY_HOP);
 }
 
 /// Append the peer's address to X-Forwarded-For, folding repeated headers
@@ -435,14 +481,24 @@ mod tests {
             admit(&ing, "/", &[("host", "a"), ("host", "b")]).unwrap_err(),
             Rejection::BadRequest("more than one Host header")
         );
-        for bad in ["", "a b", "user@a", "a/b"] {
+        for bad in [
+            "", "a b", "user@a", "a/b", ":80", "a:99999x", "[::1", "a\\b",
+        ] {
             assert_eq!(
                 admit(&ing, "/", &[("host", bad)]).unwrap_err(),
                 Rejection::BadRequest("invalid Host header"),
                 "{bad:?}"
             );
         }
-        assert!(admit(&ing, "/", &[("host", "shop.example:8080")]).is_ok());
+        for good in [
+            "shop.example:8080",
+            "127.0.0.1",
+            "[::1]:80",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(admit(&ing, "/", &[("host", good)]).is_ok(), "{good}");
+        }
         let mut old = request(Version::HTTP_10, "/", &[]);
         assert!(
             ing.admit(&mut old, PEER.parse().unwrap(), Scheme::Http)

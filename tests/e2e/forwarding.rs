@@ -369,13 +369,20 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
                 ("x-secret", "1"),
                 ("proxy-connection", "keep-alive"),
                 ("keep-alive", "timeout=5"),
+                // Credentials for this proxy, never for the next hop.
+                ("proxy-authorization", "Basic dXNlcjpwYXNz"),
                 ("x-visible", "1"),
             ],
         )
         .await
         .echo();
 
-    for name in ["x-secret", "proxy-connection", "keep-alive"] {
+    for name in [
+        "x-secret",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+    ] {
         assert!(
             echo.header(name).is_none(),
             "{name} was forwarded: {:?}",

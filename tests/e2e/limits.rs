@@ -5,8 +5,9 @@
 //! that stalls gets 408; a client that stops reading and an upstream that
 //! stops mid-body are cut off and logged; `max_connections_per_ip` closes
 //! the extra connection at once, and past `max_connections` new
-//! connections wait until one closes. Each bound is measured from before
-//! the event it bounds.
+//! connections wait until one closes; an HTTP/2 connection with no stream
+//! open is closed after `timeouts.http2_idle`. Each bound is measured from
+//! before the event it bounds.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 async fn connection_that_sends_nothing_or_half_a_head_is_closed_after_the_header_timeout() {
     let header = Duration::from_millis(400);
     let backend = Backend::new("app").start().await;
-    let proxy = proxy(&backend, "[server.timeouts]\nheader = \"400ms\"").await;
+    let mut proxy = proxy(&backend, "[server.timeouts]\nheader = \"400ms\"").await;
 
     for sent in [&b""[..], b"GE", b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "] {
         let started = Instant::now();
@@ -50,6 +51,15 @@ async fn connection_that_sends_nothing_or_half_a_head_is_closed_after_the_header
         );
     }
     assert_eq!(backend.requests(), 0);
+    proxy.stop().await;
+    // Each closing is said once, with its reason.
+    assert_eq!(
+        proxy.count_log_lines(|l| l.contains("connection closed")
+            && l.contains("request head not received within timeouts.header")),
+        3,
+        "{}",
+        proxy.logs()
+    );
 }
 
 #[tokio::test]
@@ -233,4 +243,46 @@ async fn connections_past_max_connections_wait_until_one_closes() {
         .unwrap();
     reply.echo();
     assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test]
+async fn http2_connection_with_no_stream_open_is_closed_after_http2_idle() {
+    let idle = Duration::from_millis(600);
+    let backend = Backend::new("app").start().await;
+    let proxy = proxy(&backend, "[server.timeouts]\nhttp2_idle = \"600ms\"").await;
+    // h2c with prior knowledge, as `curl --http2-prior-knowledge` speaks it.
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    for i in 0..2 {
+        let request = http::Request::get(format!("http://{}/h2/{i}", proxy.addr()))
+            .body(crate::support::body::empty())
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .expect("an HTTP/2 response");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        // Read the body to its end: the stream closes.
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+    }
+    let last_stream_ended = Instant::now();
+    // No stream open now: the proxy closes the connection.
+    let ended = tokio::time::timeout(PATIENCE, driver)
+        .await
+        .expect("the idle HTTP/2 connection was kept")
+        .expect("the connection task");
+    // Closed under it, not by a protocol error of ours.
+    eprintln!("the HTTP/2 connection ended: {ended:?}");
+    let took = last_stream_ended.elapsed();
+    assert!(took >= idle / 2, "closed after {took:?}");
+    assert_eq!(backend.requests(), 2);
 }

@@ -40,7 +40,7 @@ use host::{StageShared, StageState};
 pub use bindings::portier::plugin::types::Response as PluginResponse;
 
 /// How often the epoch ticks: the granularity of call deadlines.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+const EPOCH_TICK: Duration = crate::clock::TICK;
 /// Idle instances kept per stage; more are created under load and dropped after.
 const MAX_IDLE_INSTANCES: usize = 64;
 /// Live instances across all stages and generations (the pool's size).
@@ -280,20 +280,18 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("portier"))
 }
 
-/// One thread for the whole process advances the epoch; stores compare
-/// against it, so deadlines cost nothing until they are near.
+/// The clock's ticker advances the epoch every millisecond (one thread
+/// waking for both); stores compare against it, so deadlines cost nothing
+/// until they are near.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("portier-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch thread");
+    crate::clock::on_tick(move || match weak.upgrade() {
+        Some(engine) => {
+            engine.increment_epoch();
+            true
+        }
+        None => false,
+    });
 }
 
 enum RolePre {

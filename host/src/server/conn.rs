@@ -54,7 +54,12 @@ pub async fn serve(
         Ok(Some(http2)) => http2,
         Ok(None) => return,
         Err(e) => {
-            tracing::debug!(client = %peer, error = %e, "connection closed before a request");
+            match timed_out(&e) {
+                Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
+                None => {
+                    tracing::debug!(client = %peer, error = %e, "connection closed before a request")
+                }
+            }
             return;
         }
     };
@@ -90,9 +95,29 @@ pub async fn serve(
         }
         until_stopped(b.serve_connection(TokioIo::new(io), svc), stop).await
     };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    match result {
+        Ok(()) => {}
+        Err(e) => match timed_out(&e) {
+            // One of the edge's deadlines closed it: say which, once per
+            // connection (the access line of a cut-off response says the rest).
+            Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
+            None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
+        },
     }
+}
+
+/// The deadline an error came from, if it was one of EdgeIo's.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return Some(io.to_string());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Read until the first bytes tell HTTP/2's preface from anything else

@@ -101,6 +101,9 @@ pub struct EdgeIo {
     write_stalled_since: Option<u64>,
     /// Armed at or before the earliest live deadline; re-armed when it fires.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer has been polled since it was last armed (and so
+    /// will wake the task).
+    timer_registered: bool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -124,6 +127,7 @@ impl EdgeIo {
             seen_finished: 0,
             write_stalled_since: None,
             timer: None,
+            timer_registered: false,
         }
     }
 
@@ -199,12 +203,19 @@ impl EdgeIo {
         what: Option<&str>,
     ) -> Poll<io::Error> {
         let at = clock::instant_at(deadline);
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        let timer = self.timer.get_or_insert_with(|| {
+            self.timer_registered = false;
+            Box::pin(tokio::time::sleep_until(at.into()))
+        });
         if timer.deadline().into_std() > at {
             // Armed for a later deadline than this one: bring it forward.
             timer.as_mut().reset(at.into());
+            self.timer_registered = false;
+        }
+        // Once polled, the timer wakes this connection's task when it fires;
+        // until it has fired (or is re-armed) there is nothing to poll.
+        if self.timer_registered && !timer.is_elapsed() {
+            return Poll::Pending;
         }
         while timer.as_mut().poll(cx).is_ready() {
             // Fired: either this deadline passed (on the real clock, which the
@@ -217,6 +228,7 @@ impl EdgeIo {
                 _ => timer.as_mut().reset(at.into()),
             }
         }
+        self.timer_registered = true;
         Poll::Pending
     }
 }

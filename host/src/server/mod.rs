@@ -14,7 +14,7 @@ mod limits;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -185,6 +185,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut open = JoinSet::new();
+    let (mut last_warned, mut failures) = (None, 0u64);
     loop {
         let limits = current.load().server().limits;
         let accepted = tokio::select! {
@@ -203,8 +204,14 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning, and say
+                // so once a second, not every 10 ms.
+                failures += 1;
+                if last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, failures, "accept failed");
+                    last_warned = Some(Instant::now());
+                    failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

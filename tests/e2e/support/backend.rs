@@ -140,6 +140,12 @@ impl Backend {
         self
     }
 
+    /// Close every connection after its response (`connection: close`), so
+    /// the proxy cannot reuse one: each request needs a new connection.
+    pub fn closing(self) -> Self {
+        self.response_header("connection", "close")
+    }
+
     /// Listen on this address instead of an ephemeral port (to restart a
     /// stopped backend where the proxy expects it).
     pub fn listen_on(mut self, addr: SocketAddr) -> Self {
