@@ -663,3 +663,36 @@ async fn a_stage_never_takes_more_than_its_max_instances_from_the_pool() {
     // The instance freed, the stage serves again.
     get(&proxy.client(), "/after", false).await.echo();
 }
+
+#[tokio::test]
+async fn instances_that_fail_to_start_are_counted_and_logged_like_failed_calls() {
+    let backend = Backend::new("app").start().await;
+    // A fresh instance for every call, each of which refuses to start.
+    let proxy = Portier::start(&manifest(
+        backend.addr(),
+        "start-once",
+        "fail-closed",
+        "quarantine = { enabled = false }\nisolation = \"per-request\"",
+    ))
+    .await;
+    let client = proxy.client();
+    for i in 0..3 {
+        let reply = get(&client, &format!("/{i}"), false).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(stage_status(&proxy).await["failures"], 3);
+    assert_eq!(backend.requests(), 0);
+    // One line for three identical failures.
+    assert_eq!(
+        proxy.count_log_lines(|l| l.contains("plugin call failed")
+            && l.contains("instance could not start: refusing to start again")),
+        1,
+        "{}",
+        proxy.logs()
+    );
+}

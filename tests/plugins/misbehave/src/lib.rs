@@ -18,6 +18,9 @@
 //!   instances (a shared kv counter), whatever its headers.
 //! - `panic-on-response`: panic in `on_response`; with
 //!   `wants_response = false` the filter tells the host at init not to call it.
+//! - `start-once`: `init` succeeds the first time (the proxy starts) and
+//!   refuses every time after (a shared kv counter), so every instance the
+//!   host starts later fails to start.
 
 use portier_sdk::{Action, Filter, Request, Response, config, kv, log};
 use serde::Deserialize;
@@ -32,6 +35,7 @@ enum Mode {
     #[serde(rename = "panic-every-10th")]
     PanicEvery10th,
     PanicOnResponse,
+    StartOnce,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +62,11 @@ impl Filter for Misbehave {
             mode,
             wants_response,
         } = config::parse(json)?;
+        if let Mode::StartOnce = mode
+            && kv::increment("starts", 1, None).map_err(|e| e.message().to_owned())? > 1
+        {
+            return Err("refusing to start again".to_owned());
+        }
         Ok(Misbehave {
             mode,
             wants_response,
@@ -82,7 +91,9 @@ impl Filter for Misbehave {
             }
             return Action::Continue;
         }
-        if matches!(self.mode, Mode::PanicOnResponse) || request.header("x-misbehave").is_none() {
+        if matches!(self.mode, Mode::PanicOnResponse | Mode::StartOnce)
+            || request.header("x-misbehave").is_none()
+        {
             return Action::Continue;
         }
         match self.mode {
@@ -98,7 +109,7 @@ impl Filter for Misbehave {
                 }
             }
             Mode::Panic => panic!("asked to panic"),
-            Mode::PanicEvery10th | Mode::PanicOnResponse => unreachable!(),
+            Mode::PanicEvery10th | Mode::PanicOnResponse | Mode::StartOnce => unreachable!(),
         }
     }
 }
