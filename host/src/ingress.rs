@@ -35,9 +35,6 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// X-Forwarded-Proto.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -140,8 +137,11 @@ impl Ingress {
                 .map_err(|_| Rejection::BadRequest("path not valid after normalisation"))?;
             parts.uri = Uri::from(pq);
         }
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(self.forwarding(parts, peer, scheme))
+        let trusted = self.trusts(peer.ip());
+        // Whatever an untrusted client claims about earlier hops is a lie as
+        // far as anyone behind us knows: those go with the hop-by-hop ones.
+        strip(&mut parts.headers, !trusted);
+        Ok(self.forwarding(parts, peer, scheme, trusted))
     }
 
     /// Set the forwarding headers; returns the client address.
@@ -150,18 +150,15 @@ impl Ingress {
         parts: &mut http::request::Parts,
         peer: SocketAddr,
         scheme: Scheme,
+        trusted: bool,
     ) -> SocketAddr {
         let h = &mut parts.headers;
-        let trusted = self.trusts(peer.ip());
         let client = if trusted {
             self.client_behind(h, peer)
         } else {
-            // Whatever an untrusted client claims about earlier hops is a lie
-            // as far as anyone behind us knows.
-            remove_present(h, &FORWARDING_CLAIMS);
             peer
         };
-        append_forwarded_for(h, peer.ip());
+        append_forwarded_for(h, peer.ip(), trusted);
         h.entry(X_FORWARDED_PROTO)
             .or_insert_with(|| scheme.header_value());
         if let Some(host) = h.get(header::HOST).cloned() {
@@ -246,29 +243,61 @@ fn settle_host(parts: &mut http::request::Parts) -> Result<(), Rejection> {
     }
 }
 
-/// The headers by which a client describes earlier hops.
-const FORWARDING_CLAIMS: [HeaderName; 6] = [
-    X_FORWARDED_FOR,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_PORT,
-    FORWARDED,
-    X_REAL_IP,
-];
+/// Whether a header describes one connection, never the message (see
+/// [`HOP_BY_HOP`]). A `match` on the name: per request, cheaper than
+/// hashing each of the names to look it up.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
 
-/// Remove those of `names` that are present, looking at each header once
-/// instead of hashing every name (most requests carry none of them).
-fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
-    let mut present = 0u32;
+/// Whether a header is a client's claim about earlier hops.
+fn is_forwarding_claim(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "forwarded"
+            | "x-real-ip"
+    )
+}
+
+/// Remove hop-by-hop headers, those `Connection` names, and with `claims`
+/// the forwarding claims, in one look at each header name (most requests
+/// carry none of them, and then nothing is allocated).
+fn strip(h: &mut HeaderMap, claims: bool) {
+    let mut doomed = Vec::new();
+    let mut connection = false;
     for key in h.keys() {
-        if let Some(i) = names.iter().position(|n| n == key) {
-            present |= 1 << i;
+        let name = key.as_str();
+        if is_hop_by_hop(name) || (claims && is_forwarding_claim(name)) {
+            connection |= name == "connection";
+            doomed.push(key.clone());
         }
     }
-    for (i, name) in names.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            h.remove(name);
-        }
+    if connection {
+        doomed.extend(
+            h.get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
+        h.remove(name);
     }
 }
 
@@ -317,26 +346,14 @@ fn valid_host(host: &[u8]) -> bool {
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including any that
 /// `Connection` names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    remove_present(h, &HOP_BY_HOP);
+    strip(h, false);
 }
 
 /// Append the peer's address to X-Forwarded-For, folding repeated headers
-/// into one line.
-fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+/// into one line; `kept` when a trusted peer's X-Forwarded-For may be there.
+fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr, kept: bool) {
     let ip = canonical(ip).to_string();
-    let value = if h.contains_key(X_FORWARDED_FOR) {
+    let value = if kept && h.contains_key(X_FORWARDED_FOR) {
         let mut all: Vec<&str> = h
             .get_all(X_FORWARDED_FOR)
             .iter()
@@ -537,6 +554,18 @@ mod tests {
             admit(&ingress(&[]), &long, &[("host", "a")]).unwrap_err(),
             Rejection::UriTooLong
         );
+    }
+
+    #[test]
+    fn the_name_matches_agree_with_the_header_lists() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_str()), "{name}");
+            assert!(!is_forwarding_claim(name.as_str()), "{name}");
+        }
+        for name in [X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO] {
+            assert!(is_forwarding_claim(name.as_str()), "{name}");
+        }
+        assert!(!is_hop_by_hop("x-kept") && !is_forwarding_claim("x-kept"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! without waiting for new writes. A stage's usage belongs to its name, so
 //! it survives reloads with the entries it counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -122,28 +122,46 @@ impl Entry {
     }
 }
 
-/// One stage's usage and quota.
+/// One stage's usage and quota (atomics: read on every operation).
 #[derive(Debug)]
 struct Usage {
     bytes: AtomicUsize,
     entries: AtomicUsize,
-    quota: Mutex<Quota>,
+    max_bytes: AtomicUsize,
+    max_entries: AtomicUsize,
+    max_key: AtomicUsize,
+    max_value: AtomicUsize,
 }
 
 impl Usage {
-    fn quota(&self) -> Quota {
-        *self.quota.lock().unwrap_or_else(|p| p.into_inner())
+    fn new(quota: Quota) -> Usage {
+        let usage = Usage {
+            bytes: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            max_bytes: AtomicUsize::new(0),
+            max_entries: AtomicUsize::new(0),
+            max_key: AtomicUsize::new(0),
+            max_value: AtomicUsize::new(0),
+        };
+        usage.set_quota(quota);
+        usage
+    }
+
+    fn set_quota(&self, q: Quota) {
+        self.max_bytes.store(q.max_bytes, Relaxed);
+        self.max_entries.store(q.max_entries, Relaxed);
+        self.max_key.store(q.max_key, Relaxed);
+        self.max_value.store(q.max_value, Relaxed);
     }
 
     /// Reserve room for a change of `bytes` and `entries`; fails past the quota.
     fn reserve(&self, bytes: isize, entries: isize) -> Result<(), KvError> {
-        let q = self.quota();
         let now_bytes = self.bytes.load(Relaxed);
         let now_entries = self.entries.load(Relaxed);
         let grows = bytes > 0 || entries > 0;
         if grows
-            && (now_bytes.saturating_add_signed(bytes) > q.max_bytes
-                || now_entries.saturating_add_signed(entries) > q.max_entries)
+            && (now_bytes.saturating_add_signed(bytes) > self.max_bytes.load(Relaxed)
+                || now_entries.saturating_add_signed(entries) > self.max_entries.load(Relaxed))
         {
             return Err(KvError::QuotaExceeded {
                 entries: now_entries,
@@ -190,14 +208,10 @@ impl Kv {
         prefix.extend_from_slice(name.as_bytes());
         let usage = {
             let mut all = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            let usage = all.entry(name.to_owned()).or_insert_with(|| {
-                Arc::new(Usage {
-                    bytes: AtomicUsize::new(0),
-                    entries: AtomicUsize::new(0),
-                    quota: Mutex::new(quota),
-                })
-            });
-            *usage.quota.lock().unwrap_or_else(|p| p.into_inner()) = quota;
+            let usage = all
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Usage::new(quota)));
+            usage.set_quota(quota);
             usage.clone()
         };
         Namespace {
@@ -261,7 +275,7 @@ fn deadline(now: Instant, ttl: Option<Duration>) -> Option<Instant> {
 
 impl Namespace {
     fn key(&self, key: &str) -> Result<Vec<u8>, KvError> {
-        let max = self.usage.quota().max_key;
+        let max = self.usage.max_key.load(Relaxed);
         if key.len() > max {
             return Err(KvError::KeyTooLong(max));
         }
@@ -272,14 +286,15 @@ impl Namespace {
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
-        let max = self.usage.quota().max_value;
+        let max = self.usage.max_value.load(Relaxed);
         if value.len() > max {
             return Err(KvError::ValueTooLarge(max));
         }
         Ok(())
     }
 
-    /// Put `value` under `k`, replacing what is there, within the quota.
+    /// Put `value` under `k`, replacing what is there, within the quota:
+    /// one hash of the key, through the map's entry.
     fn store(
         &self,
         map: &mut HashMap<Vec<u8>, Entry>,
@@ -287,20 +302,24 @@ impl Namespace {
         value: Vec<u8>,
         expires: Option<Instant>,
     ) -> Result<(), KvError> {
-        let new_cost = Entry::cost(&k, &value) as isize;
-        let (old_cost, old_entries) = match map.get(&k) {
-            Some(old) => (Entry::cost(&k, &old.value) as isize, 1),
-            None => (0, 0),
-        };
-        self.usage.reserve(new_cost - old_cost, 1 - old_entries)?;
-        map.insert(
-            k,
-            Entry {
-                value,
-                expires,
-                usage: self.usage.clone(),
-            },
-        );
+        match map.entry(k) {
+            hash_map::Entry::Occupied(mut o) => {
+                let grows = value.len() as isize - o.get().value.len() as isize;
+                self.usage.reserve(grows, 0)?;
+                let e = o.get_mut();
+                e.value = value;
+                e.expires = expires;
+            }
+            hash_map::Entry::Vacant(v) => {
+                self.usage
+                    .reserve(Entry::cost(v.key(), &value) as isize, 1)?;
+                v.insert(Entry {
+                    value,
+                    expires,
+                    usage: self.usage.clone(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -335,20 +354,37 @@ impl Namespace {
     /// Add `delta` to a decimal counter; a missing key starts at 0 with `ttl`.
     pub fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         let k = self.key(key)?;
-        self.kv.with_entry(k, |map, k, now| {
-            let (current, expires) = match map.get(&k) {
-                Some(e) if e.live(now) => {
+        self.kv.with_entry(k, |map, k, now| match map.entry(k) {
+            hash_map::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                let (current, expires) = if e.live(now) {
                     let current: i64 = std::str::from_utf8(&e.value)
                         .ok()
                         .and_then(|s| s.parse().ok())
                         .ok_or(KvError::NotAnInteger)?;
                     (current, e.expires)
-                }
-                _ => (0, deadline(now, ttl)),
-            };
-            let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
-            self.store(map, k, next.to_string().into_bytes(), expires)?;
-            Ok(next)
+                } else {
+                    (0, deadline(now, ttl))
+                };
+                let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
+                let value = next.to_string().into_bytes();
+                self.usage
+                    .reserve(value.len() as isize - e.value.len() as isize, 0)?;
+                e.value = value;
+                e.expires = expires;
+                Ok(next)
+            }
+            hash_map::Entry::Vacant(v) => {
+                let value = delta.to_string().into_bytes();
+                self.usage
+                    .reserve(Entry::cost(v.key(), &value) as isize, 1)?;
+                v.insert(Entry {
+                    value,
+                    expires: deadline(now, ttl),
+                    usage: self.usage.clone(),
+                });
+                Ok(delta)
+            }
         })
     }
 

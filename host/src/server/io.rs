@@ -156,8 +156,10 @@ impl EdgeIo {
         self.seen_finished = finished;
         if got_bytes && self.phase == Phase::Idle && !self.limits.multiplexed {
             // The next request has started: its head is due.
+            // The coarse clock: this runs per request, and a deadline of
+            // seconds does not care for the millisecond it may trail by.
             self.phase = Phase::Head;
-            self.read_deadline = clock::ms_at(std::time::Instant::now() + self.limits.header);
+            self.read_deadline = clock::now_ms() + ms(self.limits.header);
         }
     }
 
