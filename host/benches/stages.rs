@@ -79,10 +79,7 @@ fn head() -> RequestHead {
         .header("x-request-id", "0123456789abcdef")
         .body(())
         .unwrap();
-    RequestHead {
-        parts: req.into_parts().0,
-        client: "192.0.2.1:40000".parse().unwrap(),
-    }
+    RequestHead::new(req.into_parts().0, "192.0.2.1:40000".parse().unwrap())
 }
 
 struct Row {
@@ -117,7 +114,8 @@ async fn measure(
     let text = format!("[server]\nlisten = \"127.0.0.1:1\"\naccess_log = false\n{pipeline_toml}");
     let manifest =
         Manifest::parse(Path::new("bench.toml"), &text).unwrap_or_else(|e| panic!("{case}: {e}"));
-    let pipeline = Pipeline::build(&manifest, runtime, 1)
+    let registry = portier::upstream::Registry::offline(1);
+    let pipeline = Pipeline::build(&manifest, runtime, &registry, 1)
         .await
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     let mut h = head();
@@ -143,10 +141,7 @@ async fn measure(
                 } else {
                     http::Request::new(()).into_parts().0
                 };
-                let seen = RequestHead {
-                    parts,
-                    client: h.client,
-                };
+                let seen = RequestHead::new(parts, h.client);
                 Some(
                     pipeline
                         .response_stages(seen, resp, body, decision.reached)

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::server::Busy;
+use crate::upstream::conn::UpstreamBody;
 
 /// Any body error: the peer's, or the proxy's reason for cutting it off.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,8 +35,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Used in both directions: responses to clients, requests to upstreams.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// Streamed from the other side, never buffered.
+    /// Streamed from the client, never buffered.
     Streamed(Watched),
+    /// Streamed from an upstream, driving its connection.
+    Upstream(Watched<UpstreamBody>),
     /// Generated here (errors, plugin responses).
     Full(Full<Bytes>),
 }
@@ -57,18 +60,21 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Streamed(b) => b.is_end_stream(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Streamed(b) => b.size_hint(),
+            ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
         }
     }
@@ -126,8 +132,8 @@ impl std::error::Error for CutError {}
 /// A body streamed from a peer, with a size limit and an idle deadline.
 /// The deadline counts only time the body's reader waits on the peer, not
 /// time the reader itself is slow (backpressure is not the peer's fault).
-pub struct Watched {
-    inner: Incoming,
+pub struct Watched<B = Incoming> {
+    inner: B,
     /// A frame read ahead by [`Watched::first_frame`], served first (boxed:
     /// a frame can hold trailers, and this struct rides in every response).
     ahead: Option<Box<Frame<Bytes>>>,
@@ -141,7 +147,7 @@ pub struct Watched {
     outcome: Option<Arc<BodyOutcome>>,
 }
 
-impl fmt::Debug for Watched {
+impl<B> fmt::Debug for Watched<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watched")
             .field("limit", &self.limit)
@@ -171,9 +177,11 @@ impl Watched {
             outcome: Some(outcome),
         }
     }
+}
 
+impl Watched<UpstreamBody> {
     /// An upstream's response body: no pause longer than `idle`.
-    pub fn response(inner: Incoming, idle: Duration) -> Watched {
+    pub fn response(inner: UpstreamBody, idle: Duration) -> Watched<UpstreamBody> {
         Watched {
             inner,
             ahead: None,
@@ -185,7 +193,9 @@ impl Watched {
             outcome: None,
         }
     }
+}
 
+impl<B> Watched<B> {
     fn cut(&self, cut: Cut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(o) = &self.outcome {
             o.set(cut);
@@ -236,7 +246,11 @@ impl Watched {
     }
 }
 
-impl Body for Watched {
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 

@@ -1,148 +1,148 @@
-//! Forwarding a request to one endpoint: proxy headers, pooled connections,
-//! streaming bodies, and failures mapped to who is at fault.
+//! One attempt at forwarding a request to one endpoint: point the request
+//! there, take a pooled connection, send, and say what happened in terms
+//! the retry decision needs (did any byte of the request leave?).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::error::Fault;
 use crate::ingress::strip_hop_by_hop;
-use crate::upstream::{Upstream, Upstreams};
+use crate::upstream::Upstream;
+use crate::upstream::conn::{SendError, UpstreamBody};
+use crate::upstream::endpoint::Outcome;
+use crate::upstream::pool::{Conn, ConnectError};
 
-/// Pooled HTTP clients per upstream (each with its connect deadline), one per
-/// worker: a worker's requests use connections its own event loop drives, so
-/// a request never hops threads.
-pub struct Forwarder {
-    clients: HashMap<String, Vec<Clients>>,
+/// What one attempt came to.
+pub enum Attempt {
+    /// A response head arrived; the body streams (and drives the connection).
+    Response(Response<UpstreamBody>),
+    /// Nothing of the request was sent; it comes back whole, so it may go
+    /// to another endpoint whatever its method.
+    NotSent(Request<ProxyBody>, Failure),
+    /// The request was (at least partly) sent before the failure.
+    Failed(Failure),
 }
 
-/// One worker's clients for one upstream.
-struct Clients {
-    /// Keeps connections for reuse.
-    pooled: Client<HttpConnector, ProxyBody>,
-    /// Keeps none: a replay goes over a connection of its own, never over
-    /// another pooled one the endpoint may have closed as well.
-    fresh: Client<HttpConnector, ProxyBody>,
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made (refused, unreachable, timed out).
+    Connect,
+    /// The connection broke or the answer was not HTTP.
+    Reset,
+    /// No response head within the upstream's `timeout`.
+    Timeout,
+    /// `pool.max_connections` were busy for `pool.queue_timeout`.
+    Busy,
+    /// This process ran out of descriptors or ports.
+    Local,
 }
 
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Tell the forwarder which worker this thread is (set once per worker thread).
-pub fn set_worker(id: usize) {
-    WORKER.with(|w| w.set(id));
-}
-
-/// How long an idle upstream connection is kept for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-impl Forwarder {
-    /// Clients for every upstream of a pipeline generation, for `workers` workers.
-    pub fn new(upstreams: &Upstreams, workers: usize) -> Forwarder {
-        let clients = upstreams
-            .names()
-            .iter()
-            .filter_map(|n| upstreams.get(n))
-            .map(|u| {
-                let client = |idle_per_host: usize| {
-                    let mut conn = HttpConnector::new();
-                    conn.set_nodelay(true);
-                    conn.set_connect_timeout(Some(u.connect_timeout));
-                    conn.set_keepalive(Some(Duration::from_secs(60)));
-                    Client::builder(TokioExecutor::new())
-                        .pool_timer(TokioTimer::new())
-                        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                        .pool_max_idle_per_host(idle_per_host)
-                        .build(conn)
-                };
-                let per_worker = (0..workers.max(1))
-                    .map(|_| Clients {
-                        pooled: client(usize::MAX),
-                        fresh: client(0),
-                    })
-                    .collect();
-                (u.name.clone(), per_worker)
-            })
-            .collect();
-        Forwarder { clients }
-    }
-
-    fn client(&self, upstream: &str) -> Option<&Clients> {
-        let clients = self.clients.get(upstream)?;
-        clients.get(WORKER.with(|w| w.get()) % clients.len())
-    }
-
-    /// Send the request to `upstream.endpoints[index]` and return its response head + streaming body.
-    pub async fn forward(
-        &self,
-        upstreams: &Upstreams,
-        upstream: &Arc<Upstream>,
-        index: usize,
-        mut parts: http::request::Parts,
-        body: ProxyBody,
-    ) -> Result<Response<Incoming>, Fault> {
-        let endpoint = &upstream.endpoints[index];
-        let http_client = self.client(&upstream.name).ok_or(Fault::PluginContract)?;
-        prepare_request(&mut parts, &endpoint.address)?;
-        // A pooled connection the upstream already closed fails a request
-        // after it was written. One with no body and a repeatable method is
-        // replayed once; a new connection also tells a dead endpoint (refused)
-        // from a keep-alive race.
-        let replay = (body.is_end_stream() && parts.method.is_idempotent())
-            .then(|| clone_request_parts(&parts));
-        let req = Request::from_parts(parts, body);
-
-        let _in_flight = endpoint.start_request();
-        let sent = Instant::now();
-        // One deadline for the response head, replay included.
-        let deadline = tokio::time::Instant::now() + upstream.timeout;
-        let mut result = tokio::time::timeout_at(deadline, http_client.pooled.request(req)).await;
-        if let (Ok(Err(e)), Some(parts)) = (&result, replay)
-            && !e.is_connect()
-        {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(e), "replaying on a new connection");
-            let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
-            result = tokio::time::timeout_at(deadline, http_client.fresh.request(req)).await;
+impl Failure {
+    /// The answer the client gets if no retry saves the request.
+    pub fn fault(self) -> Fault {
+        match self {
+            Failure::Connect | Failure::Reset => Fault::Upstream,
+            Failure::Timeout => Fault::UpstreamTimeout,
+            Failure::Busy => Fault::NoEndpoint,
+            Failure::Local => Fault::LocalResources,
         }
-        match result {
-            Err(_elapsed) => {
-                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, "upstream timed out");
-                Err(Fault::UpstreamTimeout)
-            }
-            Ok(Err(e)) if e.is_connect() && local_exhaustion(&e) => {
-                // Our own file descriptors or ports ran out: the endpoint is
-                // not to blame, and marking it would spread the outage.
-                tracing::error!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "cannot connect upstream: this process is out of resources");
-                Err(Fault::LocalResources)
-            }
-            Ok(Err(e)) => {
-                if e.is_connect() {
-                    upstreams.mark_refused(upstream, endpoint);
+    }
+
+    /// How passive health counts it (a local shortage is not the endpoint's).
+    pub fn outcome(self) -> Option<Outcome> {
+        match self {
+            Failure::Connect => Some(Outcome::ConnectFailure),
+            Failure::Reset | Failure::Timeout => Some(Outcome::Failure),
+            Failure::Busy | Failure::Local => None,
+        }
+    }
+}
+
+/// Send `req` to `up.endpoints[index]`, within the upstream's `timeout`
+/// for the response head (connecting included).
+pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -> Attempt {
+    let endpoint = &up.endpoints[index].state;
+    let in_flight = endpoint.start_request();
+    let deadline = tokio::time::Instant::now() + up.config.timeout;
+    let conn = match tokio::time::timeout_at(
+        deadline,
+        endpoint.pool.get(&endpoint.address, &up.config),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let failure = match e {
+                ConnectError::Local(_) => {
+                    // Our own descriptors or ports ran out: the endpoint is
+                    // not to blame, and marking it would spread the outage.
+                    tracing::error!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "cannot connect upstream: this process is out of resources");
+                    return Attempt::NotSent(req, Failure::Local);
                 }
-                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream failed");
-                Err(Fault::Upstream)
-            }
-            Ok(Ok(mut resp)) => {
-                endpoint.record_latency(sent.elapsed());
-                strip_hop_by_hop(resp.headers_mut());
-                let version = resp.version();
-                append_via(resp.headers_mut(), version);
-                // The client's connection has its own version; hyper answers each
-                // client in the version it spoke, from this default.
-                *resp.version_mut() = Version::HTTP_11;
-                Ok(resp)
-            }
+                ConnectError::Busy => Failure::Busy,
+                ConnectError::Failed(_) | ConnectError::TimedOut | ConnectError::Handshake(_) => {
+                    Failure::Connect
+                }
+            };
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
+            return Attempt::NotSent(req, failure);
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream connect timed out");
+            return Attempt::NotSent(req, Failure::Connect);
+        }
+    };
+    let sent = Instant::now();
+    let result = match conn {
+        Conn::H1(c) => {
+            origin_form(&mut req);
+            tokio::time::timeout_at(deadline, c.send(req, endpoint.clone())).await
+        }
+        Conn::H2(mut send) => {
+            absolute_form(&mut req, &endpoint.address);
+            let exchange = async {
+                if let Err(e) = send.ready().await {
+                    return Err(SendError::NotSent(req, e));
+                }
+                match send.try_send_request(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::detached)),
+                    Err(mut e) => Err(match e.take_message() {
+                        Some(req) => SendError::NotSent(req, e.into_error()),
+                        None => SendError::Failed(e.into_error()),
+                    }),
+                }
+            };
+            tokio::time::timeout_at(deadline, exchange).await
+        }
+    };
+    match result {
+        Err(_elapsed) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream timed out");
+            Attempt::Failed(Failure::Timeout)
+        }
+        Ok(Err(SendError::NotSent(req, e))) => {
+            tracing::debug!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream connection closed before the request was sent");
+            Attempt::NotSent(req, Failure::Reset)
+        }
+        Ok(Err(SendError::Failed(e))) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream failed");
+            Attempt::Failed(Failure::Reset)
+        }
+        Ok(Ok(mut resp)) => {
+            endpoint.record_latency(sent.elapsed());
+            strip_hop_by_hop(resp.headers_mut());
+            let version = resp.version();
+            append_via(resp.headers_mut(), version);
+            // The client's connection has its own version; hyper answers each
+            // client in the version it spoke, from this default.
+            *resp.version_mut() = Version::HTTP_11;
+            resp.body_mut().count_in_flight(in_flight);
+            Attempt::Response(resp)
         }
     }
 }
@@ -168,42 +168,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Whether a failed connect failed for want of local resources: file
-/// descriptors (EMFILE, ENFILE), buffers or memory (ENOBUFS, ENOMEM) or
-/// ephemeral ports (EADDRNOTAVAIL). Linux's numbers.
-fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
-    const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.raw_os_error().is_some_and(|code| LOCAL.contains(&code))
-        {
-            return true;
-        }
-        source = err.source();
+/// HTTP/1.1 to an origin: `/path?query`, as the request line carries it.
+/// Host and the forwarding headers were set at ingress, before the plugins,
+/// which may have changed them.
+fn origin_form(req: &mut Request<ProxyBody>) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
     }
-    false
+    *req.version_mut() = Version::HTTP_11;
 }
 
-/// Point a request (settled at ingress, edited by the stages) at the
-/// endpoint: absolute URI, HTTP/1.1. Host and the forwarding headers were
-/// set at ingress, before the plugins, which may have changed them.
-fn prepare_request(
-    parts: &mut http::request::Parts,
-    endpoint: &http::uri::Authority,
-) -> Result<(), Fault> {
-    let pq = parts
-        .uri
+/// HTTP/2 carries scheme and authority as pseudo-headers: an absolute URI
+/// whose authority is the Host the client asked for (the endpoint's
+/// address without one), as the Host header would have said in HTTP/1.1.
+fn absolute_form(req: &mut Request<ProxyBody>, endpoint: &http::uri::Authority) {
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| endpoint.clone());
+    let pq = req
+        .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.clone());
+    uri.authority = Some(authority);
     uri.path_and_query = Some(pq);
-    parts.uri = Uri::from_parts(uri).map_err(|_| Fault::PluginContract)?;
-    parts.version = Version::HTTP_11;
-    Ok(())
+    if let Ok(u) = Uri::from_parts(uri) {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = Version::HTTP_2;
 }
 
 fn append_via(h: &mut HeaderMap, version: Version) {
@@ -220,28 +221,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_request_is_pointed_at_the_endpoint_and_keeps_its_headers() {
-        let mut p = Request::builder()
+    fn an_http1_request_goes_out_in_origin_form_with_its_headers() {
+        let mut req = Request::builder()
             .version(Version::HTTP_2)
-            .uri("/a/b?x=1")
+            .uri("http://example.com/a/b?x=1")
             .header("host", "example.com")
             .header("x-forwarded-for", "192.0.2.7")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        prepare_request(&mut p, &"127.0.0.1:9000".parse().unwrap()).unwrap();
-        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9000/a/b?x=1");
-        assert_eq!(p.version, Version::HTTP_11);
-        assert_eq!(p.headers["host"], "example.com");
-        assert_eq!(p.headers["x-forwarded-for"], "192.0.2.7");
+            .body(ProxyBody::full(""))
+            .unwrap();
+        origin_form(&mut req);
+        assert_eq!(req.uri().to_string(), "/a/b?x=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "example.com");
+        assert_eq!(req.headers()["x-forwarded-for"], "192.0.2.7");
     }
 
     #[test]
-    fn running_out_of_descriptors_is_local_but_a_refusal_is_not() {
-        let emfile = std::io::Error::from_raw_os_error(24);
-        assert!(local_exhaustion(&emfile));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!local_exhaustion(&refused));
+    fn an_h2_request_carries_the_endpoint_as_its_authority() {
+        let mut req = Request::builder()
+            .uri("/a?x=1")
+            .header("host", "example.com")
+            .body(ProxyBody::full(""))
+            .unwrap();
+        absolute_form(&mut req, &"127.0.0.1:9000".parse().unwrap());
+        assert_eq!(req.uri().to_string(), "http://example.com/a?x=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(
+            req.headers().get("host").is_none(),
+            ":authority stands for it"
+        );
     }
 }

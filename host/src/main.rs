@@ -91,7 +91,8 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
     control_runtime()?.block_on(async {
         let wasm = Runtime::new(manifest.server.cache_dir.as_deref())?;
-        let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
+        let registry = portier::upstream::Registry::offline(manifest.server.workers);
+        let pipeline = Pipeline::build(&manifest, &wasm, &registry, 1).await?;
         println!(
             "{}: ok ({} upstreams, {} stages)",
             path.display(),
@@ -106,7 +107,9 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
     control_runtime()?.block_on(async move {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
-        let pipeline = Pipeline::build(&manifest, &wasm, 1).await?;
+        // Upstream connections, health and load outlive every reload.
+        let registry = portier::upstream::Registry::new(manifest.server.workers);
+        let pipeline = Pipeline::build(&manifest, &wasm, &registry, 1).await?;
         raise_open_file_limit();
         let listeners = server::bind(&manifest.server.listen)?;
         let admin = match manifest.admin.clone() {
@@ -122,6 +125,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
             path.to_owned(),
             manifest,
             wasm,
+            registry,
             current.clone(),
         ));
         tokio::spawn(reloader.clone().on_sighup());

@@ -19,12 +19,14 @@ use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
 use crate::error::Fault;
-use crate::forward::{Forwarder, clone_request_parts};
+use crate::forward::{self, Attempt, Failure, clone_request_parts};
 use crate::ingress::{Ingress, Scheme};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role, Server};
 use crate::plugin::heads::{HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
-use crate::upstream::{Upstream, Upstreams};
+use crate::upstream::conn::UpstreamBody;
+use crate::upstream::endpoint::Outcome as Health;
+use crate::upstream::{Registry, Upstream, Upstreams, bit};
 
 /// A complete, immutable pipeline built from one manifest.
 pub struct Pipeline {
@@ -32,7 +34,6 @@ pub struct Pipeline {
     pub generation: u64,
     stages: Vec<Stage>,
     upstreams: Arc<Upstreams>,
-    forwarder: Forwarder,
     server: Server,
     ingress: Ingress,
     header_limits: HeaderLimits,
@@ -56,16 +57,21 @@ pub struct Decision {
     pub outcome: Outcome,
     /// Stages `[0, reached)` saw the request; their filters see the response.
     pub reached: usize,
+    /// The balancer stage that picked the endpoint, asked again for a retry.
+    pub balancer: Option<usize>,
 }
 
 impl Pipeline {
-    /// Load every stage (compile, link, type-check, run `init`).
+    /// Load every stage (compile, link, type-check, run `init`), then make
+    /// the manifest's upstreams the registry's (nothing in the registry
+    /// changes unless every stage loaded).
     pub async fn build(
         manifest: &Manifest,
         runtime: &Runtime,
+        registry: &Registry,
         generation: u64,
     ) -> Result<Pipeline, ManifestError> {
-        let upstreams = Arc::new(Upstreams::new(&manifest.upstreams));
+        let upstreams = Arc::new(registry.prepare(&manifest.upstreams));
         let limits = manifest.server.limits;
         let header_limits = HeaderLimits {
             max_headers: limits.max_headers,
@@ -79,11 +85,11 @@ impl Pipeline {
                     .await?,
             );
         }
+        registry.commit(&upstreams).await;
         let server = manifest.server.clone();
         Ok(Pipeline {
             generation,
             stages,
-            forwarder: Forwarder::new(&upstreams, server.workers),
             upstreams,
             ingress: Ingress {
                 trusted_proxies: server.trusted_proxies.clone(),
@@ -118,26 +124,7 @@ impl Pipeline {
                 })
             })
             .collect();
-        let upstreams: Vec<_> = self
-            .upstreams
-            .names()
-            .iter()
-            .filter_map(|n| self.upstreams.get(n))
-            .map(|u| {
-                let eps: Vec<_> = self
-                    .upstreams
-                    .view(u)
-                    .into_iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "address": e.address, "weight": e.weight, "healthy": e.healthy,
-                            "in_flight": e.in_flight, "latency_ewma_us": e.latency_ewma_us,
-                        })
-                    })
-                    .collect();
-                serde_json::json!({ "name": u.name, "endpoints": eps })
-            })
-            .collect();
+        let upstreams: Vec<_> = self.upstreams.iter().map(|u| u.status()).collect();
         serde_json::json!({ "generation": self.generation, "stages": stages, "upstreams": upstreams })
     }
 
@@ -194,12 +181,12 @@ impl Pipeline {
             }
             (ProxyBody::Streamed(watched), Some(outcome))
         };
-        let (mut head, decision) = self.request_stages(RequestHead { parts, client }).await;
+        let (mut head, decision) = self.request_stages(RequestHead::new(parts, client)).await;
+        let mut added = head.response_headers.take();
 
         let mut served_by = None;
         let (resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
-                served_by = Some(up.endpoints[i].address.clone());
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy; without such filters the head moves as is.
                 let parts = if self.stages[..decision.reached]
@@ -210,15 +197,16 @@ impl Pipeline {
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
+                let req = Request::from_parts(parts, body);
                 let forwarded = self
-                    .forwarder
-                    .forward(&self.upstreams, &up, i, parts, body)
+                    .forward(&up, i, req, client, decision.balancer, &mut added)
                     .await;
                 match forwarded {
-                    Ok(resp) => {
+                    Ok((resp, i)) => {
+                        served_by = Some(up.endpoints[i].state.address.clone());
                         let (p, b) = resp.into_parts();
                         let b = Watched::response(b, self.server.timeouts.upstream_body);
-                        (p, ProxyBody::Streamed(b))
+                        (p, ProxyBody::Upstream(b))
                     }
                     // A request body the client broke or overfilled is the
                     // client's fault, not the upstream's.
@@ -232,7 +220,7 @@ impl Pipeline {
             Outcome::Fail(fault) => error_response(fault),
         };
 
-        let (resp, body) = self
+        let (mut resp, body) = self
             .response_stages(
                 head,
                 ResponseHead { parts: resp_parts },
@@ -240,8 +228,159 @@ impl Pipeline {
                 decision.reached,
             )
             .await;
+        if let Some(added) = added {
+            for (name, value) in added.iter() {
+                resp.parts.headers.append(name, value.clone());
+            }
+        }
         let record = log(client, resp.parts.status, served_by);
         Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// Forward to `up.endpoints[index]`, retrying on another endpoint as
+    /// the upstream's `retry` rules and budget allow: always when nothing of
+    /// the request was sent, and for a retryable method with nothing to
+    /// resend but its head, after a reset, a timeout or a listed status.
+    /// Every attempt's outcome feeds passive health. Returns the response
+    /// and the endpoint that gave it.
+    async fn forward(
+        &self,
+        up: &Upstream,
+        mut index: usize,
+        mut req: Request<ProxyBody>,
+        client: SocketAddr,
+        balancer: Option<usize>,
+        added: &mut Option<Box<http::HeaderMap>>,
+    ) -> Result<(http::Response<UpstreamBody>, usize), Fault> {
+        let retry = &up.config.retry;
+        if retry.attempts > 1 {
+            up.budget().deposit();
+        }
+        // A request that may have to go out again after (part of) it was
+        // sent: only one with no body, whose head is all there is to keep.
+        let copy = (retry.may_resend(req.method()) && req.body().is_end_stream()).then(|| {
+            let mut head = Request::new(()).into_parts().0;
+            head.method = req.method().clone();
+            head.uri = req.uri().clone();
+            head.headers = req.headers().clone();
+            head
+        });
+        let resend = |copy: &http::request::Parts| {
+            Request::from_parts(
+                clone_request_parts(copy),
+                ProxyBody::full(bytes::Bytes::new()),
+            )
+        };
+        let mut tried = 0u64;
+        let mut attempt = 1;
+        loop {
+            tried |= bit(index);
+            let (again, failure) = match forward::attempt(up, index, req).await {
+                Attempt::Response(resp) => {
+                    let status = resp.status().as_u16();
+                    let failed = up.config.outlier.fails(status);
+                    up.record(
+                        index,
+                        if failed {
+                            Health::Failure
+                        } else {
+                            Health::Success
+                        },
+                    );
+                    let retryable = retry.statuses.contains(&status) && attempt < retry.attempts;
+                    let next = match &copy {
+                        Some(copy) if retryable => {
+                            let mut again = resend(copy);
+                            self.repick(up, &mut again, client, tried, balancer, added)
+                                .await
+                                .filter(|_| {
+                                    up.budget().withdraw(retry.budget, retry.min_per_second)
+                                })
+                                .map(|next| (again, next))
+                        }
+                        _ => None,
+                    };
+                    let Some((again, next)) = next else {
+                        return Ok((resp, index));
+                    };
+                    tracing::debug!(upstream = %up.name, status, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
+                    req = again;
+                    index = next;
+                    attempt += 1;
+                    continue;
+                }
+                Attempt::NotSent(req, failure) => (Some(req), failure),
+                Attempt::Failed(failure) => {
+                    let allowed = match failure {
+                        Failure::Reset => retry.on_reset,
+                        Failure::Timeout => retry.on_timeout,
+                        _ => false,
+                    };
+                    (copy.as_ref().filter(|_| allowed).map(resend), failure)
+                }
+            };
+            if let Some(outcome) = failure.outcome() {
+                up.record(index, outcome);
+            }
+            let Some(mut again) =
+                again.filter(|_| attempt < retry.attempts && failure != Failure::Local)
+            else {
+                return Err(failure.fault());
+            };
+            let Some(next) = self
+                .repick(up, &mut again, client, tried, balancer, added)
+                .await
+                .filter(|_| up.budget().withdraw(retry.budget, retry.min_per_second))
+            else {
+                return Err(failure.fault());
+            };
+            tracing::debug!(upstream = %up.name, ?failure, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
+            req = again;
+            index = next;
+            attempt += 1;
+        }
+    }
+
+    /// The endpoint for a retry: the balancer that picked the first one is
+    /// asked again with the endpoints already `tried` left out of its view
+    /// (the host's round-robin without a balancer). `None`: no endpoint left.
+    async fn repick(
+        &self,
+        up: &Upstream,
+        req: &mut Request<ProxyBody>,
+        client: SocketAddr,
+        tried: u64,
+        balancer: Option<usize>,
+        added: &mut Option<Box<http::HeaderMap>>,
+    ) -> Option<usize> {
+        let Some(stage) = balancer.map(|b| &self.stages[b]) else {
+            return up.round_robin(tried);
+        };
+        let parts = std::mem::replace(req.headers_mut(), http::HeaderMap::new());
+        let mut head = RequestHead::new(
+            {
+                let mut p = Request::new(()).into_parts().0;
+                p.method = req.method().clone();
+                p.uri = req.uri().clone();
+                p.headers = parts;
+                p
+            },
+            client,
+        );
+        head.tried = tried;
+        head.response_headers = added.take();
+        let (head, picked) = stage.pick(head, &up.name).await;
+        *added = head.response_headers;
+        *req.headers_mut() = head.parts.headers;
+        *req.uri_mut() = head.parts.uri;
+        match picked {
+            Ok(Some(i)) if (i as usize) < up.endpoints.len() && tried & bit(i as usize) == 0 => {
+                Some(i as usize)
+            }
+            // The balancer insisted on an endpoint already tried (or failed):
+            // the host's round-robin over the others decides.
+            _ => up.round_robin(tried),
+        }
     }
 
     /// Ingress checks, and a declared body over the limit refused before
@@ -275,6 +414,7 @@ impl Pipeline {
     pub async fn request_stages(&self, mut head: RequestHead) -> (RequestHead, Decision) {
         let mut upstream: Option<Arc<Upstream>> = None;
         let mut picked: Option<usize> = None;
+        let mut balancer = None;
         for (i, stage) in self.stages.iter().enumerate() {
             // A failed call was logged where it happened; here only the policy matters.
             let failed = |_: StageError| match stage.policy {
@@ -322,6 +462,7 @@ impl Pipeline {
                     match r {
                         Ok(Some(idx)) if (idx as usize) < up.endpoints.len() => {
                             picked = Some(idx as usize);
+                            balancer = Some(i);
                             None
                         }
                         Ok(Some(idx)) => {
@@ -340,6 +481,7 @@ impl Pipeline {
                     Decision {
                         outcome,
                         reached: i,
+                        balancer,
                     },
                 );
             }
@@ -347,7 +489,7 @@ impl Pipeline {
         let outcome = match upstream.or_else(|| self.upstreams.single().cloned()) {
             // Only reachable when the router failed open with several upstreams.
             None => Outcome::Fail(Fault::Plugin),
-            Some(up) => match picked.or_else(|| self.upstreams.round_robin(&up)) {
+            Some(up) => match picked.or_else(|| up.round_robin(0)) {
                 Some(i) => Outcome::Forward(up, i),
                 None => Outcome::Fail(Fault::NoEndpoint),
             },
@@ -357,6 +499,7 @@ impl Pipeline {
             Decision {
                 outcome,
                 reached: self.stages.len(),
+                balancer,
             },
         )
     }

@@ -10,6 +10,7 @@ use crate::manifest::{Manifest, ManifestError, PluginSource};
 use crate::pipeline::Pipeline;
 use crate::plugin::Runtime;
 use crate::server::Current;
+use crate::upstream::Registry;
 
 /// Rebuilds and swaps pipelines for one manifest file.
 pub struct Reloader {
@@ -17,6 +18,7 @@ pub struct Reloader {
     /// Settings that only a restart changes (listen addresses, workers).
     fixed: Manifest,
     wasm: Arc<Runtime>,
+    registry: Arc<Registry>,
     current: Current,
     /// One reload at a time, so generations are numbered in swap order.
     lock: tokio::sync::Mutex<()>,
@@ -24,11 +26,18 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for the manifest that `current` was built from.
-    pub fn new(path: PathBuf, running: Manifest, wasm: Arc<Runtime>, current: Current) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        running: Manifest,
+        wasm: Arc<Runtime>,
+        registry: Arc<Registry>,
+        current: Current,
+    ) -> Reloader {
         Reloader {
             path,
             fixed: running,
             wasm,
+            registry,
             current,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -51,7 +60,7 @@ impl Reloader {
                 tracing::warn!("listen addresses, workers and the admin listener change only on restart; keeping the current ones");
             }
             let generation = self.current.load().generation + 1;
-            Pipeline::build(&m, &self.wasm, generation).await
+            Pipeline::build(&m, &self.wasm, &self.registry, generation).await
         }
         .await;
         match result {

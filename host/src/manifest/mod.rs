@@ -8,6 +8,7 @@
 mod raw;
 mod server;
 mod units;
+mod upstream;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,11 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::uri::Authority;
-
 use crate::plugin::builtin;
-use raw::{RawEndpoint, RawManifest, RawStage, RawUpstream};
+use raw::{RawManifest, RawStage};
 pub use server::{Limits, Server, Timeouts};
+pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream};
 
 /// A manifest error: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,30 +86,6 @@ impl fmt::Debug for Admin {
 
 /// The shortest admin token accepted.
 const MIN_TOKEN_LEN: usize = 16;
-
-/// A named group of endpoints.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Unique name, referenced by routers.
-    pub name: String,
-    /// The endpoints, in file order (a balancer returns an index into this).
-    pub endpoints: Vec<Endpoint>,
-    /// Deadline for establishing a connection.
-    pub connect_timeout: Duration,
-    /// Deadline for the response head, from sending the request.
-    pub timeout: Duration,
-    /// How long an endpoint that refused a connection is reported unhealthy.
-    pub refused_cooldown: Duration,
-}
-
-/// One backend address.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// `host:port` as written.
-    pub address: Authority,
-    /// Relative weight, at least 1.
-    pub weight: u32,
-}
 
 /// The role a stage plays, i.e. the WIT world its plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,8 +235,6 @@ impl Stage {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default response-head deadline.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default passive-health cooldown after a refused connection.
-pub const DEFAULT_REFUSED_COOLDOWN: Duration = Duration::from_secs(5);
 /// Default deadline for one plugin call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Default linear-memory cap per plugin instance.
@@ -508,48 +482,6 @@ impl Validator<'_> {
         }
     }
 
-    fn upstream(&self, i: usize, raw: RawUpstream) -> Result<Upstream, ManifestError> {
-        let key = |k: &str| format!("upstreams[{i}].{k}");
-        if raw.name.is_empty() {
-            return Err(self.err(key("name"), "must not be empty"));
-        }
-        if raw.endpoints.is_empty() {
-            return Err(self.err(key("endpoints"), "at least one endpoint is required"));
-        }
-        let mut endpoints = Vec::with_capacity(raw.endpoints.len());
-        for (j, e) in raw.endpoints.into_iter().enumerate() {
-            let (address, weight, akey) = match e {
-                RawEndpoint::Address(a) => (a, None, key(&format!("endpoints[{j}]"))),
-                RawEndpoint::Table(t) => {
-                    (t.address, t.weight, key(&format!("endpoints[{j}].address")))
-                }
-            };
-            let address = parse_endpoint(&address).map_err(|r| self.err(akey, r))?;
-            if weight == Some(0) {
-                return Err(self.err(key(&format!("endpoints[{j}].weight")), "must be at least 1"));
-            }
-            endpoints.push(Endpoint {
-                address,
-                weight: weight.unwrap_or(1),
-            });
-        }
-        Ok(Upstream {
-            connect_timeout: self.duration(
-                key("connect_timeout"),
-                raw.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
-            )?,
-            timeout: self.duration(key("timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
-            refused_cooldown: self.duration(
-                key("refused_cooldown"),
-                raw.refused_cooldown,
-                DEFAULT_REFUSED_COOLDOWN,
-            )?,
-            name: raw.name,
-            endpoints,
-        })
-    }
-
     fn stage(&self, i: usize, raw: RawStage) -> Result<Stage, ManifestError> {
         let key = |k: &str| format!("pipeline[{i}].{k}");
         let declared_role = match raw.role.as_deref() {
@@ -788,15 +720,5 @@ impl Validator<'_> {
 }
 
 /// Parse `host:port` (an IP, `[v6]`, or a DNS name, and a port).
-fn parse_endpoint(s: &str) -> Result<Authority, String> {
-    let bad =
-        || format!("{s:?} is not an endpoint of the form host:port (e.g. \"127.0.0.1:3001\")");
-    let a: Authority = s.parse().map_err(|_| bad())?;
-    if a.port_u16().is_none() || a.host().is_empty() || a.as_str().contains('@') {
-        return Err(bad());
-    }
-    Ok(a)
-}
-
 #[cfg(test)]
 mod tests;

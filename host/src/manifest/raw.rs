@@ -93,9 +93,76 @@ impl OneOrMany {
 pub struct RawUpstream {
     pub name: String,
     pub endpoints: Vec<RawEndpoint>,
+    pub protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
-    pub refused_cooldown: Option<String>,
+    pub pool: Option<RawPool>,
+    pub health: Option<RawHealth>,
+    pub outlier: Option<RawOutlier>,
+    pub retry: Option<RawRetry>,
+}
+
+/// `pool = { max_idle = 64, idle_timeout = "60s", max_connections = 100, queue_timeout = "1s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub max_idle: Option<usize>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<u32>,
+    pub queue_timeout: Option<String>,
+}
+
+/// `health = { path = "/health", interval = "2s", ... }`: active checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: String,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub expect: Option<Vec<RawStatusRange>>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub host: Option<String>,
+}
+
+/// A status (`200`) or a range of them (`"200-399"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStatusRange {
+    One(u16),
+    Range(String),
+}
+
+/// `outlier = { consecutive_failures = 5, ... }`: passive health.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub consecutive_connect_failures: Option<u32>,
+    pub statuses: Option<Vec<RawStatusRange>>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<u8>,
+}
+
+/// `retry = { attempts = 2, on = ["reset", "timeout", 503], ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<RawRetryOn>>,
+    pub methods: Option<Vec<String>>,
+    pub body_buffer: Option<String>,
+    pub budget: Option<f64>,
+    pub min_per_second: Option<u32>,
+}
+
+/// A retry condition: `"reset"`, `"timeout"` or a status code.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRetryOn {
+    Status(u16),
+    Condition(String),
 }
 
 /// One endpoint: `"host:port"` or `{ address = "host:port", weight = 3 }`.

@@ -16,6 +16,12 @@ pub struct RequestHead {
     pub parts: http::request::Parts,
     /// The client's socket address.
     pub client: SocketAddr,
+    /// Endpoints of the chosen upstream this request already tried (bit
+    /// `i` for endpoint `i`, first 64 only): a retry's pick leaves them out.
+    pub tried: u64,
+    /// Headers stages asked to add to this request's response
+    /// (`add-response-header`), whoever answers it.
+    pub response_headers: Option<Box<HeaderMap>>,
 }
 
 /// An upstream (or generated) response head.
@@ -29,6 +35,16 @@ pub struct ResponseHead {
 pub type EditError = String;
 
 impl RequestHead {
+    /// A request head as ingress settled it.
+    pub fn new(parts: http::request::Parts, client: SocketAddr) -> RequestHead {
+        RequestHead {
+            parts,
+            client,
+            tried: 0,
+            response_headers: None,
+        }
+    }
+
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.parts.uri.path()
@@ -224,10 +240,7 @@ mod tests {
             b = b.header("host", h);
         }
         let (parts, ()) = b.body(()).unwrap().into_parts();
-        RequestHead {
-            parts,
-            client: "127.0.0.1:1".parse().unwrap(),
-        }
+        RequestHead::new(parts, "127.0.0.1:1".parse().unwrap())
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct StageShared {
 
 /// Per-instance store data.
 pub struct StageState {
+    /// Endpoints the balancer's `healthy` and `loads` leave out during this
+    /// call (those a retried request already tried; 0 outside `pick`).
+    pub(super) exclude: u64,
     pub(super) table: ResourceTable,
     wasi: WasiCtx,
     pub(super) limits: StoreLimits,
@@ -65,6 +68,7 @@ impl StageState {
             limits,
             shared,
             ticks_left: 0,
+            exclude: 0,
         })
     }
 }
@@ -147,6 +151,24 @@ impl types::HostRequestHead for StageState {
     }
     fn client_addr(&mut self, h: Resource<RequestHead>) -> Result<String> {
         Ok(self.table.get(&h)?.client.to_string())
+    }
+    fn add_response_header(
+        &mut self,
+        h: Resource<RequestHead>,
+        name: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        let extra = self
+            .table
+            .get_mut(&h)?
+            .response_headers
+            .get_or_insert_default();
+        Ok(heads::append_header(
+            extra,
+            &name,
+            &value,
+            self.shared.header_limits,
+        ))
     }
     fn drop(&mut self, _h: Resource<RequestHead>) -> Result<()> {
         // Heads are only ever lent to the guest (`borrow<>`); the host takes them back.
@@ -317,23 +339,44 @@ impl upstreams::Host for StageState {
         Ok(self.shared.upstreams.names().to_vec())
     }
     fn healthy(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Candidate>>> {
-        let ups = &self.shared.upstreams;
-        Ok(ups.get(&upstream).map(|u| {
-            u.endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| ups.healthy(e))
-                .map(|(i, e)| upstreams::Candidate {
+        let exclude = self.exclude;
+        Ok(self.shared.upstreams.get(&upstream).map(|u| {
+            (0..u.endpoints.len())
+                .filter(|&i| u.usable(i, exclude))
+                .map(|i| upstreams::Candidate {
                     index: i as u32,
-                    weight: e.weight,
+                    weight: u.endpoints[i].weight,
                 })
                 .collect()
         }))
     }
+    fn loads(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Load>>> {
+        let exclude = self.exclude;
+        Ok(self.shared.upstreams.get(&upstream).map(|u| {
+            (0..u.endpoints.len())
+                .filter(|&i| u.usable(i, exclude))
+                .map(|i| {
+                    let e = &u.endpoints[i];
+                    upstreams::Load {
+                        index: i as u32,
+                        weight: e.weight,
+                        in_flight: e.state.in_flight(),
+                        latency_us: e.state.latency_us(),
+                    }
+                })
+                .collect()
+        }))
+    }
+    fn next_turn(&mut self, upstream: String) -> Result<u64> {
+        Ok(self
+            .shared
+            .upstreams
+            .get(&upstream)
+            .map_or(0, |u| u.next_turn()))
+    }
     fn endpoints(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Endpoint>>> {
-        let ups = &self.shared.upstreams;
-        Ok(ups.get(&upstream).map(|u| {
-            ups.view(u)
+        Ok(self.shared.upstreams.get(&upstream).map(|u| {
+            u.view()
                 .into_iter()
                 .map(|e| upstreams::Endpoint {
                     index: e.index,
@@ -341,7 +384,7 @@ impl upstreams::Host for StageState {
                     weight: e.weight,
                     healthy: e.healthy,
                     in_flight: e.in_flight,
-                    latency_ewma_us: e.latency_ewma_us,
+                    latency_ewma_us: e.latency_us,
                 })
                 .collect()
         }))

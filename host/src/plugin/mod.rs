@@ -449,8 +449,11 @@ impl Stage {
         head: RequestHead,
         upstream: &str,
     ) -> (RequestHead, Result<Option<u32>, StageError>) {
-        with_instance!(self, Balancer(b), [head], |store, req| b
-            .call_pick(store, req, upstream))
+        let exclude = head.tried;
+        with_instance!(self, Balancer(b), [head], |store, req| {
+            store.data_mut().exclude = exclude;
+            b.call_pick(store, req, upstream)
+        })
     }
 
     /// Whether this stage's `on-response` is to be called: a filter that said
@@ -637,6 +640,7 @@ impl Stage {
             .div_ceil(EPOCH_TICK.as_nanos())
             .max(1) as u64;
         store.data_mut().ticks_left = ticks;
+        store.data_mut().exclude = 0;
         store.set_epoch_deadline(1);
     }
 

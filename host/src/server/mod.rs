@@ -124,7 +124,7 @@ pub fn spawn_workers(
                         return tracing::error!(worker = id, error = %e, "cannot start a worker");
                     }
                 };
-                crate::forward::set_worker(id);
+                crate::upstream::set_worker(id);
                 rt.block_on(async move {
                     let listeners = listeners
                         .into_iter()
