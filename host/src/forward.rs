@@ -101,7 +101,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     let result = match conn {
         Conn::H1(c) => {
             origin_form(&mut req);
-            tokio::time::timeout_at(deadline, c.send(req, endpoint.clone())).await
+            tokio::time::timeout_at(deadline, c.send(req, in_flight)).await
         }
         Conn::H2(mut send) => {
             absolute_form(&mut req, &endpoint.address);
@@ -110,7 +110,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
                     return Err(SendError::NotSent(req, e));
                 }
                 match send.try_send_request(req).await {
-                    Ok(resp) => Ok(resp.map(UpstreamBody::detached)),
+                    Ok(resp) => Ok(resp.map(|b| UpstreamBody::detached(b, in_flight))),
                     Err(mut e) => Err(match e.take_message() {
                         Some(req) => SendError::NotSent(req, e.into_error()),
                         None => SendError::Failed(e.into_error()),
@@ -141,7 +141,6 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
             // The client's connection has its own version; hyper answers each
             // client in the version it spoke, from this default.
             *resp.version_mut() = Version::HTTP_11;
-            resp.body_mut().count_in_flight(in_flight);
             Attempt::Response(resp)
         }
     }

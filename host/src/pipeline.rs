@@ -198,12 +198,13 @@ impl Pipeline {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
                 let req = Request::from_parts(parts, body);
-                let forwarded = self
+                let (forwarded, last) = self
                     .forward(&up, i, req, client, decision.balancer, &mut added)
                     .await;
+                // The endpoint that answered, or the last one tried.
+                served_by = Some(up.endpoints[last].state.address.clone());
                 match forwarded {
-                    Ok((resp, i)) => {
-                        served_by = Some(up.endpoints[i].state.address.clone());
+                    Ok(resp) => {
                         let (p, b) = resp.into_parts();
                         let b = Watched::response(b, self.server.timeouts.upstream_body);
                         (p, ProxyBody::Upstream(b))
@@ -242,7 +243,7 @@ impl Pipeline {
     /// the request was sent, and for a retryable method with nothing to
     /// resend but its head, after a reset, a timeout or a listed status.
     /// Every attempt's outcome feeds passive health. Returns the response
-    /// and the endpoint that gave it.
+    /// (or the fault) and the endpoint last tried.
     async fn forward(
         &self,
         up: &Upstream,
@@ -251,7 +252,7 @@ impl Pipeline {
         client: SocketAddr,
         balancer: Option<usize>,
         added: &mut Option<Box<http::HeaderMap>>,
-    ) -> Result<(http::Response<UpstreamBody>, usize), Fault> {
+    ) -> (Result<http::Response<UpstreamBody>, Fault>, usize) {
         let retry = &up.config.retry;
         if retry.attempts > 1 {
             up.budget().deposit();
@@ -273,6 +274,7 @@ impl Pipeline {
         };
         let mut tried = 0u64;
         let mut attempt = 1;
+        let mut replayed = false;
         loop {
             tried |= bit(index);
             let (again, failure) = match forward::attempt(up, index, req).await {
@@ -301,12 +303,20 @@ impl Pipeline {
                         _ => None,
                     };
                     let Some((again, next)) = next else {
-                        return Ok((resp, index));
+                        return (Ok(resp), index);
                     };
                     tracing::debug!(upstream = %up.name, status, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
                     req = again;
                     index = next;
                     attempt += 1;
+                    continue;
+                }
+                // A pooled connection the endpoint had closed: not the
+                // endpoint's failure, and nothing was sent. Once per request,
+                // it goes again to the same endpoint.
+                Attempt::NotSent(again, Failure::Reset) if !replayed => {
+                    replayed = true;
+                    req = again;
                     continue;
                 }
                 Attempt::NotSent(req, failure) => (Some(req), failure),
@@ -325,14 +335,14 @@ impl Pipeline {
             let Some(mut again) =
                 again.filter(|_| attempt < retry.attempts && failure != Failure::Local)
             else {
-                return Err(failure.fault());
+                return (Err(failure.fault()), index);
             };
             let Some(next) = self
                 .repick(up, &mut again, client, tried, balancer, added)
                 .await
                 .filter(|_| up.budget().withdraw(retry.budget, retry.min_per_second))
             else {
-                return Err(failure.fault());
+                return (Err(failure.fault()), index);
             };
             tracing::debug!(upstream = %up.name, ?failure, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
             req = again;

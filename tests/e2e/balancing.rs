@@ -1,8 +1,9 @@
 //! Balancing proves requests are spread exactly as the algorithm promises
 //! (round-robin, weighted round-robin, and the host's own round-robin when no
 //! balancer stage exists), and that passive health keeps a dead endpoint out
-//! of rotation: a killed backend costs exactly one 502, a dead upstream
-//! answers 503, and a refused endpoint comes back after `refused_cooldown`.
+//! of rotation: a killed backend costs no request (it is retried elsewhere),
+//! a dead upstream answers 503 once every endpoint is ejected, and an
+//! ejected endpoint comes back after `outlier.base_ejection`.
 
 use std::time::{Duration, Instant};
 
@@ -97,14 +98,14 @@ async fn host_round_robins_when_there_is_no_balancer_stage() {
 }
 
 #[tokio::test]
-async fn killed_backend_costs_exactly_one_502_then_the_others_share_the_load() {
+async fn killed_backend_costs_no_request_then_the_others_share_the_load() {
     let backends = three_backends().await;
     let [a, b, c] = &backends;
-    // A long cooldown: the dead endpoint must not be retried during the test
-    // however slowly it runs, or each retry would cost another 502.
+    // A long ejection: the dead endpoint must not come back during the
+    // test however slowly it runs.
     let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
-        r#"refused_cooldown = "60s""#,
+        r#"outlier = { base_ejection = "60s" }"#,
         ROUND_ROBIN,
     ))
     .await;
@@ -115,33 +116,31 @@ async fn killed_backend_costs_exactly_one_502_then_the_others_share_the_load() {
     assert_all_ok(&warm);
     let (a_before, c_before) = (a.requests(), c.requests());
 
-    // Kills the listener and the pooled connection: the proxy's next attempt
-    // fails (and its one replay is refused), which marks b unhealthy.
+    // Kills the listener and the pooled connection: the proxy sees the
+    // pooled connection closed, a new one refused, ejects b and sends the
+    // request (nothing of which was sent) to another endpoint.
     b.stop().await;
     let after = statuses(&client, 30).await;
 
-    let failed: Vec<_> = after.iter().filter(|s| **s != StatusCode::OK).collect();
-    assert_eq!(
-        failed,
-        [&StatusCode::BAD_GATEWAY],
-        "exactly one 502 after the kill: {after:?}"
-    );
+    assert_all_ok(&after);
     let (a_after, c_after) = (a.requests() - a_before, c.requests() - c_before);
-    assert_eq!(a_after + c_after, 29, "{after:?}");
-    // Round-robin over the two survivors: neither is starved by the dead one's slot.
+    assert_eq!(a_after + c_after, 30, "{after:?}");
+    // Round-robin over the two survivors: neither is starved by the dead
+    // one's slot. The request that met b took a second turn for its retry,
+    // so the split may be one request further off than an even one.
     assert!(
-        a_after.abs_diff(c_after) <= 1,
+        a_after.abs_diff(c_after) <= 2,
         "a served {a_after}, c served {c_after}"
     );
 }
 
 #[tokio::test]
-async fn all_backends_killed_gives_exactly_one_502_each_then_503() {
+async fn all_backends_killed_gives_502_while_endpoints_are_tried_then_503() {
     let backends = three_backends().await;
     let [a, b, c] = &backends;
     let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
-        r#"refused_cooldown = "60s""#,
+        r#"outlier = { base_ejection = "60s", max_ejected_percent = 100 }"#,
         ROUND_ROBIN,
     ))
     .await;
@@ -154,9 +153,10 @@ async fn all_backends_killed_gives_exactly_one_502_each_then_503() {
     }
     let after = statuses(&client, 10).await;
 
-    // Each dead endpoint is tried once, fails and is marked; then none is left.
-    let mut expected = vec![StatusCode::BAD_GATEWAY; 3];
-    expected.extend([StatusCode::SERVICE_UNAVAILABLE; 7]);
+    // The first request tries two endpoints (one retry), the second the
+    // third; each refusal ejects its endpoint; then none is left.
+    let mut expected = vec![StatusCode::BAD_GATEWAY; 2];
+    expected.extend([StatusCode::SERVICE_UNAVAILABLE; 8]);
     assert_eq!(after, expected);
 
     let reply = client.get("/dead").await;
@@ -167,13 +167,15 @@ async fn all_backends_killed_gives_exactly_one_502_each_then_503() {
 }
 
 #[tokio::test]
-async fn refused_endpoint_returns_to_rotation_after_cooldown() {
-    let cooldown = Duration::from_millis(1000);
+async fn ejected_endpoint_returns_to_rotation_after_base_ejection() {
+    let ejection = Duration::from_millis(1000);
     let backends = three_backends().await;
     let [a, b, c] = &backends;
+    // No retries, so that the refusal shows as a 502 when it happens.
     let proxy = Portier::start(&one_upstream(
         &endpoints(&[a, b, c]),
-        r#"refused_cooldown = "1s""#,
+        r#"outlier = { base_ejection = "1s" }
+retry = { attempts = 1 }"#,
         ROUND_ROBIN,
     ))
     .await;
@@ -184,7 +186,7 @@ async fn refused_endpoint_returns_to_rotation_after_cooldown() {
     let mut refused_at = None;
     let mut got = Vec::new();
     for i in 0..3 {
-        // Taken before the request: the proxy marks b no earlier than this.
+        // Taken before the request: the proxy ejects b no earlier than this.
         let sent_at = Instant::now();
         let status = client.get(&format!("/r/{i}")).await.status;
         if status == StatusCode::BAD_GATEWAY {
@@ -201,9 +203,9 @@ async fn refused_endpoint_returns_to_rotation_after_cooldown() {
     );
     let refused_at = refused_at.expect("counted above");
 
-    // The same address comes back to life at once; the proxy must still wait out the cooldown.
+    // The same address comes back to life at once; the proxy must still wait out the ejection.
     let revived = Backend::new("b-again").listen_on(b.addr()).start().await;
-    let deadline = refused_at + cooldown + Duration::from_secs(10);
+    let deadline = refused_at + ejection + Duration::from_secs(10);
     let mut i = 0;
     while revived.requests() == 0 {
         assert!(Instant::now() < deadline, "b never came back into rotation");
@@ -215,7 +217,7 @@ async fn refused_endpoint_returns_to_rotation_after_cooldown() {
     // From before the refusal to after b's first request: no slack needed.
     let waited = refused_at.elapsed();
     assert!(
-        waited >= cooldown,
-        "retried after {waited:?}, before the {cooldown:?} cooldown"
+        waited >= ejection,
+        "retried after {waited:?}, before the {ejection:?} ejection"
     );
 }

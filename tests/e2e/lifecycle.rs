@@ -142,11 +142,12 @@ async fn running_out_of_file_descriptors_does_not_mark_the_upstream_unhealthy() 
     // minute. One worker: one listen queue, accepted in order, so the first
     // connection below is served before the others use up the descriptors.
     let mut proxy = Portier::launch(
-        &one_upstream(&endpoints(&[&backend]), r#"refused_cooldown = "60s""#, "").replacen(
-            "[server]\n",
-            "[server]\nworkers = 1\n",
-            1,
-        ),
+        &one_upstream(
+            &endpoints(&[&backend]),
+            r#"outlier = { base_ejection = "60s" }"#,
+            "",
+        )
+        .replacen("[server]\n", "[server]\nworkers = 1\n", 1),
     )
     .wrap("prlimit", &["--nofile=96:96", "--"])
     .start()

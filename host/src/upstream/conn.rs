@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -23,7 +22,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::endpoint::{EndpointState, InFlight};
+use super::endpoint::InFlight;
 use super::pool::OpenSlot;
 use crate::body::ProxyBody;
 
@@ -89,7 +88,7 @@ impl H1 {
     pub async fn send(
         mut self: Box<Self>,
         req: Request<ProxyBody>,
-        home: Arc<EndpointState>,
+        in_flight: InFlight,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let mut response = std::pin::pin!(self.send.try_send_request(req));
         let head = std::future::poll_fn(|cx| {
@@ -106,8 +105,7 @@ impl H1 {
                 done: inner.is_end_stream(),
                 inner,
                 conn: Some(self),
-                home: Some(home),
-                in_flight: None,
+                in_flight: Some(in_flight),
             })),
             Err(mut e) => match e.take_message() {
                 Some(req) => Err(SendError::NotSent(req, e.into_error())),
@@ -123,25 +121,19 @@ impl H1 {
 pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<Box<H1>>,
-    home: Option<Arc<EndpointState>>,
-    /// The request counts as in flight at its endpoint until the body ends.
+    /// The request counts as in flight at its endpoint until the body is
+    /// gone; the endpoint is also where the connection goes back.
     in_flight: Option<InFlight>,
     done: bool,
 }
 
 impl UpstreamBody {
-    /// Count the request as in flight until this body is gone.
-    pub fn count_in_flight(&mut self, guard: InFlight) {
-        self.in_flight = Some(guard);
-    }
-
     /// A body whose connection is driven elsewhere (HTTP/2).
-    pub fn detached(inner: Incoming) -> UpstreamBody {
+    pub fn detached(inner: Incoming, in_flight: InFlight) -> UpstreamBody {
         UpstreamBody {
             inner,
             conn: None,
-            home: None,
-            in_flight: None,
+            in_flight: Some(in_flight),
             done: false,
         }
     }
@@ -161,10 +153,7 @@ impl Body for UpstreamBody {
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
-            Poll::Ready(None) => {
-                this.done = true;
-                this.in_flight = None;
-            }
+            Poll::Ready(None) => this.done = true,
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
@@ -183,9 +172,10 @@ impl Drop for UpstreamBody {
         // Only a connection whose response was read to the end can carry
         // another request; the pool checks that it is idle and open.
         if (self.done || self.inner.is_end_stream())
-            && let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
+            && let (Some(conn), Some(endpoint)) = (self.conn.take(), &self.in_flight)
         {
-            home.pool.put(conn, home.retired());
+            let endpoint = endpoint.endpoint();
+            endpoint.pool.put(conn, endpoint.retired());
         }
     }
 }

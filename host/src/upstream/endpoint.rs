@@ -334,6 +334,13 @@ impl EndpointState {
 #[derive(Debug)]
 pub struct InFlight(Arc<EndpointState>);
 
+impl InFlight {
+    /// The endpoint the request is in flight at.
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);

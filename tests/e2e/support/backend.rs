@@ -46,6 +46,11 @@ pub struct Backend {
     answer: Answer,
     response_headers: Vec<(String, String)>,
     listen: Option<SocketAddr>,
+    status: StatusCode,
+    /// Requests for this path are health probes: answered 200 or 503 as
+    /// [`RunningBackend::set_healthy`] says, and counted apart.
+    health_path: Option<String>,
+    close_after_response: bool,
 }
 
 /// What a backend answers with.
@@ -61,6 +66,8 @@ enum Answer {
     HangUp,
     /// Close the connection without answering the first N requests, then echo.
     HangUpFirst(usize),
+    /// Read the request head, then reset the connection (TCP RST).
+    Reset,
 }
 
 /// A backend serving on a real socket; stops (closing every connection) on
@@ -81,6 +88,9 @@ struct State {
     body_bytes: AtomicU64,
     /// Permits for held responses to finish; closed on stop.
     gate: Arc<Semaphore>,
+    connections: AtomicUsize,
+    probes: AtomicUsize,
+    healthy: std::sync::atomic::AtomicBool,
     /// Panics of the backend's own tasks: a broken fake, never the proxy's
     /// doing. Checked on `stop` and drop, so none goes unnoticed.
     panics: Mutex<Vec<String>>,
@@ -97,12 +107,44 @@ impl Backend {
             answer: Answer::Echo,
             response_headers: Vec::new(),
             listen: None,
+            status: StatusCode::OK,
+            health_path: None,
+            close_after_response: false,
         }
     }
 
     /// Wait this long (after reading the request body) before the response head.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Answer every request (but health probes) with this status.
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = StatusCode::from_u16(status).expect("a status code");
+        self
+    }
+
+    /// Read each request head, then reset its connection (TCP RST) without
+    /// an answer: a backend that crashes on every request.
+    pub fn reset(mut self) -> Self {
+        self.answer = Answer::Reset;
+        self
+    }
+
+    /// Answer `GET path` as a health endpoint: 200 while healthy (the
+    /// start), 503 after [`RunningBackend::set_healthy`]`(false)`. Probes
+    /// are counted by `probes`, not `requests`.
+    pub fn health(mut self, path: &str) -> Self {
+        self.health_path = Some(path.to_owned());
+        self
+    }
+
+    /// Close each connection shortly after its response, without saying so
+    /// (no `connection: close`), as a backend whose keep-alive timeout is
+    /// shorter than the proxy's: the proxy's pooled connection goes stale.
+    pub fn close_after_response(mut self) -> Self {
+        self.close_after_response = true;
         self
     }
 
@@ -168,6 +210,9 @@ impl Backend {
             completed: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
             gate: Arc::new(Semaphore::new(0)),
+            connections: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
+            healthy: std::sync::atomic::AtomicBool::new(true),
             panics: Mutex::new(Vec::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -209,6 +254,21 @@ impl RunningBackend {
     /// arrive (not when a body ends).
     pub fn body_bytes_received(&self) -> u64 {
         self.state.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Health probes received so far (see [`Backend::health`]).
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
+    /// Make the health endpoint answer 200 (`true`) or 503 (`false`).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
     }
 
     /// Let one held response send the rest of its body.
@@ -277,15 +337,40 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 let mut shutdown = shutdown.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
+                    if let Answer::Reset = state.config.answer {
+                        return reset_after_head(stream, &state).await;
+                    }
+                    let answered = Arc::new(tokio::sync::Notify::new());
+                    let close_soon = {
+                        let answered = answered.clone();
+                        let close = state.config.close_after_response;
+                        async move {
+                            if !close {
+                                return std::future::pending().await;
+                            }
+                            answered.notified().await;
+                            // Long enough for the response to be written.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    let service = service_fn(move |req| {
+                        let (state, answered) = (state.clone(), answered.clone());
+                        async move {
+                            let r = handle(state, req).await;
+                            answered.notify_one();
+                            r
+                        }
+                    });
                     let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     // Dropping the connection closes its socket, mid-request or idle.
                     tokio::select! {
                         _ = connection => {}
                         _ = shutdown.changed() => {}
+                        _ = close_soon => {}
                     }
                 });
             }
@@ -299,6 +384,23 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
     while let Some(joined) = connections.join_next().await {
         record_panic(&state, joined);
     }
+}
+
+/// Read one request head, count it, and reset the connection.
+async fn reset_after_head(mut stream: tokio::net::TcpStream, state: &State) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    // Linger 0: closing sends RST instead of FIN.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 /// Keep a connection task's panic for [`RunningBackend::assert_no_panic`];
@@ -317,8 +419,20 @@ fn record_panic(state: &State, joined: Result<(), tokio::task::JoinError>) {
 
 /// Answer one request as the backend's config says.
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
-    let seen = state.requests.fetch_add(1, Ordering::SeqCst);
     let config = &state.config;
+    if config.health_path.as_deref() == Some(req.uri().path()) {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        let status = if state.healthy.load(Ordering::SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(body::full("health\n"))
+            .expect("valid response"));
+    }
+    let seen = state.requests.fetch_add(1, Ordering::SeqCst);
     let hang_up = match config.answer {
         Answer::HangUp => true,
         Answer::HangUpFirst(n) => seen < n,
@@ -351,7 +465,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
 
     let mut response = Response::builder()
-        .status(StatusCode::OK)
+        .status(config.status)
         .header("x-backend", &config.name);
     for (name, value) in &config.response_headers {
         response = response.header(name, value);
@@ -386,7 +500,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             state.gate.clone(),
             Bytes::from_static(HELD_REST),
         ),
-        Answer::HangUp => unreachable!("answered above"),
+        Answer::HangUp | Answer::Reset => unreachable!("answered above"),
     };
     Ok(response.body(body).expect("valid response"))
 }
