@@ -22,3 +22,4 @@ mod quickstart;
 mod reload;
 mod routing;
 mod sandbox;
+mod upstreams;

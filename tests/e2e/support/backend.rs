@@ -51,6 +51,7 @@ pub struct Backend {
     /// [`RunningBackend::set_healthy`] says, and counted apart.
     health_path: Option<String>,
     close_after_response: bool,
+    h2c: bool,
 }
 
 /// What a backend answers with.
@@ -110,6 +111,7 @@ impl Backend {
             status: StatusCode::OK,
             health_path: None,
             close_after_response: false,
+            h2c: false,
         }
     }
 
@@ -145,6 +147,12 @@ impl Backend {
     /// shorter than the proxy's: the proxy's pooled connection goes stale.
     pub fn close_after_response(mut self) -> Self {
         self.close_after_response = true;
+        self
+    }
+
+    /// Speak HTTP/2 over plain TCP (prior knowledge) instead of HTTP/1.1.
+    pub fn h2c(mut self) -> Self {
+        self.h2c = true;
         self
     }
 
@@ -344,6 +352,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                     if let Answer::Reset = state.config.answer {
                         return reset_after_head(stream, &state).await;
                     }
+                    let h2c = state.config.h2c;
                     let answered = Arc::new(tokio::sync::Notify::new());
                     let close_soon = {
                         let answered = answered.clone();
@@ -365,7 +374,14 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                             r
                         }
                     });
-                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let connection: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2c {
+                        Box::pin(
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service),
+                        )
+                    } else {
+                        Box::pin(http1::Builder::new().serve_connection(TokioIo::new(stream), service))
+                    };
                     // Dropping the connection closes its socket, mid-request or idle.
                     tokio::select! {
                         _ = connection => {}
@@ -485,6 +501,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             let echo = serde_json::json!({
                 "backend": config.name,
                 "method": parts.method.as_str(),
+                "version": format!("{:?}", parts.version),
                 "path": parts.uri.path(),
                 "query": parts.uri.query(),
                 "headers": headers,

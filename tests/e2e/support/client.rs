@@ -94,6 +94,8 @@ pub struct Echo {
     pub backend: String,
     /// The request method.
     pub method: String,
+    /// The HTTP version the backend received, as Rust debug-prints it ("HTTP/1.1", "HTTP/2.0").
+    pub version: String,
     /// The path, without the query string, exactly as received.
     pub path: String,
     /// The query string without `?`, exactly as received.
