@@ -92,6 +92,8 @@ impl Balancer for LoadBalancer {
         let Some(sticky) = &self.sticky else {
             return self.choose(request, upstream);
         };
+        // A genuine cookie for an endpoint usable now wins; any other
+        // request is picked anew and told where it went.
         let values = sticky.values(upstream)?;
         if let Some(index) = sticky.returning(request, &values, upstream) {
             return Some(index);
