@@ -73,9 +73,27 @@ impl<'a> Request<'a> {
         self.head.remove_header(name)
     }
 
-    /// The client's address as `"ip:port"`.
+    /// The client's address as `"ip:port"` (`"[ipv6]:port"` for IPv6).
     pub fn client_addr(&self) -> String {
         self.head.client_addr()
+    }
+
+    /// Add a header to the response this request will get, whoever answers
+    /// it: the upstream, a plugin, or the proxy's own error. A balancer's
+    /// session cookie is the typical use:
+    ///
+    /// ```no_run
+    /// # fn pick(request: &portier_sdk::Request) -> Result<(), String> {
+    /// request.add_response_header("set-cookie", "backend=a1; Path=/; HttpOnly")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Like [`set_header`](Request::set_header) it refuses framing and
+    /// hop-by-hop headers, and headers past the response's limits. The
+    /// header is added, never replacing one of the same name.
+    pub fn add_response_header(&self, name: &str, value: &str) -> Result<(), String> {
+        self.head.add_response_header(name, value)
     }
 }
 

@@ -7,9 +7,15 @@
 //!
 //! - [`Request`] and [`Response`] are the heads the host lends for one call;
 //!   each accessor asks the host, so read only what you need.
+//!   [`Request::add_response_header`] adds a header to whatever response the
+//!   request gets (a balancer's session cookie, say).
 //! - [`HttpResponse`] is a response the plugin sends instead of forwarding.
 //! - [`log`], [`clock`], [`config`], [`kv`] and [`upstreams`] are the host
 //!   capabilities, the only ones a plugin has (no files, sockets or env).
+//!   A balancer reads [`upstreams::healthy`] (index and weight),
+//!   [`upstreams::loads`] (plus in-flight requests and latency) or
+//!   [`upstreams::endpoints`] (everything, with addresses), and takes turns
+//!   from [`upstreams::next_turn`], a per-upstream counter the host keeps.
 //!
 //! # A complete plugin
 //!
