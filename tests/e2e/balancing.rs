@@ -221,3 +221,202 @@ retry = { attempts = 1 }"#,
         "retried after {waited:?}, before the {ejection:?} ejection"
     );
 }
+
+/// A balancer stage with this config.
+fn balancer(config: &str) -> String {
+    format!("[[pipeline]]\nplugin = \"balancer\"\nconfig = {config}\n")
+}
+
+/// `clients` concurrent clients, each sending `each` sequential GETs.
+async fn concurrent_load(proxy: &Portier, clients: usize, each: usize) -> Vec<StatusCode> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = proxy.client();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::with_capacity(each);
+            for i in 0..each {
+                got.push(client.get(&format!("/c{c}/{i}")).await.status);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("a load task"));
+    }
+    all
+}
+
+#[tokio::test]
+async fn least_request_sends_a_slow_backend_less_under_concurrency() {
+    let backends = [
+        Backend::new("fast").start().await,
+        Backend::new("slow")
+            .delay(Duration::from_millis(150))
+            .start()
+            .await,
+    ];
+    let [fast, slow] = &backends;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[fast, slow]),
+        "",
+        &balancer(r#"{ algorithm = "least-request" }"#),
+    ))
+    .await;
+
+    let got = concurrent_load(&proxy, 8, 15).await;
+
+    assert_all_ok(&got);
+    // Round-robin would give slow 60 of 120; least-request sees its
+    // requests pile up and sends it only what finds it idle.
+    assert!(
+        slow.requests() * 5 < got.len(),
+        "slow served {} of {}",
+        slow.requests(),
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn peak_ewma_avoids_a_backend_whose_answers_are_slow() {
+    let backends = [
+        Backend::new("fast").start().await,
+        Backend::new("slow")
+            .delay(Duration::from_millis(60))
+            .start()
+            .await,
+    ];
+    let [fast, slow] = &backends;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[fast, slow]),
+        "",
+        &balancer(r#"{ algorithm = "peak-ewma" }"#),
+    ))
+    .await;
+
+    // One request at a time: in-flight counts are equal (0), so only the
+    // latency estimate tells the endpoints apart.
+    let got = statuses(&proxy.client(), 40).await;
+
+    assert_all_ok(&got);
+    assert!(
+        slow.requests() <= 3,
+        "slow served {} of 40 after its first answer showed it slow",
+        slow.requests()
+    );
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_key_on_one_endpoint_and_moves_only_the_keys_of_one_that_left() {
+    let backends = three_backends().await;
+    let [a, b, c] = &backends;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[a, b, c]),
+        r#"outlier = { base_ejection = "60s" }"#,
+        &balancer(r#"{ algorithm = "consistent-hash", hash_on = { header = "x-user" } }"#),
+    ))
+    .await;
+    let client = proxy.client();
+    let owner = |reply: crate::support::Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.echo().backend
+    };
+
+    let keys: Vec<String> = (0..90).map(|i| format!("user-{i}")).collect();
+    let mut before = Vec::new();
+    for key in &keys {
+        let first = owner(client.get_with("/h", &[("x-user", key)]).await);
+        let again = owner(client.get_with("/h", &[("x-user", key)]).await);
+        assert_eq!(first, again, "{key} moved between two requests");
+        before.push(first);
+    }
+    let on_b = before.iter().filter(|o| *o == "b").count();
+    assert!(
+        (10..=55).contains(&on_b),
+        "b owns {on_b} of 90 keys: not spread"
+    );
+
+    b.stop().await;
+    let mut moved = 0;
+    for (key, was) in keys.iter().zip(&before) {
+        let now = owner(client.get_with("/h", &[("x-user", key)]).await);
+        if was == "b" {
+            assert_ne!(now, "b");
+            moved += 1;
+        } else {
+            assert_eq!(&now, was, "{key} moved although its endpoint stayed");
+        }
+    }
+    assert_eq!(moved, on_b, "exactly b's keys moved");
+}
+
+#[tokio::test]
+async fn sticky_clients_stay_on_their_endpoint_and_fail_over_when_it_dies() {
+    let backends = three_backends().await;
+    let [a, b, c] = &backends;
+    let proxy = Portier::start(&one_upstream(
+        &endpoints(&[a, b, c]),
+        r#"outlier = { base_ejection = "60s" }"#,
+        &balancer(r#"{ algorithm = "round-robin", sticky = { cookie = "route", secret = "0123456789abcdef0123", max_age = "1h" } }"#),
+    ))
+    .await;
+    let client = proxy.client();
+
+    let first = client.get("/").await;
+    let set = first
+        .header("set-cookie")
+        .expect("a sticky cookie")
+        .to_owned();
+    assert!(set.starts_with("route="), "{set}");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=3600"] {
+        assert!(set.contains(attribute), "{set} lacks {attribute}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let home = first.echo().backend;
+
+    // Round-robin alone would move every request on; the cookie keeps them home.
+    for i in 0..9 {
+        let reply = client
+            .get_with(&format!("/{i}"), &[("cookie", &cookie)])
+            .await;
+        assert_eq!(reply.echo().backend, home);
+        assert_eq!(
+            reply.header("set-cookie"),
+            None,
+            "a valid cookie is not sent again"
+        );
+    }
+
+    // A forged value is not honoured: the client gets a fresh cookie.
+    let forged = client
+        .get_with("/forged", &[("cookie", "route=AAAAAAAAAAAAAAAAAAAAAA")])
+        .await;
+    assert_eq!(forged.status, StatusCode::OK);
+    assert!(forged.header("set-cookie").is_some());
+
+    // Its endpoint dies: the client moves at once, without an error, and sticks again.
+    backends
+        .iter()
+        .find(|b| b.name() == home)
+        .unwrap()
+        .stop()
+        .await;
+    let moved = client.get_with("/moved", &[("cookie", &cookie)]).await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text());
+    let new_home = moved.echo().backend;
+    assert_ne!(new_home, home);
+    let new_cookie = moved
+        .header_all("set-cookie")
+        .last()
+        .expect("a new sticky cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        let reply = client
+            .get_with(&format!("/after/{i}"), &[("cookie", &new_cookie)])
+            .await;
+        assert_eq!(reply.echo().backend, new_home);
+    }
+}
