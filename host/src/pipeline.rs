@@ -258,8 +258,20 @@ impl Pipeline {
             up.budget().deposit();
         }
         // A request that may have to go out again after (part of) it was
-        // sent: only one with no body, whose head is all there is to keep.
-        let copy = (retry.may_resend(req.method()) && req.body().is_end_stream()).then(|| {
+        // sent keeps a copy: its head, and its body when it declares a
+        // length within `retry.body_buffer` (read whole before sending).
+        let resendable = retry.may_resend(req.method());
+        let mut kept = bytes::Bytes::new();
+        let whole = req.body().is_end_stream();
+        if resendable && !req.body().is_end_stream() && fits(req.headers(), retry.body_buffer) {
+            match http_body_util::BodyExt::collect(req.body_mut()).await {
+                Ok(body) => kept = body.to_bytes(),
+                // The client's body broke: the caller answers for it.
+                Err(_) => return (Err(Fault::Upstream), index),
+            }
+            *req.body_mut() = ProxyBody::full(kept.clone());
+        }
+        let copy = (resendable && (whole || !kept.is_empty())).then(|| {
             let mut head = Request::new(()).into_parts().0;
             head.method = req.method().clone();
             head.uri = req.uri().clone();
@@ -267,10 +279,7 @@ impl Pipeline {
             head
         });
         let resend = |copy: &http::request::Parts| {
-            Request::from_parts(
-                clone_request_parts(copy),
-                ProxyBody::full(bytes::Bytes::new()),
-            )
+            Request::from_parts(clone_request_parts(copy), ProxyBody::full(kept.clone()))
         };
         let mut tried = 0u64;
         let mut attempt = 1;
@@ -538,6 +547,15 @@ impl Pipeline {
         }
         (resp, body)
     }
+}
+
+/// Whether a request body declares a length within `limit` bytes.
+fn fits(headers: &http::HeaderMap, limit: u64) -> bool {
+    limit > 0
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len <= limit)
 }
 
 /// The proxy's own error answer: fixed text, nothing about the backend.

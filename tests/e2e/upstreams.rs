@@ -477,3 +477,32 @@ fn with_same_addresses(proxy: &Portier, manifest: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn a_put_whose_body_fits_body_buffer_is_retried_whole_and_a_larger_one_is_not() {
+    let resetting = Backend::new("resetting").reset().start().await;
+    let good = Backend::new("good").start().await;
+    let extra = r#"retry = { attempts = 2, on = ["reset"], body_buffer = "1KiB" }
+outlier = { consecutive_failures = 0 }"#;
+    let proxy = Portier::start(&one_upstream(&endpoints(&[&resetting, &good]), extra, "")).await;
+    let client = proxy.client();
+
+    // Round-robin sends the first try of each to the resetting endpoint.
+    let small = client
+        .request(Method::PUT, "/small")
+        .body(body::full(vec![b's'; 1000]))
+        .unwrap();
+    let reply = client.send(small).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let echo = reply.echo();
+    assert_eq!(echo.backend, "good");
+    assert_eq!(echo.body_len, 1000, "the retry carried the whole body");
+
+    let large = client
+        .request(Method::PUT, "/large")
+        .body(body::full(vec![b'l'; 2000]))
+        .unwrap();
+    let reply = client.send(large).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!((resetting.requests(), good.requests()), (2, 1));
+}
