@@ -107,12 +107,12 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
             absolute_form(&mut req, &endpoint.address);
             let exchange = async {
                 if let Err(e) = send.ready().await {
-                    return Err(SendError::NotSent(req, e));
+                    return Err(SendError::NotSent(Box::new(req), e));
                 }
                 match send.try_send_request(req).await {
                     Ok(resp) => Ok(resp.map(|b| UpstreamBody::detached(b, in_flight))),
                     Err(mut e) => Err(match e.take_message() {
-                        Some(req) => SendError::NotSent(req, e.into_error()),
+                        Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
                         None => SendError::Failed(e.into_error()),
                     }),
                 }
@@ -127,7 +127,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
         }
         Ok(Err(SendError::NotSent(req, e))) => {
             tracing::debug!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream connection closed before the request was sent");
-            Attempt::NotSent(req, Failure::Reset)
+            Attempt::NotSent(*req, Failure::Reset)
         }
         Ok(Err(SendError::Failed(e))) => {
             tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream failed");

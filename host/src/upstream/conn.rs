@@ -43,7 +43,7 @@ pub struct H1 {
 pub enum SendError {
     /// Nothing of the request was written: it comes back whole, and the
     /// endpoint provably did not see it.
-    NotSent(Request<ProxyBody>, hyper::Error),
+    NotSent(Box<Request<ProxyBody>>, hyper::Error),
     /// The request was (at least partly) written before the failure.
     Failed(hyper::Error),
 }
@@ -108,7 +108,7 @@ impl H1 {
                 in_flight: Some(in_flight),
             })),
             Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req, e.into_error())),
+                Some(req) => Err(SendError::NotSent(Box::new(req), e.into_error())),
                 None => Err(SendError::Failed(e.into_error())),
             },
         }

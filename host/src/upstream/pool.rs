@@ -83,6 +83,9 @@ struct Counters {
 
 /// An endpoint's connections.
 pub struct Pool {
+    // Boxed: a connection moves between the pool and a response body,
+    // which must stay small; a box moves as one pointer.
+    #[allow(clippy::vec_box)]
     idle: Box<[Mutex<Vec<Box<H1>>>]>,
     h2: Box<[Mutex<Option<http2::SendRequest<ProxyBody>>>]>,
     counters: Arc<Counters>,
