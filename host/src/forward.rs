@@ -69,12 +69,16 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     let endpoint = &up.endpoints[index].state;
     let in_flight = endpoint.start_request();
     let deadline = tokio::time::Instant::now() + up.config.timeout;
-    let conn = match tokio::time::timeout_at(
-        deadline,
-        endpoint.pool.get(&endpoint.address, &up.config),
-    )
-    .await
-    {
+    let got = match endpoint.pool.idle(&up.config) {
+        Some(c) => Ok(Ok(Conn::H1(c))),
+        // Boxed: connecting is the rare path, and its futures would
+        // otherwise make every request's future larger.
+        None => {
+            let get = Box::pin(endpoint.pool.get(&endpoint.address, &up.config));
+            tokio::time::timeout_at(deadline, get).await
+        }
+    };
+    let conn = match got {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let failure = match e {
@@ -117,7 +121,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
                     }),
                 }
             };
-            tokio::time::timeout_at(deadline, exchange).await
+            tokio::time::timeout_at(deadline, Box::pin(exchange)).await
         }
     };
     match result {

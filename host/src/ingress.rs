@@ -278,25 +278,25 @@ fn is_forwarding_claim(name: &str) -> bool {
 /// the forwarding claims, in one look at each header name (most requests
 /// carry none of them, and then nothing is allocated).
 fn strip(h: &mut HeaderMap, claims: bool) {
-    let mut doomed = Vec::new();
-    let mut connection = false;
-    for key in h.keys() {
-        let name = key.as_str();
-        if is_hop_by_hop(name) || (claims && is_forwarding_claim(name)) {
-            connection |= name == "connection";
-            doomed.push(key.clone());
-        }
+    let doomed = |name: &str| is_hop_by_hop(name) || (claims && is_forwarding_claim(name));
+    // Most messages carry none or only Connection/Keep-Alive: look before
+    // collecting anything.
+    if !h.keys().any(|k| doomed(k.as_str())) {
+        return;
     }
-    if connection {
-        doomed.extend(
-            h.get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-        );
-    }
-    for name in doomed {
+    let mut names: Vec<HeaderName> = h.keys().filter(|k| doomed(k.as_str())).cloned().collect();
+    // Tokens of Connection name more hop-by-hop headers; "keep-alive" and
+    // "close" (the usual ones) need no parsing.
+    names.extend(
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+    );
+    for name in names {
         h.remove(name);
     }
 }
@@ -352,7 +352,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// Append the peer's address to X-Forwarded-For, folding repeated headers
 /// into one line; `kept` when a trusted peer's X-Forwarded-For may be there.
 fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr, kept: bool) {
-    let ip = canonical(ip).to_string();
+    let ip = match canonical(ip) {
+        // Written by hand: `Display` for an address costs more than the
+        // rest of this function, and it runs on every request.
+        IpAddr::V4(v4) => dotted(v4),
+        v6 => v6.to_string(),
+    };
     let value = if kept && h.contains_key(X_FORWARDED_FOR) {
         let mut all: Vec<&str> = h
             .get_all(X_FORWARDED_FOR)
@@ -367,6 +372,24 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr, kept: bool) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// `a.b.c.d`.
+fn dotted(ip: std::net::Ipv4Addr) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
 }
 
 /// Via for the protocol version the client spoke.
@@ -457,6 +480,22 @@ fn decode_unreserved(path: &str) -> Result<String, Rejection> {
 
 #[cfg(test)]
 mod tests {
+    use super::dotted;
+
+    #[test]
+    fn ipv4_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "192.168.100.255",
+            "1.22.103.4",
+            "255.255.255.255",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(dotted(ip), ip.to_string());
+        }
+    }
+
     use super::*;
 
     fn ingress(trusted: &[&str]) -> Ingress {

@@ -264,7 +264,7 @@ impl Pipeline {
         let mut kept = bytes::Bytes::new();
         let whole = req.body().is_end_stream();
         if resendable && !req.body().is_end_stream() && fits(req.headers(), retry.body_buffer) {
-            match http_body_util::BodyExt::collect(req.body_mut()).await {
+            match Box::pin(http_body_util::BodyExt::collect(req.body_mut())).await {
                 Ok(body) => kept = body.to_bytes(),
                 // The client's body broke: the caller answers for it.
                 Err(_) => return (Err(Fault::Upstream), index),
@@ -302,7 +302,7 @@ impl Pipeline {
                     let next = match &copy {
                         Some(copy) if retryable => {
                             let mut again = resend(copy);
-                            self.repick(up, &mut again, client, tried, balancer, added)
+                            Box::pin(self.repick(up, &mut again, client, tried, balancer, added))
                                 .await
                                 .filter(|_| {
                                     up.budget().withdraw(retry.budget, retry.min_per_second)
@@ -346,8 +346,9 @@ impl Pipeline {
             else {
                 return (Err(failure.fault()), index);
             };
-            let Some(next) = self
-                .repick(up, &mut again, client, tried, balancer, added)
+            // Boxed: a retry is the rare path, and a balancer call's future
+            // would otherwise make every request's future larger.
+            let Some(next) = Box::pin(self.repick(up, &mut again, client, tried, balancer, added))
                 .await
                 .filter(|_| up.budget().withdraw(retry.budget, retry.min_per_second))
             else {

@@ -23,7 +23,6 @@ pub mod endpoint;
 pub mod pool;
 pub mod registry;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -36,7 +35,10 @@ use crate::manifest;
 /// Every upstream of one pipeline generation, by name.
 #[derive(Debug)]
 pub struct Upstreams {
-    by_name: HashMap<String, Arc<Upstream>>,
+    /// In manifest order. Looked up by a scan, not a hash: a manifest has
+    /// a handful of upstreams, names of other lengths are skipped at once,
+    /// and a lookup runs several times per request (router, balancer calls).
+    list: Vec<Arc<Upstream>>,
     names: Vec<String>,
 }
 
@@ -90,22 +92,19 @@ impl Upstreams {
     fn new(upstreams: Vec<Upstream>) -> Upstreams {
         Upstreams {
             names: upstreams.iter().map(|u| u.name.clone()).collect(),
-            by_name: upstreams
-                .into_iter()
-                .map(|u| (u.name.clone(), Arc::new(u)))
-                .collect(),
+            list: upstreams.into_iter().map(Arc::new).collect(),
         }
     }
 
     /// The upstream with this name.
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.by_name.get(name)
+        self.list.iter().find(|u| u.name == name)
     }
 
     /// The only upstream, when there is exactly one.
     pub fn single(&self) -> Option<&Arc<Upstream>> {
-        match self.names.as_slice() {
-            [only] => self.by_name.get(only),
+        match self.list.as_slice() {
+            [only] => Some(only),
             _ => None,
         }
     }
@@ -117,7 +116,7 @@ impl Upstreams {
 
     /// Upstreams in manifest order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.names.iter().filter_map(|n| self.by_name.get(n))
+        self.list.iter()
     }
 }
 

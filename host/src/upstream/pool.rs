@@ -169,8 +169,34 @@ impl Pool {
         self.counters.connects.load(Relaxed)
     }
 
-    /// A connection to `address`: this worker's most recently used idle one
-    /// that is still open, else a new one.
+    /// This worker's most recently used idle HTTP/1.1 connection that is
+    /// still open, if any: the request path's common case, with no await.
+    pub fn idle(&self, up: &manifest::Upstream) -> Option<Box<H1>> {
+        if up.protocol != Protocol::Http1 {
+            return None;
+        }
+        let slot = worker() % self.idle.len();
+        let now = clock::now_ms();
+        let timeout = self.idle_timeout_ms.load(Relaxed);
+        loop {
+            // Taken out of the lock before it is polled.
+            let Some(mut c) = lock(&self.idle[slot]).pop() else {
+                break;
+            };
+            let idle = now.saturating_sub(c.idle_since);
+            // One put back this very millisecond was checked then; a close
+            // that slipped in since makes hyper hand the request back unsent,
+            // and it goes again on a new connection.
+            if idle < timeout && (idle == 0 || c.usable()) {
+                c.reused = true;
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// A connection to `address` when [`idle`](Self::idle) had none: the
+    /// worker's shared HTTP/2 connection, or a new one.
     pub async fn get(
         &self,
         address: &Authority,
@@ -179,18 +205,6 @@ impl Pool {
         let slot = worker() % self.idle.len();
         if up.protocol == Protocol::H2c {
             return self.h2(slot, address, up).await;
-        }
-        let now = clock::now_ms();
-        let timeout = self.idle_timeout_ms.load(Relaxed);
-        loop {
-            // Taken out of the lock before it is polled.
-            let Some(mut c) = lock(&self.idle[slot]).pop() else {
-                break;
-            };
-            if now.saturating_sub(c.idle_since) < timeout && c.usable() {
-                c.reused = true;
-                return Ok(Conn::H1(c));
-            }
         }
         let (io, open) = self.connect(address, up).await?;
         let (send, conn) = http1::Builder::new()
