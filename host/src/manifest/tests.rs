@@ -235,3 +235,64 @@ fn an_upstream_defined_again_after_an_include_is_a_duplicate_in_the_including_fi
     );
     assert!(e.reason.contains("duplicate upstream name \"api\""), "{e}");
 }
+
+/// A manifest whose one upstream carries `extra` keys.
+fn upstream_with(extra: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:3000\"\n{UPSTREAM}{extra}\n")
+}
+
+#[test]
+fn upstream_tables_parse_with_their_defaults_filled_in() {
+    let m = parse(&upstream_with(
+        "protocol = \"h2c\"\n\
+         pool = { max_idle = 8, max_connections = 100 }\n\
+         health = { path = \"/health?deep=1\", expect = [200, \"300-304\"] }\n\
+         outlier = { consecutive_failures = 3, statuses = [502, \"503-504\"] }\n\
+         retry = { attempts = 3, on = [\"reset\", 503], methods = [\"GET\", \"POST\"], body_buffer = \"64KiB\" }",
+    ))
+    .unwrap();
+    let u = &m.upstreams[0];
+    assert_eq!(u.protocol, Protocol::H2c);
+    assert_eq!((u.pool.max_idle, u.pool.max_connections), (8, 100));
+    assert_eq!(u.pool.idle_timeout, Pool::default().idle_timeout);
+    let h = u.health.as_ref().unwrap();
+    assert_eq!(h.path.as_str(), "/health?deep=1");
+    assert!(h.passes(200) && h.passes(304) && !h.passes(204));
+    assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+    assert!(u.outlier.fails(503) && !u.outlier.fails(500));
+    assert_eq!(u.outlier.consecutive_connect_failures, 1);
+    assert!(u.retry.on_reset && !u.retry.on_timeout);
+    assert_eq!(u.retry.statuses, [503]);
+    assert!(u.retry.may_resend(&http::Method::POST));
+    assert_eq!(u.retry.body_buffer, 64 << 10);
+    assert_eq!(u.retry.budget, 0.2);
+}
+
+#[test]
+fn each_bad_upstream_setting_is_rejected_at_its_key() {
+    for (extra, key) in [
+        ("protocol = \"h3\"", "upstreams[0].protocol"),
+        ("pool = { idle_timeout = \"0s\" }", "upstreams[0].pool.idle_timeout"),
+        ("health = { path = \"health\" }", "upstreams[0].health.path"),
+        ("health = { path = \"/h\", interval = \"1s\", timeout = \"2s\" }", "upstreams[0].health.timeout"),
+        ("health = { path = \"/h\", expect = [\"200-99\"] }", "upstreams[0].health.expect[0]"),
+        ("health = { path = \"/h\", healthy_threshold = 0 }", "upstreams[0].health.healthy_threshold"),
+        ("outlier = { max_ejected_percent = 101 }", "upstreams[0].outlier.max_ejected_percent"),
+        ("outlier = { base_ejection = \"10s\", max_ejection = \"5s\" }", "upstreams[0].outlier.max_ejection"),
+        ("retry = { attempts = 0 }", "upstreams[0].retry.attempts"),
+        ("retry = { on = [\"reset\", \"sometimes\"] }", "upstreams[0].retry.on[1]"),
+        ("retry = { on = [404] }", "upstreams[0].retry.on[0]"),
+        ("retry = { methods = [\"GE T\"] }", "upstreams[0].retry.methods[0]"),
+        ("retry = { budget = 1.5 }", "upstreams[0].retry.budget"),
+        ("refused_cooldown = \"5s\"", "upstreams[0].refused_cooldown"),
+    ] {
+        assert_eq!(key_of(&upstream_with(extra)), key, "{extra}");
+    }
+}
+
+#[test]
+fn an_endpoint_listed_twice_in_one_upstream_is_rejected() {
+    let text = "[server]\nlisten = \"127.0.0.1:3000\"\n[[upstreams]]\nname = \"api\"\n\
+                endpoints = [\"127.0.0.1:3001\", \"127.0.0.1:3001\"]\n";
+    assert_eq!(key_of(text), "upstreams[0].endpoints[1]");
+}

@@ -29,7 +29,8 @@ pub struct Endpoint {
     pub healthy: bool,
     /// Requests the host is forwarding to it right now.
     pub in_flight: u32,
-    /// Moving average of its response-head latency in microseconds (0: no sample yet).
+    /// Its response-head latency in microseconds as a peak-EWMA, like
+    /// [`Load::latency_us`] (0: no sample yet).
     pub latency_ewma_us: u64,
 }
 
