@@ -17,4 +17,5 @@ pub mod pipeline;
 pub mod plugin;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -111,7 +111,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let registry = portier::upstream::Registry::new(manifest.server.workers);
         let pipeline = Pipeline::build(&manifest, &wasm, &registry, 1).await?;
         raise_open_file_limit();
-        let listeners = server::bind(&manifest.server.listen)?;
+        let listeners = server::bind(&server::addresses(&manifest.server))?;
         let admin = match manifest.admin.clone() {
             Some(a) => Some((
                 tokio::net::TcpListener::from_std(server::bind_exclusive(a.listen)?)?,

@@ -37,6 +37,8 @@ pub struct Pipeline {
     server: Server,
     ingress: Ingress,
     header_limits: HeaderLimits,
+    /// What HTTPS listeners accept new connections with.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -85,6 +87,16 @@ impl Pipeline {
                     .await?,
             );
         }
+        // Certificates are read before the registry changes: a bad file
+        // rejects the manifest without a trace.
+        let tls = match &manifest.server.tls {
+            Some(t) => Some(crate::tls::server_config(t).map_err(|e| ManifestError {
+                file: manifest.file.clone(),
+                key: e.key.clone(),
+                reason: format!("{}: {}", e.file, e.reason),
+            })?),
+            None => None,
+        };
         registry.commit(&upstreams).await;
         let server = manifest.server.clone();
         Ok(Pipeline {
@@ -98,7 +110,13 @@ impl Pipeline {
             },
             header_limits,
             server,
+            tls,
         })
+    }
+
+    /// The TLS configuration new HTTPS connections are accepted with.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.clone()
     }
 
     /// The `[server]` settings of this generation: new connections take
@@ -125,7 +143,12 @@ impl Pipeline {
             })
             .collect();
         let upstreams: Vec<_> = self.upstreams.iter().map(|u| u.status()).collect();
-        serde_json::json!({ "generation": self.generation, "stages": stages, "upstreams": upstreams })
+        serde_json::json!({
+            "generation": self.generation,
+            "stages": stages,
+            "upstreams": upstreams,
+            "tls_handshake_failures": crate::server::TLS_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Serve one request: ingress checks, request stages, upstream,

@@ -53,11 +53,19 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let result = async {
             let m = Manifest::load(&self.path)?;
-            if m.server.listen != self.fixed.server.listen
+            if self.fixed.server.tls.is_some() && m.server.tls.is_none() {
+                return Err(ManifestError {
+                    file: self.path.clone(),
+                    key: "server.tls".into(),
+                    reason: "missing: this process serves HTTPS listeners, which only a restart removes".into(),
+                });
+            }
+            let listeners = |s: &crate::manifest::Server| crate::server::addresses(s);
+            if listeners(&m.server) != listeners(&self.fixed.server)
                 || m.server.workers != self.fixed.server.workers
                 || m.admin != self.fixed.admin
             {
-                tracing::warn!("listen addresses, workers and the admin listener change only on restart; keeping the current ones");
+                tracing::warn!("listen addresses (plain, TLS and redirect), workers and the admin listener change only on restart; keeping the current ones");
             }
             let generation = self.current.load().generation + 1;
             Pipeline::build(&m, &self.wasm, &self.registry, generation).await

@@ -22,4 +22,5 @@ mod quickstart;
 mod reload;
 mod routing;
 mod sandbox;
+mod tls;
 mod upstreams;

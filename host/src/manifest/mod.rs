@@ -7,6 +7,7 @@
 
 mod raw;
 mod server;
+mod tls;
 mod units;
 mod upstream;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use crate::plugin::builtin;
 use raw::{RawManifest, RawStage};
 pub use server::{Limits, Server, Timeouts};
+pub use tls::{Certificate, Tls};
 pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream};
 
 /// A manifest error: which file, which key, and why.

@@ -23,7 +23,7 @@ pub struct RawManifest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub listen: OneOrMany,
+    pub listen: Option<OneOrMany>,
     pub workers: Option<usize>,
     pub access_log: Option<bool>,
     pub cache_dir: Option<String>,
@@ -31,6 +31,27 @@ pub struct RawServer {
     pub merge_slashes: Option<bool>,
     pub limits: Option<RawLimits>,
     pub timeouts: Option<RawTimeouts>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[server.tls]`: HTTPS listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: OneOrMany,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    pub self_signed: Option<bool>,
+    pub redirect: Option<OneOrMany>,
+}
+
+/// One certificate: `{ cert = "site.pem", key = "site.key", names = ["a.example"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    pub names: Option<Vec<String>>,
 }
 
 /// `[server.limits]`.

@@ -14,7 +14,7 @@ use super::{ManifestError, Validator, units};
 /// Listener and process settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
-    /// Addresses to listen on.
+    /// Addresses served over plain HTTP (HTTP/1.1 and h2c).
     pub listen: Vec<SocketAddr>,
     /// Worker threads, each an event loop with its own listening sockets
     /// (default: one per CPU).
@@ -31,6 +31,8 @@ pub struct Server {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// HTTPS listeners and certificates.
+    pub tls: Option<super::Tls>,
 }
 
 /// `[server.limits]`.
@@ -111,18 +113,16 @@ const MIN_REQUEST_HEAD: usize = 8192;
 
 impl Validator<'_> {
     pub(super) fn server(&self, raw: RawServer) -> Result<Server, ManifestError> {
-        let listen_raw = raw.listen.into_vec();
-        if listen_raw.is_empty() {
-            return Err(self.err("server.listen", "at least one address is required"));
-        }
-        let mut listen = Vec::new();
-        for (i, a) in listen_raw.iter().enumerate() {
-            let key = if listen_raw.len() == 1 {
-                "server.listen".to_string()
-            } else {
-                format!("server.listen[{i}]")
-            };
-            listen.push(self.address(key, a)?);
+        let listen = match raw.listen {
+            Some(l) => self.addresses("server.listen", l.into_vec())?,
+            None => Vec::new(),
+        };
+        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
+        if listen.is_empty() && tls.is_none() {
+            return Err(self.err(
+                "server.listen",
+                "missing (at least one address, here or in [server.tls])",
+            ));
         }
         if raw.workers == Some(0) {
             return Err(self.err("server.workers", "must be at least 1"));
@@ -142,6 +142,7 @@ impl Validator<'_> {
             merge_slashes: raw.merge_slashes.unwrap_or(true),
             limits: self.limits(raw.limits)?,
             timeouts: self.timeouts(raw.timeouts)?,
+            tls,
         })
     }
 

@@ -272,17 +272,41 @@ fn upstream_tables_parse_with_their_defaults_filled_in() {
 fn each_bad_upstream_setting_is_rejected_at_its_key() {
     for (extra, key) in [
         ("protocol = \"h3\"", "upstreams[0].protocol"),
-        ("pool = { idle_timeout = \"0s\" }", "upstreams[0].pool.idle_timeout"),
+        (
+            "pool = { idle_timeout = \"0s\" }",
+            "upstreams[0].pool.idle_timeout",
+        ),
         ("health = { path = \"health\" }", "upstreams[0].health.path"),
-        ("health = { path = \"/h\", interval = \"1s\", timeout = \"2s\" }", "upstreams[0].health.timeout"),
-        ("health = { path = \"/h\", expect = [\"200-99\"] }", "upstreams[0].health.expect[0]"),
-        ("health = { path = \"/h\", healthy_threshold = 0 }", "upstreams[0].health.healthy_threshold"),
-        ("outlier = { max_ejected_percent = 101 }", "upstreams[0].outlier.max_ejected_percent"),
-        ("outlier = { base_ejection = \"10s\", max_ejection = \"5s\" }", "upstreams[0].outlier.max_ejection"),
+        (
+            "health = { path = \"/h\", interval = \"1s\", timeout = \"2s\" }",
+            "upstreams[0].health.timeout",
+        ),
+        (
+            "health = { path = \"/h\", expect = [\"200-99\"] }",
+            "upstreams[0].health.expect[0]",
+        ),
+        (
+            "health = { path = \"/h\", healthy_threshold = 0 }",
+            "upstreams[0].health.healthy_threshold",
+        ),
+        (
+            "outlier = { max_ejected_percent = 101 }",
+            "upstreams[0].outlier.max_ejected_percent",
+        ),
+        (
+            "outlier = { base_ejection = \"10s\", max_ejection = \"5s\" }",
+            "upstreams[0].outlier.max_ejection",
+        ),
         ("retry = { attempts = 0 }", "upstreams[0].retry.attempts"),
-        ("retry = { on = [\"reset\", \"sometimes\"] }", "upstreams[0].retry.on[1]"),
+        (
+            "retry = { on = [\"reset\", \"sometimes\"] }",
+            "upstreams[0].retry.on[1]",
+        ),
         ("retry = { on = [404] }", "upstreams[0].retry.on[0]"),
-        ("retry = { methods = [\"GE T\"] }", "upstreams[0].retry.methods[0]"),
+        (
+            "retry = { methods = [\"GE T\"] }",
+            "upstreams[0].retry.methods[0]",
+        ),
         ("retry = { budget = 1.5 }", "upstreams[0].retry.budget"),
         ("refused_cooldown = \"5s\"", "upstreams[0].refused_cooldown"),
     ] {

@@ -8,7 +8,13 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +26,7 @@ use tokio::sync::watch;
 use super::Current;
 use super::io::{Activity, Deadlines, EdgeIo};
 use super::limits::Admitted;
+use crate::body::Logged;
 use crate::ingress::Scheme;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -29,10 +36,29 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// header parsing from the stack to the heap (about 5 % slower).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    Http,
+    /// TLS, then HTTP/2 or HTTP/1.1 as ALPN says.
+    Https,
+    /// Plain HTTP answered with a 308 to HTTPS on this port.
+    Redirect {
+        /// The HTTPS listener's port.
+        https_port: u16,
+    },
+}
+
+/// TLS handshakes that failed since the process started (`/status`).
+pub static TLS_HANDSHAKE_FAILURES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Serve one accepted connection to its end (or the shutdown's).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    kind: Kind,
     current: Current,
     stop: watch::Receiver<bool>,
     _admitted: Admitted,
@@ -50,33 +76,107 @@ pub async fn serve(
             multiplexed: false,
         },
     );
-    let http2 = match sniff(&mut io).await {
-        Ok(Some(http2)) => http2,
-        Ok(None) => return,
-        Err(e) => {
-            match timed_out(&e) {
-                Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
-                None => {
-                    tracing::debug!(client = %peer, error = %e, "connection closed before a request")
-                }
-            }
-            return;
-        }
+    let closed = |e: &std::io::Error| match timed_out(e) {
+        Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
+        None => tracing::debug!(client = %peer, error = %e, "connection closed before a request"),
     };
-    let svc = service_fn(move |req| {
+    match kind {
+        Kind::Http => {
+            let http2 = match sniff(&mut io).await {
+                Ok(Some(http2)) => http2,
+                Ok(None) => return,
+                Err(e) => return closed(&e),
+            };
+            if http2 {
+                io.multiplexed(server.timeouts.http2_idle);
+            }
+            let svc = pipeline_service(current, activity, peer, Scheme::Http);
+            serve_http(io, http2, &server, svc, stop, peer).await;
+        }
+        Kind::Https => {
+            let Some(config) = current.load().tls() else {
+                return;
+            };
+            let tls = match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    // Scanners and clients that distrust the certificate do
+                    // this all day: counted, and told at debug only.
+                    TLS_HANDSHAKE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return match timed_out(&e) {
+                        Some(reason) => {
+                            tracing::debug!(client = %peer, reason, "TLS handshake cut off")
+                        }
+                        None => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                    };
+                }
+            };
+            let mut tls = tls;
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            if http2 {
+                tls.get_mut().0.multiplexed(server.timeouts.http2_idle);
+            }
+            let svc = pipeline_service(current, activity, peer, Scheme::Https);
+            serve_http(tls, http2, &server, svc, stop, peer).await;
+        }
+        Kind::Redirect { https_port } => {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                std::future::ready(Ok::<_, Infallible>(redirect(&req, https_port)))
+            });
+            serve_http(io, false, &server, svc, stop, peer).await;
+        }
+    }
+}
+
+/// The future of one request through the pipeline (boxed, see below).
+type Handled = Pin<Box<dyn Future<Output = Result<Response<Logged>, Infallible>> + Send>>;
+
+/// The service handing each request to the pipeline current when it arrives.
+fn pipeline_service(
+    current: Current,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    scheme: Scheme,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Logged>,
+    Error = Infallible,
+    Future = Handled,
+> + Clone {
+    service_fn(move |req| {
         let busy = activity.begin();
         let pipeline = current.load_full();
         // Boxed per request: hyper keeps a slot of the service future's size
         // for each connection's whole life, so an unboxed pipeline future
         // (kilobytes) would cost every idle keep-alive connection that much.
         Box::pin(async move {
-            let response = pipeline.handle(req, peer, Scheme::Http).await;
+            let response = pipeline.handle(req, peer, scheme).await;
             Ok::<_, Infallible>(response.map(|body| body.holding(busy)))
-        })
-    });
+        }) as Handled
+    })
+}
+
+/// Serve HTTP/2 or HTTP/1.1 on `io` under the server's limits until it ends
+/// or the proxy stops.
+async fn serve_http<I, S, B>(
+    io: I,
+    http2: bool,
+    server: &crate::manifest::Server,
+    svc: S,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limits = server.limits;
     let result = if http2 {
-        io.multiplexed(server.timeouts.http2_idle);
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .keep_alive_interval(server.timeouts.http2_keepalive_interval)
@@ -104,6 +204,40 @@ pub async fn serve(
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
         },
     }
+}
+
+/// A 308 to the same host, path and query over HTTPS. The Host's port (if
+/// any) is replaced by the HTTPS listener's, left out when it is 443.
+fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(|h| {
+            h.parse::<http::uri::Authority>()
+                .ok()
+                .map(|a| a.host().to_owned())
+        })
+        .unwrap_or(None);
+    let Some(host) = host else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"400 Bad Request\n")));
+        *r.status_mut() = http::StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = format!("https://{host}{port}{pq}");
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
 }
 
 /// The deadline an error came from, if it was one of EdgeIo's.

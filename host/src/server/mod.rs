@@ -21,7 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::manifest::Server;
 use crate::pipeline::Pipeline;
+pub use conn::{Kind, TLS_HANDSHAKE_FAILURES};
 pub use io::Busy;
 pub use limits::Connections;
 
@@ -32,19 +34,43 @@ pub type Current = Arc<ArcSwap<Pipeline>>;
 /// Pending connections the kernel queues per listening socket.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// A bound listening socket and what it serves.
+#[derive(Debug)]
+pub struct Listener {
+    /// Not yet tied to any thread's reactor.
+    pub socket: std::net::TcpListener,
+    /// Plain HTTP, HTTPS, or a redirect to HTTPS.
+    pub kind: Kind,
+}
+
+/// Every address `[server]` listens on, with what it serves.
+pub fn addresses(server: &Server) -> Vec<(SocketAddr, Kind)> {
+    let mut all: Vec<_> = server.listen.iter().map(|a| (*a, Kind::Http)).collect();
+    if let Some(tls) = &server.tls {
+        all.extend(tls.listen.iter().map(|a| (*a, Kind::Https)));
+        let https_port = tls.listen[0].port();
+        all.extend(
+            tls.redirect
+                .iter()
+                .map(|a| (*a, Kind::Redirect { https_port })),
+        );
+    }
+    all
+}
+
 /// Bind every listen address (before anything is served, so errors are
 /// early). Sockets are `SO_REUSEPORT`, so each worker can bind its own on the
 /// same address and the kernel spreads connections across them; an address
 /// another process already serves is refused, not silently shared.
-pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind(addrs: &[(SocketAddr, Kind)]) -> std::io::Result<Vec<Listener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
-    for a in addrs {
+    for &(a, kind) in addrs {
         let cannot =
             |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
-        ensure_unused(*a).map_err(cannot)?;
-        let l = bind_one(*a, true).map_err(cannot)?;
-        tracing::info!(address = %l.local_addr()?, "listening");
-        listeners.push(l);
+        ensure_unused(a).map_err(cannot)?;
+        let socket = bind_one(a, true).map_err(cannot)?;
+        tracing::info!(address = %socket.local_addr()?, ?kind, "listening");
+        listeners.push(Listener { socket, kind });
     }
     Ok(listeners)
 }
@@ -91,14 +117,14 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
 /// same addresses), until `stop` turns true; then each drains its connections.
 pub fn spawn_workers(
     workers: usize,
-    first: Vec<std::net::TcpListener>,
+    first: Vec<Listener>,
     current: Current,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let addrs: Vec<SocketAddr> = first
+    let addrs: Vec<(SocketAddr, Kind)> = first
         .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<_, _>>()?;
+        .map(|l| Ok((l.socket.local_addr()?, l.kind)))
+        .collect::<std::io::Result<_>>()?;
     let connections = Arc::new(Connections::default());
     let mut first = Some(first);
     let mut threads = Vec::with_capacity(workers);
@@ -108,8 +134,13 @@ pub fn spawn_workers(
             Some(l) => l,
             None => addrs
                 .iter()
-                .map(|a| bind_one(*a, true))
-                .collect::<Result<_, _>>()?,
+                .map(|&(a, kind)| {
+                    Ok(Listener {
+                        socket: bind_one(a, true)?,
+                        kind,
+                    })
+                })
+                .collect::<std::io::Result<_>>()?,
         };
         let (current, mut stop, connections) = (current.clone(), stop.clone(), connections.clone());
         let thread = std::thread::Builder::new()
@@ -128,8 +159,8 @@ pub fn spawn_workers(
                 rt.block_on(async move {
                     let listeners = listeners
                         .into_iter()
-                        .map(TcpListener::from_std)
-                        .collect::<Result<Vec<_>, _>>();
+                        .map(|l| Ok((TcpListener::from_std(l.socket)?, l.kind)))
+                        .collect::<std::io::Result<Vec<_>>>();
                     let stopped = async move {
                         // Also ends if the control runtime is gone.
                         let _ = stop.wait_for(|stop| *stop).await;
@@ -151,16 +182,17 @@ pub fn spawn_workers(
 /// connection to finish (keep-alive ends after the request in flight), and
 /// wait for them up to `timeouts.shutdown`.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Kind)>,
     current: Current,
     connections: Arc<Connections>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
-    for listener in listeners {
+    for (listener, kind) in listeners {
         accept_loops.spawn(accept_loop(
             listener,
+            kind,
             current.clone(),
             connections.clone(),
             stop_rx.clone(),
@@ -180,6 +212,7 @@ pub async fn serve(
 /// listener's connections.
 async fn accept_loop(
     listener: TcpListener,
+    kind: Kind,
     current: Current,
     connections: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
@@ -227,6 +260,7 @@ async fn accept_loop(
         open.spawn(conn::serve(
             stream,
             peer,
+            kind,
             current.clone(),
             stop.clone(),
             admitted,

@@ -15,6 +15,7 @@
 pub mod body;
 pub mod manifest;
 pub mod raw;
+pub mod tls;
 
 mod access;
 mod backend;

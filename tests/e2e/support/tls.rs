@@ -1,0 +1,166 @@
+//! Certificates made in the test (rcgen: a CA and leaves it signs) and a
+//! real TLS client (rustls) that reports what the handshake settled: the
+//! certificate the proxy presented and the ALPN protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use super::body;
+
+/// A test CA.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, as PEM, and the certificate's DER (to
+/// compare with what a handshake presented).
+#[derive(Clone)]
+pub struct Leaf {
+    /// The certificate chain (the leaf only), PEM.
+    pub cert_pem: String,
+    /// Its private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The leaf, DER.
+    pub der: Vec<u8>,
+}
+
+impl Ca {
+    /// A fresh CA.
+    pub fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    /// A leaf for these DNS names (or IP addresses), signed by this CA.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = CertificateParams::new(names)
+            .expect("leaf params")
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A client configuration that trusts this CA only.
+    pub fn client_config(&self, alpn: &[&str]) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.issuer.as_ref().der().clone())
+            .expect("the CA certificate");
+        let mut config = ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        config
+    }
+}
+
+/// What one HTTPS exchange settled.
+#[derive(Debug)]
+pub struct TlsReply {
+    /// The response status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: http::HeaderMap,
+    /// The whole body.
+    pub body: bytes::Bytes,
+    /// The HTTP version of the response.
+    pub version: http::Version,
+    /// The leaf certificate the proxy presented, DER.
+    pub peer_cert: Vec<u8>,
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<String>,
+}
+
+impl TlsReply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A TLS connection to `addr` with SNI `name` under `config`.
+pub async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    config: ClientConfig,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let server_name = ServerName::try_from(name.to_owned()).expect("a server name");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// GET `path` over a new TLS connection (HTTP/2 when ALPN chose h2).
+pub async fn get(addr: SocketAddr, name: &str, config: ClientConfig, path: &str) -> TlsReply {
+    let tls = connect(addr, name, config)
+        .await
+        .unwrap_or_else(|e| panic!("TLS to {addr} as {name}: {e}"));
+    let (_, session) = tls.get_ref();
+    let peer_cert = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c: &CertificateDer<'_>| c.to_vec())
+        .unwrap_or_default();
+    let alpn = session
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let request = Request::get(path)
+        .header("host", name)
+        .body(body::empty())
+        .expect("request");
+    let io = TokioIo::new(tls);
+    let response = if alpn.as_deref() == Some("h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut request = request;
+        *request.uri_mut() = format!("https://{name}{path}").parse().expect("uri");
+        send.send_request(request).await.expect("h2 response")
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("http1 handshake");
+        tokio::spawn(conn);
+        send.send_request(request).await.expect("http1 response")
+    };
+    let version = response.version();
+    let (parts, incoming) = response.into_parts();
+    let body = incoming.collect().await.expect("body").to_bytes();
+    TlsReply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version,
+        peer_cert,
+        alpn,
+    }
+}

@@ -1,0 +1,449 @@
+//! TLS termination proves HTTPS works as a production proxy's does, with
+//! certificates made in the test and a real rustls client: requests are
+//! forwarded as plain HTTP with `X-Forwarded-Proto: https`; SNI picks the
+//! exact, then the wildcard, then the default certificate; ALPN gives
+//! HTTP/2; a reload serves renewed files to new connections while open ones
+//! go on; a key that does not match its certificate is a `check` error
+//! naming the file; a plain listener redirects to HTTPS; a self-signed
+//! certificate serves localhost for development; and failed handshakes are
+//! counted, not logged at info.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::raw::RawConn;
+use crate::support::tls::{self, Ca, Leaf};
+use crate::support::{Backend, Portier, RunningBackend, endpoints, free_addr};
+
+/// A manifest with a plain listener (the harness waits on it), an admin
+/// listener, `[server.tls]` on `https` with `tls_extra` keys, and one
+/// upstream over `backend`.
+fn manifest(https: SocketAddr, tls_extra: &str, backend: &RunningBackend) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[server.tls]
+listen = "{https}"
+{tls_extra}
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "app"
+endpoints = {endpoints}
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+        endpoints = endpoints(&[backend]),
+    )
+}
+
+/// `certificates = [...]` over `certs/<name>.pem` and `.key`, with names.
+fn certificates(list: &[(&str, &[&str])]) -> String {
+    let entries: Vec<String> = list
+        .iter()
+        .map(|(file, names)| {
+            let names = if names.is_empty() {
+                String::new()
+            } else {
+                let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+                format!(", names = [{}]", quoted.join(", "))
+            };
+            format!(r#"{{ cert = "certs/{file}.pem", key = "certs/{file}.key"{names} }}"#)
+        })
+        .collect();
+    format!("certificates = [{}]", entries.join(", "))
+}
+
+/// Start a proxy with these certificate files written beside the manifest.
+async fn start(manifest: &str, files: &[(&str, &Leaf)]) -> Portier {
+    let mut launch = Portier::launch(manifest);
+    for (name, leaf) in files {
+        launch = launch
+            .file(format!("certs/{name}.pem"), &leaf.cert_pem)
+            .file(format!("certs/{name}.key"), &leaf.key_pem);
+    }
+    launch.start().await
+}
+
+#[tokio::test]
+async fn an_https_request_is_forwarded_as_plain_http_saying_it_came_over_https() {
+    let ca = Ca::new();
+    let site = ca.leaf(&["site.test"]);
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let proxy = start(
+        &manifest(https, &certificates(&[("site", &[])]), &backend),
+        &[("site", &site)],
+    )
+    .await;
+
+    let reply = tls::get(
+        https,
+        "site.test",
+        ca.client_config(&["http/1.1"]),
+        "/a?b=1",
+    )
+    .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.peer_cert, site.der);
+    let echo: serde_json::Value = serde_json::from_slice(&reply.body).expect("echo");
+    let header = |name: &str| {
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(header("host").as_deref(), Some("site.test"));
+    assert_eq!(echo["path"], "/a");
+    drop(proxy);
+}
+
+#[tokio::test]
+async fn sni_picks_the_exact_name_then_the_wildcard_then_the_default() {
+    let ca = Ca::new();
+    let default = ca.leaf(&["default.test"]);
+    let exact = ca.leaf(&["a.example.test"]);
+    let wildcard = ca.leaf(&["*.example.test"]);
+    let by_content = ca.leaf(&["other.test"]);
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let list = certificates(&[
+        ("default", &[]),
+        ("wildcard", &["*.example.test"]),
+        ("exact", &["a.example.test"]),
+        ("other", &[]),
+    ]);
+    let _proxy = start(
+        &manifest(https, &list, &backend),
+        &[
+            ("default", &default),
+            ("wildcard", &wildcard),
+            ("exact", &exact),
+            ("other", &by_content),
+        ],
+    )
+    .await;
+    let config = || ca.client_config(&["http/1.1"]);
+
+    // Exact beats the wildcard listed before it.
+    assert_eq!(
+        tls::get(https, "a.example.test", config(), "/")
+            .await
+            .peer_cert,
+        exact.der
+    );
+    assert_eq!(
+        tls::get(https, "b.example.test", config(), "/")
+            .await
+            .peer_cert,
+        wildcard.der
+    );
+    // No `names`: chosen because the certificate itself is valid for the name.
+    assert_eq!(
+        tls::get(https, "other.test", config(), "/").await.peer_cert,
+        by_content.der
+    );
+    // Nothing matches: the first certificate, which is not valid for the
+    // name, so this client refuses it.
+    let unknown = tls::connect(https, "nobody.test", config()).await;
+    assert!(
+        unknown.is_err(),
+        "the default certificate is not valid for nobody.test"
+    );
+    let defaulted = tls::get(https, "default.test", config(), "/").await;
+    assert_eq!(defaulted.peer_cert, default.der);
+}
+
+#[tokio::test]
+async fn alpn_h2_serves_http2_over_tls_and_http1_clients_still_get_http1() {
+    let ca = Ca::new();
+    let site = ca.leaf(&["site.test"]);
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let _proxy = start(
+        &manifest(https, &certificates(&[("site", &[])]), &backend),
+        &[("site", &site)],
+    )
+    .await;
+
+    let h2 = tls::get(
+        https,
+        "site.test",
+        ca.client_config(&["h2", "http/1.1"]),
+        "/two",
+    )
+    .await;
+    assert_eq!(h2.alpn.as_deref(), Some("h2"));
+    assert_eq!(h2.version, http::Version::HTTP_2);
+    assert_eq!(h2.status, StatusCode::OK, "{}", h2.text());
+    assert_eq!(
+        h2.headers["via"], "1.1 portier",
+        "the upstream leg is HTTP/1.1"
+    );
+
+    let h1 = tls::get(https, "site.test", ca.client_config(&["http/1.1"]), "/one").await;
+    assert_eq!(h1.alpn.as_deref(), Some("http/1.1"));
+    assert_eq!(h1.version, http::Version::HTTP_11);
+    assert_eq!(h1.status, StatusCode::OK);
+    assert_eq!(backend.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificates_to_new_connections_and_open_ones_go_on() {
+    let ca = Ca::new();
+    let old = ca.leaf(&["site.test"]);
+    let renewed = ca.leaf(&["site.test"]);
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let proxy = start(
+        &manifest(https, &certificates(&[("site", &[])]), &backend),
+        &[("site", &old)],
+    )
+    .await;
+
+    // A connection opened before the renewal, kept open across it.
+    let open = tls::connect(https, "site.test", ca.client_config(&["http/1.1"]))
+        .await
+        .expect("TLS");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(open))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+
+    proxy.rewrite_file("certs/site.pem", &renewed.cert_pem);
+    proxy.rewrite_file("certs/site.key", &renewed.key_pem);
+    assert_eq!(proxy.reload().await.status, StatusCode::OK);
+
+    let fresh = tls::get(https, "site.test", ca.client_config(&["http/1.1"]), "/").await;
+    assert_eq!(
+        fresh.peer_cert, renewed.der,
+        "new connections get the renewed certificate"
+    );
+    let request = http::Request::get("/still")
+        .header("host", "site.test")
+        .body(crate::support::body::empty())
+        .unwrap();
+    let response = send
+        .send_request(request)
+        .await
+        .expect("the open connection still serves");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_its_certificate_is_a_check_error_naming_the_file() {
+    let ca = Ca::new();
+    let one = ca.leaf(&["site.test"]);
+    let other = ca.leaf(&["site.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/site.pem"), &one.cert_pem).unwrap();
+    std::fs::write(dir.path().join("certs/site.key"), &other.key_pem).unwrap();
+    let backend = Backend::new("app").start().await;
+    let text = manifest(free_addr(), &certificates(&[("site", &[])]), &backend);
+    let path = dir.path().join("portier.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let checked = crate::support::check_file(&path);
+
+    let reason = checked.assert_rejected_at("server.tls.certificates[0].key");
+    assert!(reason.contains("site.key"), "{reason}");
+    assert!(reason.contains("site.pem"), "{reason}");
+
+    // A missing file is named too.
+    std::fs::remove_file(dir.path().join("certs/site.pem")).unwrap();
+    let checked = crate::support::check_file(&path);
+    let reason = checked.assert_rejected_at("server.tls.certificates[0].cert");
+    assert!(reason.contains("site.pem"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_plain_redirect_listener_answers_308_to_https_keeping_path_and_query() {
+    let backend = Backend::new("app").start().await;
+    let (https, redirect) = (free_addr(), free_addr());
+    let extra = format!("self_signed = true\nredirect = \"{redirect}\"");
+    let _proxy = Portier::start(&manifest(https, &extra, &backend)).await;
+
+    let mut conn = RawConn::open(redirect).await;
+    conn.send(b"GET /shop/cart?item=7 HTTP/1.1\r\nHost: shop.test:8080\r\n\r\n")
+        .await;
+    let response = conn.response().await;
+
+    assert_eq!(response.status, 308);
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://shop.test:{}/shop/cart?item=7", https.port()).as_str())
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn self_signed_serves_https_on_localhost_and_says_so() {
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let proxy = Portier::start(&manifest(https, "self_signed = true", &backend)).await;
+
+    // The generated certificate, looked at by a client that trusts anything.
+    let probe = tls::connect(https, "localhost", ca_less_config())
+        .await
+        .expect("a handshake");
+    let served = probe.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let cert = webpki::EndEntityCert::try_from(&served).expect("X.509");
+    for name in ["localhost", "127.0.0.1"] {
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(name).unwrap();
+        assert!(cert.verify_is_valid_for_subject_name(&name).is_ok());
+    }
+    assert!(
+        proxy.logs().contains("self-signed certificate"),
+        "the log says it is self-signed:\n{}",
+        proxy.logs()
+    );
+}
+
+/// A client that accepts any certificate (to look at a self-signed one).
+fn ca_less_config() -> tokio_rustls::rustls::ClientConfig {
+    use tokio_rustls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    struct TrustAnything;
+    impl ServerCertVerifier for TrustAnything {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            tokio_rustls::rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(TrustAnything))
+    .with_no_client_auth()
+}
+
+#[tokio::test]
+async fn failed_handshakes_are_counted_and_not_logged_at_info() {
+    let ca = Ca::new();
+    let site = ca.leaf(&["site.test"]);
+    let stranger = Ca::new();
+    let backend = Backend::new("app").start().await;
+    let https = free_addr();
+    let proxy = start(
+        &manifest(https, &certificates(&[("site", &[])]), &backend),
+        &[("site", &site)],
+    )
+    .await;
+
+    // A client that trusts another CA gives up on the certificate; a
+    // scanner sends plain HTTP to the TLS port.
+    for _ in 0..3 {
+        let refused = tls::connect(https, "site.test", stranger.client_config(&[])).await;
+        assert!(refused.is_err());
+    }
+    let mut plain = RawConn::open(https).await;
+    plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    drop(plain);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = proxy.status().await;
+        let counted = status["tls_handshake_failures"].as_u64().unwrap_or(0);
+        if counted == 4 {
+            break;
+        }
+        assert!(counted < 4, "{status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counted {counted} of 4: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.count_log_lines(|l| l.contains("TLS") && (l.contains("INFO") || l.contains("WARN"))),
+        0,
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn the_tls_example_runs_as_is_with_free_ports() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tls.toml");
+    let example =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let api1 = Backend::new("api-1").start().await;
+    let api2 = Backend::new("api-2").start().await;
+    let (plain, https, redirect) = (free_addr(), free_addr(), free_addr());
+    let mut manifest = example.clone();
+    for (documented, addr) in [
+        ("127.0.0.1:3000", plain),
+        ("127.0.0.1:3443", https),
+        ("127.0.0.1:3080", redirect),
+        ("127.0.0.1:3001", api1.addr()),
+        ("127.0.0.1:3002", api2.addr()),
+    ] {
+        let quoted = format!("\"{documented}\"");
+        assert!(
+            example.contains(&quoted),
+            "tls.toml no longer uses {quoted}"
+        );
+        manifest = manifest.replace(&quoted, &format!("\"{addr}\""));
+    }
+    let _proxy = Portier::start(&manifest).await;
+
+    let reply = tls::get(https, "localhost", ca_less_config(), "/api/users").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut conn = RawConn::open(redirect).await;
+    conn.send(b"GET /api/users HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let response = conn.response().await;
+    assert_eq!(response.status, 308);
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://127.0.0.1:{}/api/users", https.port()).as_str())
+    );
+}
