@@ -105,6 +105,15 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     let result = match conn {
         Conn::H1(c) => {
             origin_form(&mut req);
+            // Let the worker's other ready requests run first, so that the
+            // writes to upstreams go out in a burst: a peer that is asleep
+            // when we write costs this CPU a cross-CPU wake-up (on loopback
+            // the sender runs the receiver's TCP input), and a burst wakes
+            // it once. The legacy client's connection task did this by
+            // accident; measured, pinned, wrk -c64: per-request isolation
+            // 14.4k -> 19.4k req/s, 5 filters 26.3k -> 30.4k, router +
+            // balancer 37.0k -> 39.1k, empty pipeline unchanged.
+            tokio::task::yield_now().await;
             tokio::time::timeout_at(deadline, c.send(req, in_flight)).await
         }
         Conn::H2(mut send) => {
