@@ -123,7 +123,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
                     return Err(SendError::NotSent(Box::new(req), e));
                 }
                 match send.try_send_request(req).await {
-                    Ok(resp) => Ok(resp.map(|b| UpstreamBody::detached(b, in_flight))),
+                    Ok(resp) => Ok(resp.map(|b| UpstreamBody::detached(b, Some(in_flight)))),
                     Err(mut e) => Err(match e.take_message() {
                         Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
                         None => SendError::Failed(e.into_error()),
@@ -157,6 +157,96 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
             Attempt::Response(resp)
         }
     }
+}
+
+/// An upgrade's answer: the response, and when it is a 101 the upstream's
+/// side of the tunnel and the in-flight count the tunnel holds.
+pub type Upgraded = (
+    Response<UpstreamBody>,
+    Option<(
+        hyper::upgrade::OnUpgrade,
+        crate::upstream::endpoint::InFlight,
+    )>,
+);
+
+/// Send an upgrade request (`protocol`: the client's Upgrade) on a
+/// connection of its own, never pooled: after a 101 it becomes a tunnel.
+/// Not retried: the upstream may have acted on it.
+pub async fn upgrade(
+    up: &Upstream,
+    index: usize,
+    mut req: Request<ProxyBody>,
+    protocol: HeaderValue,
+) -> Result<Upgraded, Failure> {
+    let endpoint = &up.endpoints[index].state;
+    let in_flight = endpoint.start_request();
+    let deadline = tokio::time::Instant::now() + up.config.timeout;
+    let opened =
+        tokio::time::timeout_at(deadline, endpoint.pool.dial(&endpoint.address, &up.config));
+    let (io, open) = match opened.await {
+        Ok(Ok(c)) => c,
+        Ok(Err(ConnectError::Local(e))) => {
+            tracing::error!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "cannot connect upstream: this process is out of resources");
+            return Err(Failure::Local);
+        }
+        Ok(Err(ConnectError::Busy)) => return Err(Failure::Busy),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
+            return Err(Failure::Connect);
+        }
+        Err(_) => return Err(Failure::Connect),
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|_| Failure::Connect)?;
+    // Its own task: after a 101 the connection hands its socket over.
+    let (upstream, address) = (up.name.clone(), endpoint.address.clone());
+    tokio::spawn(async move {
+        let _open = open;
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%upstream, endpoint = %address, error = %e, "upgrade connection ended");
+        }
+    });
+    origin_form(&mut req);
+    req.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    req.headers_mut().insert(header::UPGRADE, protocol);
+    let sent = Instant::now();
+    let mut resp = match tokio::time::timeout_at(deadline, send.send_request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream failed");
+            return Err(Failure::Reset);
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream timed out");
+            return Err(Failure::Timeout);
+        }
+    };
+    endpoint.record_latency(sent.elapsed());
+    let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let accepted = resp.headers().get(header::UPGRADE).cloned();
+    strip_hop_by_hop(resp.headers_mut());
+    let version = resp.version();
+    append_via(resp.headers_mut(), version);
+    *resp.version_mut() = Version::HTTP_11;
+    if !switched {
+        return Ok((
+            resp.map(|b| UpstreamBody::detached(b, Some(in_flight))),
+            None,
+        ));
+    }
+    // The client's 101 says what the upstream switched to.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(accepted) = accepted {
+        resp.headers_mut().insert(header::UPGRADE, accepted);
+    }
+    let tunnel = hyper::upgrade::on(&mut resp);
+    Ok((
+        resp.map(|b| UpstreamBody::detached(b, None)),
+        Some((tunnel, in_flight)),
+    ))
 }
 
 /// Request parts minus extensions (which are not `Clone`).

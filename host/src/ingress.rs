@@ -138,6 +138,11 @@ impl Ingress {
             parts.uri = Uri::from(pq);
         }
         let trusted = self.trusts(peer.ip());
+        // Kept aside before the hop-by-hop headers go: the forwarding step
+        // asks the upstream for the same upgrade.
+        if let Some(upgrade) = upgrade_request(parts) {
+            parts.extensions.insert(upgrade);
+        }
         // Whatever an untrusted client claims about earlier hops is a lie as
         // far as anyone behind us knows: those go with the hop-by-hop ones.
         strip(&mut parts.headers, !trusted);
@@ -194,6 +199,34 @@ impl Ingress {
         }
         peer
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` with `Upgrade: websocket`, say), which the proxy tunnels once
+/// the upstream agrees (101).
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest(pub HeaderValue);
+
+/// The upgrade a request asks for, if it is one the proxy tunnels: never
+/// `h2c` (a request smuggling path through proxies), and only over HTTP/1.1
+/// (HTTP/2 has no Upgrade; a GET without a body, per RFC 6455).
+fn upgrade_request(parts: &http::request::Parts) -> Option<UpgradeRequest> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = parts.headers.get(header::UPGRADE)?;
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let h2c = upgrade.to_str().map_or(true, |u| {
+        u.split(',')
+            .any(|p| p.trim().to_ascii_lowercase().starts_with("h2c"))
+    });
+    (asks && !h2c).then(|| UpgradeRequest(upgrade.clone()))
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.

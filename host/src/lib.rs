@@ -18,4 +18,5 @@ pub mod plugin;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_parts};
-use crate::ingress::{Ingress, Scheme};
+use crate::ingress::{Ingress, Scheme, UpgradeRequest};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role, Server};
 use crate::plugin::heads::{HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
@@ -206,6 +206,8 @@ impl Pipeline {
         };
         let (mut head, decision) = self.request_stages(RequestHead::new(parts, client)).await;
         let mut added = head.response_headers.take();
+        // Taken before the head may move on: an upgrade goes its own way.
+        let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
 
         let mut served_by = None;
         let (resp_parts, resp_body) = match decision.outcome {
@@ -221,9 +223,19 @@ impl Pipeline {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
                 let req = Request::from_parts(parts, body);
-                let (forwarded, last) = self
-                    .forward(&up, i, req, client, decision.balancer, &mut added)
-                    .await;
+                let (forwarded, last) = match upgrade {
+                    // An upgrade the stages let through (they saw it, and
+                    // may refuse it: auth applies to WebSockets too).
+                    Some(UpgradeRequest(protocol)) => {
+                        let tunnel =
+                            Box::pin(self.upgrade(&up, i, req, protocol, &mut head, client));
+                        (tunnel.await, i)
+                    }
+                    None => {
+                        self.forward(&up, i, req, client, decision.balancer, &mut added)
+                            .await
+                    }
+                };
                 // The endpoint that answered, or the last one tried.
                 served_by = Some(up.endpoints[last].state.address.clone());
                 match forwarded {
@@ -381,6 +393,60 @@ impl Pipeline {
             req = again;
             index = next;
             attempt += 1;
+        }
+    }
+
+    /// Forward an upgrade request; on the upstream's 101, start the tunnel
+    /// between the client's connection and the upstream's.
+    async fn upgrade(
+        &self,
+        up: &Upstream,
+        index: usize,
+        mut req: Request<ProxyBody>,
+        protocol: http::HeaderValue,
+        head: &mut RequestHead,
+        client: SocketAddr,
+    ) -> Result<http::Response<UpstreamBody>, Fault> {
+        // hyper's handle on the client's socket, and the connection's
+        // activity, wherever the head's extensions went.
+        let mut take = |req: &mut Request<ProxyBody>| {
+            (
+                req.extensions_mut()
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .or_else(|| head.parts.extensions.remove()),
+                req.extensions_mut()
+                    .remove::<Arc<crate::server::Activity>>()
+                    .or_else(|| head.parts.extensions.remove()),
+            )
+        };
+        let (client_side, activity) = take(&mut req);
+        match forward::upgrade(up, index, req, protocol).await {
+            Ok((resp, tunnel)) => {
+                up.record(index, Health::Success);
+                if let (Some((upstream_side, in_flight)), Some(client_side)) = (tunnel, client_side)
+                {
+                    let timeouts = self.server.timeouts;
+                    tokio::spawn(
+                        crate::tunnel::Tunnel {
+                            client: client_side,
+                            upstream: upstream_side,
+                            idle: timeouts.upgrade_idle,
+                            max: timeouts.upgrade_max,
+                            busy: activity.map(|a| a.begin()),
+                            in_flight,
+                            client_addr: client,
+                        }
+                        .run(),
+                    );
+                }
+                Ok(resp)
+            }
+            Err(failure) => {
+                if let Some(outcome) = failure.outcome() {
+                    up.record(index, outcome);
+                }
+                Err(failure.fault())
+            }
         }
     }
 

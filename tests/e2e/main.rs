@@ -23,4 +23,5 @@ mod reload;
 mod routing;
 mod sandbox;
 mod tls;
+mod upgrades;
 mod upstreams;

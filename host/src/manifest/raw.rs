@@ -79,6 +79,8 @@ pub struct RawTimeouts {
     pub http2_keepalive_timeout: Option<String>,
     pub http2_idle: Option<String>,
     pub shutdown: Option<String>,
+    pub upgrade_idle: Option<String>,
+    pub upgrade_max: Option<String>,
 }
 
 /// `[admin]`.

@@ -89,6 +89,10 @@ pub struct Timeouts {
     pub http2_idle: Duration,
     /// On SIGTERM/SIGINT: how long requests in flight may take to finish.
     pub shutdown: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way this long is closed.
+    pub upgrade_idle: Duration,
+    /// An upgraded connection is closed at this age, if set.
+    pub upgrade_max: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -104,6 +108,8 @@ impl Default for Timeouts {
             http2_keepalive_timeout: s(20),
             http2_idle: s(180),
             shutdown: s(30),
+            upgrade_idle: s(3600),
+            upgrade_max: None,
         }
     }
 }
@@ -229,6 +235,11 @@ impl Validator<'_> {
             )?,
             http2_idle: t("http2_idle", raw.http2_idle, d.http2_idle)?,
             shutdown: t("shutdown", raw.shutdown, d.shutdown)?,
+            upgrade_idle: t("upgrade_idle", raw.upgrade_idle, d.upgrade_idle)?,
+            upgrade_max: raw
+                .upgrade_max
+                .map(|m| t("upgrade_max", Some(m), Duration::ZERO))
+                .transpose()?,
         })
     }
 }

@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -143,8 +142,12 @@ fn pipeline_service(
     Error = Infallible,
     Future = Handled,
 > + Clone {
-    service_fn(move |req| {
+    service_fn(move |mut req: Request<Incoming>| {
         let busy = activity.begin();
+        if req.headers().contains_key(http::header::UPGRADE) {
+            // A tunnel after a 101 keeps the connection busy for its life.
+            req.extensions_mut().insert(activity.clone());
+        }
         let pipeline = current.load_full();
         // Boxed per request: hyper keeps a slot of the service future's size
         // for each connection's whole life, so an unboxed pipeline future
@@ -182,7 +185,10 @@ async fn serve_http<I, S, B>(
             .keep_alive_interval(server.timeouts.http2_keepalive_interval)
             .keep_alive_timeout(server.timeouts.http2_keepalive_timeout)
             .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX));
-        until_stopped(b.serve_connection(TokioIo::new(io), svc), stop).await
+        until_stopped(b.serve_connection(TokioIo::new(io), svc), stop, |c| {
+            c.graceful_shutdown()
+        })
+        .await
     } else {
         let mut b = http1::Builder::new();
         // The header and idle deadlines are EdgeIo's: hyper's own header
@@ -193,7 +199,9 @@ async fn serve_http<I, S, B>(
         if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             b.max_headers(limits.max_headers);
         }
-        until_stopped(b.serve_connection(TokioIo::new(io), svc), stop).await
+        // With upgrades: after a 101 the socket goes to the tunnel.
+        let connection = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        until_stopped(connection, stop, |c| c.graceful_shutdown()).await
     };
     match result {
         Ok(()) => {}
@@ -282,10 +290,14 @@ async fn sniff(io: &mut EdgeIo) -> std::io::Result<Option<bool>> {
 
 /// Drive a connection to its end; when the proxy stops, let it finish the
 /// request in flight and close (HTTP/1 keep-alive ends, HTTP/2 sends GOAWAY).
-async fn until_stopped<C: GracefulConnection>(
+async fn until_stopped<C, E>(
     connection: C,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), C::Error> {
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
     let mut connection = pin!(connection);
     if !*stop.borrow() {
         tokio::select! {
@@ -293,6 +305,6 @@ async fn until_stopped<C: GracefulConnection>(
             _ = stop.changed() => {}
         }
     }
-    connection.as_mut().graceful_shutdown();
+    graceful(connection.as_mut());
     connection.await
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::manifest::Server;
 use crate::pipeline::Pipeline;
 pub use conn::{Kind, TLS_HANDSHAKE_FAILURES};
-pub use io::Busy;
+pub use io::{Activity, Busy};
 pub use limits::Connections;
 
 /// The pipeline requests are served by; reload swaps it atomically, and

@@ -128,12 +128,12 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// A body whose connection is driven elsewhere (HTTP/2).
-    pub fn detached(inner: Incoming, in_flight: InFlight) -> UpstreamBody {
+    /// A body whose connection is driven elsewhere (HTTP/2, an upgrade's).
+    pub fn detached(inner: Incoming, in_flight: Option<InFlight>) -> UpstreamBody {
         UpstreamBody {
             inner,
             conn: None,
-            in_flight: Some(in_flight),
+            in_flight,
             done: false,
         }
     }

@@ -256,6 +256,16 @@ impl Pool {
         Ok(Conn::H2(send))
     }
 
+    /// A new TCP connection within `max_connections` and `connect_timeout`
+    /// that is never pooled (an upgrade's, which becomes a tunnel).
+    pub async fn dial(
+        &self,
+        address: &Authority,
+        up: &manifest::Upstream,
+    ) -> Result<(TokioIo<TcpStream>, OpenSlot), ConnectError> {
+        self.connect(address, up).await
+    }
+
     /// A new TCP connection within `max_connections` and `connect_timeout`.
     async fn connect(
         &self,
