@@ -89,9 +89,10 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
                     return Attempt::NotSent(req, Failure::Local);
                 }
                 ConnectError::Busy => Failure::Busy,
-                ConnectError::Failed(_) | ConnectError::TimedOut | ConnectError::Handshake(_) => {
-                    Failure::Connect
-                }
+                ConnectError::Failed(_)
+                | ConnectError::TimedOut
+                | ConnectError::Handshake(_)
+                | ConnectError::Tls(_) => Failure::Connect,
             };
             tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
             return Attempt::NotSent(req, failure);

@@ -73,7 +73,16 @@ impl Pipeline {
         registry: &Registry,
         generation: u64,
     ) -> Result<Pipeline, ManifestError> {
-        let upstreams = Arc::new(registry.prepare(&manifest.upstreams));
+        let upstreams =
+            Arc::new(
+                registry
+                    .prepare(&manifest.upstreams)
+                    .map_err(|e| ManifestError {
+                        file: manifest.file.clone(),
+                        key: e.key.clone(),
+                        reason: format!("{}: {}", e.file, e.reason),
+                    })?,
+            );
         let limits = manifest.server.limits;
         let header_limits = HeaderLimits {
             max_headers: limits.max_headers,

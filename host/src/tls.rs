@@ -208,3 +208,136 @@ fn self_signed(provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError>
         .map(Arc::new)
         .map_err(|e| fail(e.to_string()))
 }
+
+/// How the host speaks TLS to one upstream's endpoints.
+#[derive(Debug)]
+pub struct UpstreamConnector {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl UpstreamConnector {
+    /// Build it from the upstream's `tls` table (`index`: its position,
+    /// for error keys), reading the CA file or the system's roots.
+    pub fn new(
+        tls: &crate::manifest::UpstreamTls,
+        index: usize,
+        alpn: &[u8],
+    ) -> Result<UpstreamConnector, TlsError> {
+        let at = |field: &str, file: String, reason: String| TlsError {
+            file,
+            reason,
+            key: format!("upstreams[{index}].tls{field}"),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| at("", String::new(), e.to_string()))?;
+        let mut config = if tls.insecure_skip_verify {
+            tracing::warn!(
+                upstream = index,
+                "TLS to this upstream accepts any certificate (insecure_skip_verify): for development only"
+            );
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &tls.ca {
+                Some(ca) => {
+                    let file = ca.display().to_string();
+                    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                        .map_err(|e| at(".ca", file.clone(), format!("cannot read: {e}")))?
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| {
+                            at(".ca", file.clone(), format!("not PEM certificates: {e}"))
+                        })?;
+                    let (added, _) = roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(at(".ca", file, "holds no usable CA certificate".into()));
+                    }
+                }
+                None => {
+                    let native = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(native.certs);
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(UpstreamConnector {
+            config: Arc::new(config),
+            server_name: tls
+                .server_name
+                .as_deref()
+                .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
+        })
+    }
+
+    /// Handshake over `tcp` with an endpoint at `host` (the SNI and the name
+    /// verified, unless `server_name` says another).
+    pub async fn connect(
+        &self,
+        host: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                ServerName::try_from(host.to_owned())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+            }
+        };
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+    }
+}
+
+/// A verifier that accepts every certificate (`insecure_skip_verify`);
+/// signatures are still checked, so the handshake is a real one.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

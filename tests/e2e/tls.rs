@@ -447,3 +447,112 @@ async fn the_tls_example_runs_as_is_with_free_ports() {
         Some(format!("https://127.0.0.1:{}/api/users", https.port()).as_str())
     );
 }
+
+// === TLS to upstreams ===
+
+/// A proxy whose one upstream is `backend` with these extra keys, the CA
+/// file written as certs/ca.pem.
+async fn proxy_to_tls_backend(backend: &RunningBackend, extra: &str, ca: &Ca) -> Portier {
+    let manifest = crate::support::one_upstream(&endpoints(&[backend]), extra, "");
+    Portier::launch(&manifest)
+        .file("certs/ca.pem", ca.cert_pem())
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn an_upstream_over_tls_is_verified_against_the_configured_ca() {
+    let ca = Ca::new();
+    let backend = Backend::new("secure")
+        .tls(&ca.leaf(&["127.0.0.1"]), &["http/1.1"])
+        .start()
+        .await;
+    let proxy = proxy_to_tls_backend(&backend, r#"tls = { ca = "certs/ca.pem" }"#, &ca).await;
+
+    let reply = proxy.client().get("/over-tls").await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.echo().path, "/over-tls");
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_no_trusted_root_signed_is_refused_unless_verification_is_skipped()
+{
+    let ca = Ca::new();
+    let backend = Backend::new("secure")
+        .tls(&ca.leaf(&["127.0.0.1"]), &["http/1.1"])
+        .start()
+        .await;
+
+    // The system's roots do not know the test CA: 502, and the request never left.
+    let strict = proxy_to_tls_backend(&backend, "tls = {}", &ca).await;
+    let reply = strict.client().get("/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(backend.requests(), 0);
+
+    let lax = proxy_to_tls_backend(&backend, "tls = { insecure_skip_verify = true }", &ca).await;
+    let reply = lax.client().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        lax.logs().contains("insecure_skip_verify"),
+        "the risk is logged"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_server_name_is_sent_as_sni_and_verified() {
+    let ca = Ca::new();
+    let backend = Backend::new("named")
+        .tls(&ca.leaf(&["api.internal"]), &["http/1.1"])
+        .start()
+        .await;
+
+    // Verified against the address (127.0.0.1) the certificate does not name: refused.
+    let by_address = proxy_to_tls_backend(&backend, r#"tls = { ca = "certs/ca.pem" }"#, &ca).await;
+    assert_eq!(
+        by_address.client().get("/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let named = proxy_to_tls_backend(
+        &backend,
+        r#"tls = { ca = "certs/ca.pem", server_name = "api.internal" }"#,
+        &ca,
+    )
+    .await;
+    assert_eq!(named.client().get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_h2_upstream_over_tls_gets_http2_and_health_checks_speak_it_too() {
+    let ca = Ca::new();
+    let backend = Backend::new("h2")
+        .tls(&ca.leaf(&["127.0.0.1"]), &["h2"])
+        .health("/health")
+        .start()
+        .await;
+    let extra = r#"protocol = "h2"
+tls = { ca = "certs/ca.pem" }
+health = { path = "/health", interval = "100ms", timeout = "100ms" }"#;
+    let proxy = proxy_to_tls_backend(&backend, extra, &ca).await;
+
+    // Healthy from the first probe (over TLS, HTTP/2) before serving.
+    assert!(backend.probes() >= 1);
+    let reply = proxy.client().get("/two").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.echo().version, "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn an_unreadable_upstream_ca_is_a_check_error_naming_the_file() {
+    let backend = Backend::new("app").start().await;
+    let manifest = crate::support::one_upstream(
+        &endpoints(&[&backend]),
+        r#"tls = { ca = "certs/missing-ca.pem" }"#,
+        "",
+    );
+    let checked = crate::support::check(&manifest);
+    let reason = checked.assert_rejected_at("upstreams[0].tls.ca");
+    assert!(reason.contains("missing-ca.pem"), "{reason}");
+}

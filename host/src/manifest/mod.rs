@@ -21,7 +21,7 @@ use crate::plugin::builtin;
 use raw::{RawManifest, RawStage};
 pub use server::{Limits, Server, Timeouts};
 pub use tls::{Certificate, Tls};
-pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream};
+pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream, UpstreamTls};
 
 /// A manifest error: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

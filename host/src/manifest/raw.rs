@@ -123,6 +123,16 @@ pub struct RawUpstream {
     pub health: Option<RawHealth>,
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `tls = { ca = "ca.pem", server_name = "api.internal", insecure_skip_verify = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `pool = { max_idle = 64, idle_timeout = "60s", max_connections = 100, queue_timeout = "1s" }`.

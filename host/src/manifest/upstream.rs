@@ -3,6 +3,7 @@
 //! retries. Defaults follow what nginx, HAProxy and Envoy ship with;
 //! docs/manifest.md lists every key.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Method;
@@ -33,6 +34,21 @@ pub struct Upstream {
     pub outlier: Outlier,
     /// When a failed request is tried again on another endpoint.
     pub retry: Retry,
+    /// TLS to the endpoints; `None`: plain TCP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `tls`: how the host speaks TLS to an upstream's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM file of the CAs that may sign the endpoints' certificates;
+    /// `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified against the certificate; `None`:
+    /// each endpoint's host (a name or an IP address).
+    pub server_name: Option<String>,
+    /// Accept any certificate (development only; logged as a warning).
+    pub insecure_skip_verify: bool,
 }
 
 /// One backend address.
@@ -51,6 +67,8 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over plain TCP (prior knowledge), many requests per connection.
     H2c,
+    /// HTTP/2 over TLS (ALPN h2); needs `tls`.
+    H2,
 }
 
 /// `pool`: connections kept per endpoint.
@@ -234,11 +252,45 @@ impl Validator<'_> {
         let protocol = match raw.protocol.as_deref() {
             None | Some("http1") => Protocol::Http1,
             Some("h2c") => Protocol::H2c,
+            Some("h2") => Protocol::H2,
             Some(other) => {
                 return Err(self.err(
                     key("protocol"),
-                    format!("unknown protocol {other:?}; expected \"http1\" or \"h2c\""),
+                    format!("unknown protocol {other:?}; expected \"http1\", \"h2\" or \"h2c\""),
                 ));
+            }
+        };
+        match (protocol, raw.tls.is_some()) {
+            (Protocol::H2, false) => {
+                return Err(self.err(
+                    key("protocol"),
+                    "\"h2\" is HTTP/2 over TLS: add a `tls` table (or use \"h2c\")",
+                ));
+            }
+            (Protocol::H2c, true) => {
+                return Err(self.err(
+                    key("protocol"),
+                    "\"h2c\" is HTTP/2 without TLS; with `tls`, use \"h2\"",
+                ));
+            }
+            _ => {}
+        }
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                if let Some(n) = &t.server_name
+                    && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+                {
+                    return Err(self.err(
+                        key("tls.server_name"),
+                        format!("{n:?} is not a server name"),
+                    ));
+                }
+                Some(UpstreamTls {
+                    ca: t.ca.map(|c| self.base.join(c)),
+                    server_name: t.server_name,
+                    insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+                })
             }
         };
         Ok(Upstream {
@@ -255,6 +307,7 @@ impl Validator<'_> {
                 .transpose()?,
             outlier: self.outlier(&key("outlier"), raw.outlier)?,
             retry: self.retry(&key("retry"), raw.retry)?,
+            tls,
             name: raw.name,
             endpoints,
             protocol,

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use http::{Request, header};
 use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::endpoint::{EndpointState, Probe};
+use super::pool::connect_io;
 use crate::manifest::HealthCheck;
 
 /// Probe the endpoint now and then every `check.interval`, until it is no
@@ -36,30 +36,53 @@ pub async fn run(endpoint: Weak<EndpointState>, check: HealthCheck, connect_time
     }
 }
 
-/// One probe: connect, `GET path`, read the status, close.
+/// One probe: connect (over TLS when the upstream uses it), `GET path`
+/// in the upstream's HTTP version, read the status, close.
 async fn probe(e: &EndpointState, check: &HealthCheck, connect_timeout: Duration) -> Probe {
-    let stream =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(e.address.as_str())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) | Err(_) => return Probe::ConnectFailed,
-        };
+    let tls = e.pool.tls();
+    let io = match connect_io(&e.address, connect_timeout, tls.as_deref()).await {
+        Ok(io) => TokioIo::new(io),
+        Err(_) => return Probe::ConnectFailed,
+    };
     let host = check.host.as_deref().unwrap_or(e.address.as_str());
+    let http2 = e.pool.http2();
     let exchange = async {
-        let (mut send, conn) =
-            http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(stream)).await?;
-        let req = Request::get(check.path.as_str())
-            .header(header::HOST, host)
+        let mut req = Request::get(check.path.as_str())
             .header(header::USER_AGENT, "portier-health-check")
-            .header(header::CONNECTION, "close")
-            .body(Empty::new())
+            .body(Empty::<bytes::Bytes>::new())
             .expect("a valid probe request");
-        // The probe's connection runs beside it and ends with it (Connection: close).
-        tokio::spawn(conn);
-        send.send_request(req).await.map(|r| r.status().as_u16())
+        if http2 {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            *req.uri_mut() = format!("{scheme}://{host}{}", check.path)
+                .parse()
+                .map_err(|_| Probe::Broken)?;
+            let (mut send, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|_| Probe::Broken)?;
+            tokio::spawn(conn);
+            send.send_request(req)
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|_| Probe::Broken)
+        } else {
+            req.headers_mut()
+                .insert(header::HOST, host.parse().map_err(|_| Probe::Broken)?);
+            req.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            let (mut send, conn) = http1::handshake(io).await.map_err(|_| Probe::Broken)?;
+            // The probe's connection runs beside it and ends with it (Connection: close).
+            tokio::spawn(conn);
+            send.send_request(req)
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|_| Probe::Broken)
+        }
     };
     match tokio::time::timeout(check.timeout, exchange).await {
         Ok(Ok(status)) => Probe::Status(status),
-        Ok(Err(_)) => Probe::Broken,
+        Ok(Err(p)) => p,
         Err(_) => Probe::TimedOut,
     }
 }

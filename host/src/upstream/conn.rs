@@ -20,17 +20,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::endpoint::InFlight;
-use super::pool::OpenSlot;
+use super::pool::{Io, OpenSlot};
 use crate::body::ProxyBody;
 
 /// A pooled HTTP/1.1 connection: sender and connection state together.
 pub struct H1 {
     send: http1::SendRequest<ProxyBody>,
     /// `None` once the connection has ended.
-    conn: Option<http1::Connection<TokioIo<TcpStream>, ProxyBody>>,
+    conn: Option<http1::Connection<TokioIo<Io>, ProxyBody>>,
     /// Counts the connection as open until it is dropped.
     _open: OpenSlot,
     /// Whether it served a request before this one.
@@ -52,7 +51,7 @@ impl H1 {
     /// A connection fresh from the handshake.
     pub(super) fn new(
         send: http1::SendRequest<ProxyBody>,
-        conn: http1::Connection<TokioIo<TcpStream>, ProxyBody>,
+        conn: http1::Connection<TokioIo<Io>, ProxyBody>,
         open: OpenSlot,
     ) -> H1 {
         H1 {

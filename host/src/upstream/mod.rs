@@ -52,6 +52,8 @@ pub struct Upstream {
     pub config: manifest::Upstream,
     /// Endpoints in manifest order (a balancer's index points here).
     pub endpoints: Vec<Endpoint>,
+    /// TLS to the endpoints, built from `config.tls`.
+    pub connector: Option<Arc<crate::tls::UpstreamConnector>>,
     shared: Arc<Shared>,
 }
 
@@ -220,17 +222,20 @@ mod tests {
             weight: 1,
         };
         let registry = Registry::offline(1);
-        registry.prepare(&[manifest::Upstream {
-            name: "api".into(),
-            endpoints: vec![ep("127.0.0.1:1"), ep("127.0.0.1:2"), ep("127.0.0.1:3")],
-            protocol: manifest::Protocol::Http1,
-            connect_timeout: std::time::Duration::from_secs(1),
-            timeout: std::time::Duration::from_secs(1),
-            pool: Default::default(),
-            health: None,
-            outlier: Default::default(),
-            retry: Default::default(),
-        }])
+        registry
+            .prepare(&[manifest::Upstream {
+                name: "api".into(),
+                endpoints: vec![ep("127.0.0.1:1"), ep("127.0.0.1:2"), ep("127.0.0.1:3")],
+                protocol: manifest::Protocol::Http1,
+                connect_timeout: std::time::Duration::from_secs(1),
+                timeout: std::time::Duration::from_secs(1),
+                pool: Default::default(),
+                health: None,
+                outlier: Default::default(),
+                retry: Default::default(),
+                tls: None,
+            }])
+            .unwrap()
     }
 
     #[test]

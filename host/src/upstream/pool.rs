@@ -21,6 +21,7 @@ use super::conn::H1;
 use crate::body::ProxyBody;
 use crate::clock;
 use crate::manifest::{self, Protocol};
+use crate::tls::UpstreamConnector;
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -33,6 +34,103 @@ pub fn set_worker(id: usize) {
 
 fn worker() -> usize {
     WORKER.with(|w| w.get())
+}
+
+/// A connection's socket: plain TCP, or TLS over it.
+pub enum Io {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (boxed: its state is large, the plain case should not pay for it).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connect to `address` within `timeout`, with TLS when `tls` says so.
+pub async fn connect_io(
+    address: &Authority,
+    timeout: Duration,
+    tls: Option<&UpstreamConnector>,
+) -> Result<Io, ConnectError> {
+    let connected = tokio::time::timeout(timeout, async {
+        let stream = TcpStream::connect(address.as_str()).await.map_err(|e| {
+            if local_exhaustion(&e) {
+                ConnectError::Local(e)
+            } else {
+                ConnectError::Failed(e)
+            }
+        })?;
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        match tls {
+            None => Ok(Io::Plain(stream)),
+            Some(tls) => tls
+                .connect(address.host(), stream)
+                .await
+                .map(|s| Io::Tls(Box::new(s)))
+                .map_err(ConnectError::Tls),
+        }
+    });
+    connected.await.map_err(|_| ConnectError::TimedOut)?
 }
 
 /// A connection ready for a request.
@@ -61,6 +159,9 @@ pub enum ConnectError {
     /// The HTTP/2 handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(hyper::Error),
+    /// The TLS handshake failed (the certificate, most often).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Counts a connection as open until dropped, and wakes a request waiting
@@ -93,6 +194,10 @@ pub struct Pool {
     idle_timeout_ms: AtomicU64,
     max_open: AtomicU32,
     protocol: AtomicU8,
+    /// TLS to the endpoint, and the settings it was made from (a change
+    /// closes the idle connections made under the old ones).
+    tls: arc_swap::ArcSwapOption<UpstreamConnector>,
+    tls_settings: Mutex<Option<crate::manifest::UpstreamTls>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -120,19 +225,44 @@ impl Pool {
             idle_timeout_ms: AtomicU64::new(d.idle_timeout.as_millis() as u64),
             max_open: AtomicU32::new(d.max_connections),
             protocol: AtomicU8::new(Protocol::Http1 as u8),
+            tls: arc_swap::ArcSwapOption::empty(),
+            tls_settings: Mutex::new(None),
         }
     }
 
-    /// Take a manifest's settings. A change of protocol closes the idle
-    /// connections, which speak the old one.
-    pub fn configure(&self, settings: &manifest::Pool, protocol: Protocol) {
+    /// Take a manifest's settings. A change of protocol or of TLS closes
+    /// the idle connections, which were made under the old ones.
+    pub fn configure(
+        &self,
+        settings: &manifest::Pool,
+        protocol: Protocol,
+        tls: Option<(&crate::manifest::UpstreamTls, Arc<UpstreamConnector>)>,
+    ) {
         self.max_idle.store(settings.max_idle, Relaxed);
         self.idle_timeout_ms
             .store(settings.idle_timeout.as_millis() as u64, Relaxed);
         self.max_open.store(settings.max_connections, Relaxed);
-        if self.protocol.swap(protocol as u8, Relaxed) != protocol as u8 {
+        let changed = {
+            let mut current = lock(&self.tls_settings);
+            let wanted = tls.as_ref().map(|(s, _)| (*s).clone());
+            let changed = *current != wanted;
+            *current = wanted;
+            changed
+        };
+        self.tls.store(tls.map(|(_, c)| c));
+        if self.protocol.swap(protocol as u8, Relaxed) != protocol as u8 || changed {
             self.clear();
         }
+    }
+
+    /// Whether the endpoint speaks HTTP/2 (h2c or h2).
+    pub fn http2(&self) -> bool {
+        self.protocol.load(Relaxed) != Protocol::Http1 as u8
+    }
+
+    /// The TLS connector, when the endpoint speaks TLS.
+    pub fn tls(&self) -> Option<Arc<UpstreamConnector>> {
+        self.tls.load_full()
     }
 
     /// Close every idle connection.
@@ -203,7 +333,7 @@ impl Pool {
         up: &manifest::Upstream,
     ) -> Result<Conn, ConnectError> {
         let slot = worker() % self.idle.len();
-        if up.protocol == Protocol::H2c {
+        if up.protocol != Protocol::Http1 {
             return self.h2(slot, address, up).await;
         }
         let (io, open) = self.connect(address, up).await?;
@@ -262,32 +392,21 @@ impl Pool {
         &self,
         address: &Authority,
         up: &manifest::Upstream,
-    ) -> Result<(TokioIo<TcpStream>, OpenSlot), ConnectError> {
+    ) -> Result<(TokioIo<Io>, OpenSlot), ConnectError> {
         self.connect(address, up).await
     }
 
-    /// A new TCP connection within `max_connections` and `connect_timeout`.
+    /// A new connection within `max_connections` and `connect_timeout`.
     async fn connect(
         &self,
         address: &Authority,
         up: &manifest::Upstream,
-    ) -> Result<(TokioIo<TcpStream>, OpenSlot), ConnectError> {
+    ) -> Result<(TokioIo<Io>, OpenSlot), ConnectError> {
         let open = self.room(up.pool.queue_timeout).await?;
-        let stream = tokio::time::timeout(up.connect_timeout, TcpStream::connect(address.as_str()))
-            .await
-            .map_err(|_| ConnectError::TimedOut)?
-            .map_err(|e| {
-                if local_exhaustion(&e) {
-                    ConnectError::Local(e)
-                } else {
-                    ConnectError::Failed(e)
-                }
-            })?;
+        let tls = self.tls();
+        let io = connect_io(address, up.connect_timeout, tls.as_deref()).await?;
         self.counters.connects.fetch_add(1, Relaxed);
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok((TokioIo::new(stream), open))
+        Ok((TokioIo::new(io), open))
     }
 
     /// Count one more open connection, waiting up to `wait` for room under

@@ -92,11 +92,24 @@ impl Registry {
     /// The generation view of `ups`: endpoints the registry has keep their
     /// state; new ones get fresh state (health unknown when checked). The
     /// registry itself is not changed.
-    pub fn prepare(&self, ups: &[manifest::Upstream]) -> Upstreams {
+    pub fn prepare(&self, ups: &[manifest::Upstream]) -> Result<Upstreams, crate::tls::TlsError> {
+        // TLS files are read first: a bad one rejects the manifest.
+        let mut connectors = Vec::with_capacity(ups.len());
+        for (i, u) in ups.iter().enumerate() {
+            let alpn: &[u8] = match u.protocol {
+                manifest::Protocol::H2 => b"h2",
+                _ => b"http/1.1",
+            };
+            connectors.push(match &u.tls {
+                Some(t) => Some(Arc::new(crate::tls::UpstreamConnector::new(t, i, alpn)?)),
+                None => None,
+            });
+        }
         let map = self.lock();
         let upstreams = ups
             .iter()
-            .map(|u| {
+            .zip(connectors)
+            .map(|(u, connector)| {
                 let entry = map.get(&u.name);
                 let name: Arc<str> = u.name.as_str().into();
                 let endpoints = u
@@ -126,11 +139,12 @@ impl Registry {
                     name: u.name.clone(),
                     config: u.clone(),
                     endpoints,
+                    connector,
                     shared: entry.map(|en| en.shared.clone()).unwrap_or_default(),
                 }
             })
             .collect();
-        Upstreams::new(upstreams)
+        Ok(Upstreams::new(upstreams))
     }
 
     /// Make `ups` (from [`prepare`](Self::prepare)) what the registry
@@ -168,7 +182,11 @@ impl Registry {
                             state: e.state.clone(),
                             checker: None,
                         });
-                    e.state.pool.configure(&u.config.pool, u.config.protocol);
+                    e.state.pool.configure(
+                        &u.config.pool,
+                        u.config.protocol,
+                        u.config.tls.as_ref().zip(u.connector.clone()),
+                    );
                     self.reconcile_checker(kept, u);
                     if let (Some(check), Active::Unknown) = (&u.config.health, e.state.active())
                         && self.checks
@@ -252,19 +270,24 @@ mod tests {
             health: None,
             outlier: Default::default(),
             retry: Default::default(),
+            tls: None,
         }
     }
 
     #[tokio::test]
     async fn a_reload_keeps_the_state_of_kept_endpoints_and_retires_removed_ones() {
         let r = Registry::offline(1);
-        let first = r.prepare(&[upstream("api", &["127.0.0.1:1", "127.0.0.1:2"])]);
+        let first = r
+            .prepare(&[upstream("api", &["127.0.0.1:1", "127.0.0.1:2"])])
+            .unwrap();
         r.commit(&first).await;
         let api = first.get("api").unwrap();
         let _busy = api.endpoints[0].state.start_request();
         api.next_turn();
 
-        let second = r.prepare(&[upstream("api", &["127.0.0.1:1", "127.0.0.1:3"])]);
+        let second = r
+            .prepare(&[upstream("api", &["127.0.0.1:1", "127.0.0.1:3"])])
+            .unwrap();
         let api2 = second.get("api").unwrap();
         assert!(Arc::ptr_eq(
             &api.endpoints[0].state,
@@ -281,10 +304,10 @@ mod tests {
     #[tokio::test]
     async fn a_generation_that_was_never_committed_leaves_the_registry_as_it_was() {
         let r = Registry::offline(1);
-        let first = r.prepare(&[upstream("api", &["127.0.0.1:1"])]);
+        let first = r.prepare(&[upstream("api", &["127.0.0.1:1"])]).unwrap();
         r.commit(&first).await;
-        let _rejected = r.prepare(&[upstream("other", &["127.0.0.1:9"])]);
-        let again = r.prepare(&[upstream("api", &["127.0.0.1:1"])]);
+        let _rejected = r.prepare(&[upstream("other", &["127.0.0.1:9"])]).unwrap();
+        let again = r.prepare(&[upstream("api", &["127.0.0.1:1"])]).unwrap();
         assert!(Arc::ptr_eq(
             &first.get("api").unwrap().endpoints[0].state,
             &again.get("api").unwrap().endpoints[0].state

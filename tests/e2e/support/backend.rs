@@ -52,7 +52,13 @@ pub struct Backend {
     health_path: Option<String>,
     close_after_response: bool,
     h2c: bool,
+    /// Serve TLS with this configuration (ALPN decides HTTP/2 or 1.1).
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
+
+/// A connection's stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What a backend answers with.
 #[derive(Clone, Copy, Debug)]
@@ -112,6 +118,7 @@ impl Backend {
             health_path: None,
             close_after_response: false,
             h2c: false,
+            tls: None,
         }
     }
 
@@ -147,6 +154,26 @@ impl Backend {
     /// shorter than the proxy's: the proxy's pooled connection goes stale.
     pub fn close_after_response(mut self) -> Self {
         self.close_after_response = true;
+        self
+    }
+
+    /// Serve TLS with this certificate, offering these ALPN protocols
+    /// (`["h2"]` makes it an HTTP/2-over-TLS backend).
+    pub fn tls(mut self, leaf: &super::tls::Leaf, alpn: &[&str]) -> Self {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = vec![CertificateDer::from(leaf.der.clone())];
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("the leaf's key");
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the leaf certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self.tls = Some(Arc::new(config));
         self
     }
 
@@ -352,7 +379,18 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                     if let Answer::Reset = state.config.answer {
                         return reset_after_head(stream, &state).await;
                     }
-                    let h2c = state.config.h2c;
+                    let mut h2c = state.config.h2c;
+                    let stream: Box<dyn Stream> = match &state.config.tls {
+                        None => Box::new(stream),
+                        Some(config) => {
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream).await else {
+                                // A client that refused our certificate.
+                                return;
+                            };
+                            h2c = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Box::new(tls)
+                        }
+                    };
                     let answered = Arc::new(tokio::sync::Notify::new());
                     let close_soon = {
                         let answered = answered.clone();

@@ -60,6 +60,11 @@ impl Ca {
         }
     }
 
+    /// The CA's certificate, PEM (for a manifest's `tls.ca`).
+    pub fn cert_pem(&self) -> String {
+        self.issuer.as_ref().pem()
+    }
+
     /// A client configuration that trusts this CA only.
     pub fn client_config(&self, alpn: &[&str]) -> ClientConfig {
         let mut roots = RootCertStore::empty();
