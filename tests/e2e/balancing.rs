@@ -303,10 +303,10 @@ async fn peak_ewma_avoids_a_backend_whose_answers_are_slow() {
 
     assert_all_ok(&got);
     assert!(
-        // Round-robin would give it 20. Its first answer shows it slow; a
-        // second or third pick can come while the fast one has no sample
-        // yet, or after a hiccup of a busy machine raised the fast one's
-        // peak.
+        // Round-robin would give it 20. Its first answer shows it slow, and
+        // an endpoint with no sample yet is tried before it; a later pick
+        // can only come after a hiccup of a busy machine raised the fast
+        // one's peak.
         slow.requests() <= 5,
         "slow served {} of 40 after its first answer showed it slow",
         slow.requests()

@@ -124,17 +124,18 @@ fn two_distinct(n: usize, rng: &mut Rng) -> (usize, usize) {
     (a, if b >= a { b + 1 } else { b })
 }
 
-/// The latency assumed for an endpoint without a sample yet: the mean of
-/// the sampled ones (1 µs when none has one). Zero would flood a new
-/// endpoint with traffic, a large guess would starve it of the very
-/// requests that would give it a sample.
+/// The latency assumed for an endpoint without a sample yet: half the
+/// fastest sampled one (1 µs when none has one). It wins its first
+/// comparisons, so it gets the requests that give it a sample (a mean would
+/// make it a coin toss against a known-slow endpoint), and each request it
+/// takes raises its cost through `in_flight`, so it is not flooded either.
 fn unsampled_latency(loads: &[Load]) -> u64 {
-    let sampled = loads.iter().filter(|l| l.latency_us > 0);
-    let (sum, count) = sampled.fold((0u128, 0u128), |(sum, count), l| {
-        (sum + u128::from(l.latency_us), count + 1)
-    });
-    sum.checked_div(count)
-        .map_or(1, |mean| (mean as u64).max(1))
+    loads
+        .iter()
+        .map(|l| l.latency_us)
+        .filter(|&l| l > 0)
+        .min()
+        .map_or(1, |fastest| (fastest / 2).max(1))
 }
 
 /// Whether `a` costs less than `b`, cross-multiplied by the weights in
@@ -347,17 +348,27 @@ mod tests {
     }
 
     #[test]
-    fn peak_ewma_treats_a_new_endpoint_as_average() {
-        // Endpoint 2 has no sample: it counts as the mean (2 000 µs), which
-        // beats the 3 000 µs one and loses to the 1 000 µs one.
+    fn peak_ewma_tries_a_new_endpoint_before_the_known_ones() {
+        // Endpoint 2 has no sample: it counts as half the fastest (500 µs),
+        // so it wins both of its pairs; 0 wins its pair against 1.
         let loads = [load(0, 1, 0, 1_000), load(1, 1, 0, 3_000), load(2, 1, 0, 0)];
         let mut rng = Rng::new(99);
         let picks = counts((0..9_000).map(|_| peak_ewma(&loads, &mut rng).unwrap()));
-        // Each pair comes up a third of the time: 0 wins two pairs, 2 one, 1 none.
-        assert!((5_500..6_500).contains(&picks[&0]), "{picks:?}");
-        assert!((2_500..3_500).contains(&picks[&2]), "{picks:?}");
+        // Each pair comes up a third of the time: 2 wins two pairs, 0 one, 1 none.
+        assert!((5_500..6_500).contains(&picks[&2]), "{picks:?}");
+        assert!((2_500..3_500).contains(&picks[&0]), "{picks:?}");
         assert_eq!(picks.get(&1), None);
-        assert_eq!(unsampled_latency(&loads), 2_000);
+        assert_eq!(unsampled_latency(&loads), 500);
+        // Against one known-slow endpoint, the new one always wins until
+        // its own requests in flight make it dearer.
+        let slow_known = [load(0, 1, 0, 1_000_000), load(1, 1, 0, 0)];
+        assert!((0..100).all(|_| peak_ewma(&slow_known, &mut rng) == Some(1)));
+        let busy_new = [load(0, 1, 0, 1_000), load(1, 1, 3, 0)];
+        assert_eq!(
+            peak_ewma(&busy_new, &mut rng),
+            Some(0),
+            "500 µs x 4 > 1 000 µs x 1"
+        );
         // Nothing sampled yet: latency counts as 1 everywhere and load decides.
         let fresh = [load(0, 1, 2, 0), load(1, 1, 0, 0)];
         assert_eq!(unsampled_latency(&fresh), 1);
