@@ -13,7 +13,7 @@ use crate::error::Fault;
 use crate::ingress::strip_hop_by_hop;
 use crate::upstream::Upstream;
 use crate::upstream::conn::{SendError, UpstreamBody};
-use crate::upstream::endpoint::Outcome;
+use crate::upstream::endpoint::{EndpointState, Outcome};
 use crate::upstream::pool::{Conn, ConnectError};
 
 /// What one attempt came to.
@@ -80,27 +80,8 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     };
     let conn = match got {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let failure = match e {
-                ConnectError::Local(_) => {
-                    // Our own descriptors or ports ran out: the endpoint is
-                    // not to blame, and marking it would spread the outage.
-                    tracing::error!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "cannot connect upstream: this process is out of resources");
-                    return Attempt::NotSent(req, Failure::Local);
-                }
-                ConnectError::Busy => Failure::Busy,
-                ConnectError::Failed(_)
-                | ConnectError::TimedOut
-                | ConnectError::Handshake(_)
-                | ConnectError::Tls(_) => Failure::Connect,
-            };
-            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
-            return Attempt::NotSent(req, failure);
-        }
-        Err(_) => {
-            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream connect timed out");
-            return Attempt::NotSent(req, Failure::Connect);
-        }
+        Ok(Err(e)) => return Attempt::NotSent(req, connect_failure(up, endpoint, Some(e))),
+        Err(_) => return Attempt::NotSent(req, connect_failure(up, endpoint, None)),
     };
     let sent = Instant::now();
     let result = match conn {
@@ -160,6 +141,30 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     }
 }
 
+/// What a failed connection attempt (`None`: the deadline passed) means
+/// for the request, logged once.
+fn connect_failure(up: &Upstream, endpoint: &EndpointState, e: Option<ConnectError>) -> Failure {
+    let Some(e) = e else {
+        tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream connect timed out");
+        return Failure::Connect;
+    };
+    let failure = match e {
+        ConnectError::Local(_) => {
+            // Our own descriptors or ports ran out: the endpoint is not to
+            // blame, and marking it would spread the outage.
+            tracing::error!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "cannot connect upstream: this process is out of resources");
+            return Failure::Local;
+        }
+        ConnectError::Busy => Failure::Busy,
+        ConnectError::Failed(_)
+        | ConnectError::TimedOut
+        | ConnectError::Handshake(_)
+        | ConnectError::Tls(_) => Failure::Connect,
+    };
+    tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
+    failure
+}
+
 /// An upgrade's answer: the response, and when it is a 101 the upstream's
 /// side of the tunnel and the in-flight count the tunnel holds.
 pub type Upgraded = (
@@ -186,16 +191,8 @@ pub async fn upgrade(
         tokio::time::timeout_at(deadline, endpoint.pool.dial(&endpoint.address, &up.config));
     let (io, open) = match opened.await {
         Ok(Ok(c)) => c,
-        Ok(Err(ConnectError::Local(e))) => {
-            tracing::error!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "cannot connect upstream: this process is out of resources");
-            return Err(Failure::Local);
-        }
-        Ok(Err(ConnectError::Busy)) => return Err(Failure::Busy),
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %e, "upstream connection failed");
-            return Err(Failure::Connect);
-        }
-        Err(_) => return Err(Failure::Connect),
+        Ok(Err(e)) => return Err(connect_failure(up, endpoint, Some(e))),
+        Err(_) => return Err(connect_failure(up, endpoint, None)),
     };
     let (mut send, conn) = hyper::client::conn::http1::handshake(io)
         .await
@@ -252,11 +249,25 @@ pub async fn upgrade(
 
 /// Request parts minus extensions (which are not `Clone`).
 pub fn clone_request_parts(p: &http::request::Parts) -> http::request::Parts {
+    copy_head(&p.method, &p.uri, p.version, &p.headers)
+}
+
+/// A request's head (as [`clone_request_parts`]), its body left alone.
+pub fn clone_request_head<B>(r: &Request<B>) -> http::request::Parts {
+    copy_head(r.method(), r.uri(), r.version(), r.headers())
+}
+
+fn copy_head(
+    method: &http::Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> http::request::Parts {
     let mut req = Request::new(());
-    *req.method_mut() = p.method.clone();
-    *req.uri_mut() = p.uri.clone();
-    *req.version_mut() = p.version;
-    *req.headers_mut() = p.headers.clone();
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = version;
+    *req.headers_mut() = headers.clone();
     req.into_parts().0
 }
 

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
 use crate::error::Fault;
-use crate::forward::{self, Attempt, Failure, clone_request_parts};
+use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role, Server};
 use crate::plugin::heads::{HeaderLimits, RequestHead, ResponseHead};
@@ -315,13 +315,7 @@ impl Pipeline {
             }
             *req.body_mut() = ProxyBody::full(kept.clone());
         }
-        let copy = (resendable && (whole || !kept.is_empty())).then(|| {
-            let mut head = Request::new(()).into_parts().0;
-            head.method = req.method().clone();
-            head.uri = req.uri().clone();
-            head.headers = req.headers().clone();
-            head
-        });
+        let copy = (resendable && (whole || !kept.is_empty())).then(|| clone_request_head(&req));
         let resend = |copy: &http::request::Parts| {
             Request::from_parts(clone_request_parts(copy), ProxyBody::full(kept.clone()))
         };
@@ -345,13 +339,9 @@ impl Pipeline {
                     let retryable = retry.statuses.contains(&status) && attempt < retry.attempts;
                     let next = match &copy {
                         Some(copy) if retryable => {
-                            let mut again = resend(copy);
-                            Box::pin(self.repick(up, &mut again, client, tried, balancer, added))
-                                .await
-                                .filter(|_| {
-                                    up.budget().withdraw(retry.budget, retry.min_per_second)
-                                })
-                                .map(|next| (again, next))
+                            let retry =
+                                self.retry_to(up, resend(copy), client, tried, balancer, added);
+                            Box::pin(retry).await
                         }
                         _ => None,
                     };
@@ -385,17 +375,15 @@ impl Pipeline {
             if let Some(outcome) = failure.outcome() {
                 up.record(index, outcome);
             }
-            let Some(mut again) =
+            let Some(again) =
                 again.filter(|_| attempt < retry.attempts && failure != Failure::Local)
             else {
                 return (Err(failure.fault()), index);
             };
             // Boxed: a retry is the rare path, and a balancer call's future
             // would otherwise make every request's future larger.
-            let Some(next) = Box::pin(self.repick(up, &mut again, client, tried, balancer, added))
-                .await
-                .filter(|_| up.budget().withdraw(retry.budget, retry.min_per_second))
-            else {
+            let retry = self.retry_to(up, again, client, tried, balancer, added);
+            let Some((again, next)) = Box::pin(retry).await else {
                 return (Err(failure.fault()), index);
             };
             tracing::debug!(upstream = %up.name, ?failure, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
@@ -459,46 +447,46 @@ impl Pipeline {
         }
     }
 
-    /// The endpoint for a retry: the balancer that picked the first one is
-    /// asked again with the endpoints already `tried` left out of its view
-    /// (the host's round-robin without a balancer). `None`: no endpoint left.
-    async fn repick(
+    /// Where a retry goes, if anywhere: the balancer that picked the first
+    /// endpoint is asked again with the endpoints already `tried` left out
+    /// of its view (without a balancer, the host's round-robin), and the
+    /// upstream's retry budget must allow one more.
+    async fn retry_to(
         &self,
         up: &Upstream,
-        req: &mut Request<ProxyBody>,
+        req: Request<ProxyBody>,
         client: SocketAddr,
         tried: u64,
         balancer: Option<usize>,
         added: &mut Option<Box<http::HeaderMap>>,
-    ) -> Option<usize> {
-        let Some(stage) = balancer.map(|b| &self.stages[b]) else {
-            return up.round_robin(tried);
-        };
-        let parts = std::mem::replace(req.headers_mut(), http::HeaderMap::new());
-        let mut head = RequestHead::new(
-            {
-                let mut p = Request::new(()).into_parts().0;
-                p.method = req.method().clone();
-                p.uri = req.uri().clone();
-                p.headers = parts;
-                p
-            },
-            client,
-        );
-        head.tried = tried;
-        head.response_headers = added.take();
-        let (head, picked) = stage.pick(head, &up.name).await;
-        *added = head.response_headers;
-        *req.headers_mut() = head.parts.headers;
-        *req.uri_mut() = head.parts.uri;
-        match picked {
-            Ok(Some(i)) if (i as usize) < up.endpoints.len() && tried & bit(i as usize) == 0 => {
-                Some(i as usize)
+    ) -> Option<(Request<ProxyBody>, usize)> {
+        let (req, picked) = match balancer.map(|b| &self.stages[b]) {
+            None => (req, None),
+            Some(stage) => {
+                let (parts, body) = req.into_parts();
+                let mut head = RequestHead::new(parts, client);
+                head.tried = tried;
+                head.response_headers = added.take();
+                let (head, picked) = stage.pick(head, &up.name).await;
+                *added = head.response_headers;
+                let picked = match picked {
+                    Ok(Some(i))
+                        if (i as usize) < up.endpoints.len() && tried & bit(i as usize) == 0 =>
+                    {
+                        Some(i as usize)
+                    }
+                    _ => None,
+                };
+                (Request::from_parts(head.parts, body), picked)
             }
-            // The balancer insisted on an endpoint already tried (or failed):
-            // the host's round-robin over the others decides.
-            _ => up.round_robin(tried),
-        }
+        };
+        // Without a balancer, or when it failed or insisted on an endpoint
+        // already tried, the host's round-robin over the others decides.
+        let next = picked.or_else(|| up.round_robin(tried))?;
+        let retry = &up.config.retry;
+        up.budget()
+            .withdraw(retry.budget, retry.min_per_second)
+            .then_some((req, next))
     }
 
     /// Ingress checks, and a declared body over the limit refused before

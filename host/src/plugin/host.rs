@@ -336,7 +336,7 @@ impl kv::Host for StageState {
 
 impl upstreams::Host for StageState {
     fn names(&mut self) -> Result<Vec<String>> {
-        Ok(self.shared.upstreams.names().to_vec())
+        Ok(self.shared.upstreams.names().map(str::to_owned).collect())
     }
     fn healthy(&mut self, upstream: String) -> Result<Option<Vec<upstreams::Candidate>>> {
         let exclude = self.exclude;

@@ -119,7 +119,8 @@ pub struct EndpointState {
     in_flight: AtomicU32,
     latency: PeakEwma,
     active: AtomicU8,
-    /// Passing (positive) or failing (negative) checks in a row.
+    /// Passing (positive) or failing (negative) checks in a row (written by
+    /// the endpoint's checker only).
     streak: std::sync::atomic::AtomicI32,
     last_probe: AtomicU32,
     /// Set when the first check after (re)configuration has an answer.
@@ -256,15 +257,16 @@ impl EndpointState {
     pub fn record_probe(&self, probe: Probe, check: &HealthCheck) {
         self.last_probe.store(probe.encode(), Relaxed);
         let passed = matches!(probe, Probe::Status(s) if check.passes(s));
-        let streak = if passed {
-            self.streak
-                .fetch_update(Relaxed, Relaxed, |s| Some(if s > 0 { s + 1 } else { 1 }))
-                .map_or(1, |s| if s > 0 { s + 1 } else { 1 })
-        } else {
-            self.streak
-                .fetch_update(Relaxed, Relaxed, |s| Some(if s < 0 { s - 1 } else { -1 }))
-                .map_or(-1, |s| if s < 0 { s - 1 } else { -1 })
+        // Passes in a row count up from 1, failures down from -1.
+        let next = |s: i32| match (passed, s) {
+            (true, s) if s > 0 => s + 1,
+            (true, _) => 1,
+            (false, s) if s < 0 => s - 1,
+            (false, _) => -1,
         };
+        // Only the endpoint's one checker writes it: no read-modify-write race.
+        let streak = next(self.streak.load(Relaxed));
+        self.streak.store(streak, Relaxed);
         let before = self.active();
         let after = match (before, passed) {
             // The first answer decides at once: a new endpoint is not kept

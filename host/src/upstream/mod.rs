@@ -39,7 +39,6 @@ pub struct Upstreams {
     /// a handful of upstreams, names of other lengths are skipped at once,
     /// and a lookup runs several times per request (router, balancer calls).
     list: Vec<Arc<Upstream>>,
-    names: Vec<String>,
 }
 
 /// One upstream as a generation configures it. Its endpoints' state is
@@ -93,7 +92,6 @@ pub struct EndpointView {
 impl Upstreams {
     fn new(upstreams: Vec<Upstream>) -> Upstreams {
         Upstreams {
-            names: upstreams.iter().map(|u| u.name.clone()).collect(),
             list: upstreams.into_iter().map(Arc::new).collect(),
         }
     }
@@ -112,8 +110,8 @@ impl Upstreams {
     }
 
     /// Names in manifest order.
-    pub fn names(&self) -> &[String] {
-        &self.names
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|u| u.name.as_str())
     }
 
     /// Upstreams in manifest order.
