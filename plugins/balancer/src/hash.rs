@@ -96,18 +96,6 @@ impl Ring {
     }
 }
 
-/// The IP of `"ip:port"` or `"[ipv6]:port"`: a client keeps its key when it
-/// opens a new connection from another port.
-pub fn client_ip(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((ip, _port)) if !ip.contains(':') => ip,
-        _ => addr,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,13 +220,5 @@ mod tests {
     #[test]
     fn an_empty_ring_owns_nothing() {
         assert_eq!(Ring::new([]).get(b"key"), None);
-    }
-
-    #[test]
-    fn client_ip_drops_the_port() {
-        assert_eq!(client_ip("203.0.113.7:51234"), "203.0.113.7");
-        assert_eq!(client_ip("[2001:db8::1]:443"), "2001:db8::1");
-        assert_eq!(client_ip("2001:db8::1"), "2001:db8::1");
-        assert_eq!(client_ip("203.0.113.7"), "203.0.113.7");
     }
 }

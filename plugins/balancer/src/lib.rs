@@ -213,7 +213,7 @@ fn round_robin(healthy: &Weighted, upstream: &str) -> Option<u32> {
 /// send every such request to one endpoint.
 fn hash_key(request: &Request, on: &HashOn) -> Option<String> {
     let key = match on {
-        HashOn::Client => hash::client_ip(&request.client_addr()).to_string(),
+        HashOn::Client => portier_sdk::ip_of(&request.client_addr()).to_string(),
         HashOn::Path => request.path(),
         HashOn::Header(name) => request.header(name)?,
         HashOn::Cookie(name) => cookie::find(&request.header_all("cookie"), name)?.to_string(),

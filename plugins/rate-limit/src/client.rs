@@ -20,7 +20,7 @@ pub const MAX_HEADER_VALUE: usize = 256;
 /// The kv key prefix for a client known by its address `addr` (`"ip:port"`
 /// or `"[ipv6]:port"`, as the host gives it).
 pub fn by_ip(addr: &str, ipv6_prefix: u8) -> String {
-    let ip = strip_port(addr);
+    let ip = portier_sdk::ip_of(addr);
     match ip.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let bits = u128::from(v6);
@@ -47,17 +47,6 @@ pub fn by_header(value: &str) -> Option<String> {
     let digest = Sha256::digest(value.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     Some(format!("h:{hex}"))
-}
-
-/// The IP of `"ip:port"` or `"[ipv6]:port"`.
-fn strip_port(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((ip, _port)) if !ip.contains(':') => ip,
-        _ => addr,
-    }
 }
 
 #[cfg(test)]

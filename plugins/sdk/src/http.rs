@@ -213,9 +213,30 @@ impl From<HttpResponse> for wit::types::Response {
     }
 }
 
+/// The IP of a client address, `"ip:port"` or `"[ipv6]:port"` as
+/// [`Request::client_addr`] gives it: a client keeps the same IP when it
+/// opens a new connection from another port.
+pub fn ip_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((ip, _port)) if !ip.contains(':') => ip,
+        _ => addr,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_of_drops_the_port() {
+        assert_eq!(ip_of("203.0.113.7:51234"), "203.0.113.7");
+        assert_eq!(ip_of("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(ip_of("2001:db8::1"), "2001:db8::1");
+        assert_eq!(ip_of("203.0.113.7"), "203.0.113.7");
+    }
 
     #[test]
     fn text_sets_content_type_and_body() {
