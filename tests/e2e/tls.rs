@@ -71,17 +71,24 @@ async fn start(manifest: &str, files: &[(&str, &Leaf)]) -> Portier {
     launch.start().await
 }
 
-#[tokio::test]
-async fn an_https_request_is_forwarded_as_plain_http_saying_it_came_over_https() {
-    let ca = Ca::new();
+/// A proxy serving one certificate for `site.test` (signed by `ca`) on a
+/// TLS listener, in front of `backend`: its address, the certificate, the proxy.
+async fn site_proxy(ca: &Ca, backend: &RunningBackend) -> (SocketAddr, Leaf, Portier) {
     let site = ca.leaf(&["site.test"]);
-    let backend = Backend::new("app").start().await;
     let https = free_addr();
     let proxy = start(
-        &manifest(https, &certificates(&[("site", &[])]), &backend),
+        &manifest(https, &certificates(&[("site", &[])]), backend),
         &[("site", &site)],
     )
     .await;
+    (https, site, proxy)
+}
+
+#[tokio::test]
+async fn an_https_request_is_forwarded_as_plain_http_saying_it_came_over_https() {
+    let ca = Ca::new();
+    let backend = Backend::new("app").start().await;
+    let (https, site, proxy) = site_proxy(&ca, &backend).await;
 
     let reply = tls::get(
         https,
@@ -93,18 +100,10 @@ async fn an_https_request_is_forwarded_as_plain_http_saying_it_came_over_https()
 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.peer_cert, site.der);
-    let echo: serde_json::Value = serde_json::from_slice(&reply.body).expect("echo");
-    let header = |name: &str| {
-        echo["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h[0] == name)
-            .map(|h| h[1].as_str().unwrap().to_owned())
-    };
-    assert_eq!(header("x-forwarded-proto").as_deref(), Some("https"));
-    assert_eq!(header("host").as_deref(), Some("site.test"));
-    assert_eq!(echo["path"], "/a");
+    let echo = reply.echo();
+    assert_eq!(echo.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(echo.header("host"), Some("site.test"));
+    assert_eq!(echo.path, "/a");
     drop(proxy);
 }
 
@@ -167,14 +166,8 @@ async fn sni_picks_the_exact_name_then_the_wildcard_then_the_default() {
 #[tokio::test]
 async fn alpn_h2_serves_http2_over_tls_and_http1_clients_still_get_http1() {
     let ca = Ca::new();
-    let site = ca.leaf(&["site.test"]);
     let backend = Backend::new("app").start().await;
-    let https = free_addr();
-    let _proxy = start(
-        &manifest(https, &certificates(&[("site", &[])]), &backend),
-        &[("site", &site)],
-    )
-    .await;
+    let (https, _site, _proxy) = site_proxy(&ca, &backend).await;
 
     let h2 = tls::get(
         https,
@@ -367,15 +360,9 @@ fn ca_less_config() -> tokio_rustls::rustls::ClientConfig {
 #[tokio::test]
 async fn failed_handshakes_are_counted_and_not_logged_at_info() {
     let ca = Ca::new();
-    let site = ca.leaf(&["site.test"]);
     let stranger = Ca::new();
     let backend = Backend::new("app").start().await;
-    let https = free_addr();
-    let proxy = start(
-        &manifest(https, &certificates(&[("site", &[])]), &backend),
-        &[("site", &site)],
-    )
-    .await;
+    let (https, _site, proxy) = site_proxy(&ca, &backend).await;
 
     // A client that trusts another CA gives up on the certificate; a
     // scanner sends plain HTTP to the TLS port.

@@ -340,14 +340,23 @@ impl Reply {
             StatusCode::OK,
             "expected a backend's echo, got {self:?}"
         );
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("reply is not a backend echo ({e}): {}", self.text()))
+        Echo::parse(&self.body)
     }
 }
 
 // === impl Echo ===
 
 impl Echo {
+    /// Parse a backend's echo from a response body (any client's).
+    pub fn parse(body: &[u8]) -> Echo {
+        serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "not a backend echo ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        })
+    }
+
     /// The first value of a request header as the backend saw it (name is case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.header_all(name).into_iter().next()

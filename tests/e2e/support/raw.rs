@@ -24,6 +24,11 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// The backend's echo in the body.
+    pub fn echo(&self) -> super::Echo {
+        super::Echo::parse(&self.body)
+    }
+
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -101,6 +101,11 @@ pub struct TlsReply {
 }
 
 impl TlsReply {
+    /// The backend's echo in the body.
+    pub fn echo(&self) -> super::Echo {
+        super::Echo::parse(&self.body)
+    }
+
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
