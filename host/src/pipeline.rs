@@ -157,6 +157,7 @@ impl Pipeline {
             "stages": stages,
             "upstreams": upstreams,
             "tls_handshake_failures": crate::server::TLS_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
+            "http2_abuse": crate::server::http2_abuse_status(),
         })
     }
 

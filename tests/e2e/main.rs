@@ -14,6 +14,7 @@ mod capabilities;
 mod edge;
 mod failures;
 mod forwarding;
+mod http2;
 mod lifecycle;
 mod limits;
 mod manifest_errors;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::plugin::builtin;
 use raw::{RawManifest, RawStage};
-pub use server::{Limits, Server, Timeouts};
+pub use server::{Http2, Limits, Server, Timeouts};
 pub use tls::{Certificate, Tls};
 pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream, UpstreamTls};
 

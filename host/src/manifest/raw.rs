@@ -31,7 +31,23 @@ pub struct RawServer {
     pub merge_slashes: Option<bool>,
     pub limits: Option<RawLimits>,
     pub timeouts: Option<RawTimeouts>,
+    pub http2: Option<RawHttp2>,
     pub tls: Option<RawTls>,
+}
+
+/// `[server.http2]`: HTTP/2 from clients.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    pub stream_window: Option<String>,
+    pub connection_window: Option<String>,
+    pub max_frame_size: Option<String>,
+    pub send_buffer: Option<String>,
+    pub max_pending_resets: Option<usize>,
+    pub max_error_resets: Option<usize>,
+    pub max_reset_ratio: Option<f64>,
+    pub control_frame_budget: Option<u32>,
 }
 
 /// `[server.tls]`: HTTPS listeners.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawLimits, RawServer, RawTimeouts};
+use super::raw::{RawHttp2, RawLimits, RawServer, RawTimeouts};
 use super::{ManifestError, Validator, units};
 
 /// Listener and process settings.
@@ -31,6 +31,8 @@ pub struct Server {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// HTTP/2 windows and abuse limits.
+    pub http2: Http2,
     /// HTTPS listeners and certificates.
     pub tls: Option<super::Tls>,
 }
@@ -62,6 +64,52 @@ impl Default for Limits {
             max_request_body: Some(64 << 20),
             max_connections: 16_384,
             max_connections_per_ip: 1024,
+        }
+    }
+}
+
+/// `[server.http2]`: what one client HTTP/2 connection may have open or
+/// buffered, and when it is closed for abuse (`crate::server` has the
+/// frame-level rules; the header list limit is `limits.max_request_head`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Http2 {
+    /// Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are
+    /// refused with REFUSED_STREAM.
+    pub max_concurrent_streams: u32,
+    /// Request body bytes a stream may send before the proxy reads them.
+    pub stream_window: u32,
+    /// The same for all streams of the connection together.
+    pub connection_window: u32,
+    /// The largest frame the proxy accepts (SETTINGS_MAX_FRAME_SIZE).
+    pub max_frame_size: u32,
+    /// Response bytes buffered per stream for a client that reads slowly.
+    pub send_buffer: usize,
+    /// Streams the client may reset before the proxy accepted them, at once
+    /// (rapid reset).
+    pub max_pending_resets: usize,
+    /// Streams the proxy may have to reset for the client's protocol errors,
+    /// per connection (MadeYouReset).
+    pub max_error_resets: usize,
+    /// Client resets past this share of the streams it opened (judged after
+    /// 100 streams) close the connection (rapid reset).
+    pub max_reset_ratio: f64,
+    /// Control frames (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, empty DATA)
+    /// a connection may send beyond what its traffic earns back.
+    pub control_frame_budget: u32,
+}
+
+impl Default for Http2 {
+    fn default() -> Http2 {
+        Http2 {
+            max_concurrent_streams: 128,
+            stream_window: 1 << 20,
+            connection_window: 1 << 20,
+            max_frame_size: 16 << 10,
+            send_buffer: 400 << 10,
+            max_pending_resets: 20,
+            max_error_resets: 1024,
+            max_reset_ratio: 0.5,
+            control_frame_budget: 1000,
         }
     }
 }
@@ -148,6 +196,7 @@ impl Validator<'_> {
             merge_slashes: raw.merge_slashes.unwrap_or(true),
             limits: self.limits(raw.limits)?,
             timeouts: self.timeouts(raw.timeouts)?,
+            http2: self.http2(raw.http2)?,
             tls,
         })
     }
@@ -204,6 +253,90 @@ impl Validator<'_> {
                 raw.max_connections_per_ip,
                 d.max_connections_per_ip,
             )?,
+        })
+    }
+
+    fn http2(&self, raw: Option<RawHttp2>) -> Result<Http2, ManifestError> {
+        let d = Http2::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let key = |name: &str| format!("server.http2.{name}");
+        // A size within [min, max] (both inclusive, in bytes).
+        let size = |name: &str, v: Option<String>, default: usize, min: usize, max: usize| {
+            let Some(s) = v else { return Ok(default) };
+            let n = units::bytes(&s).map_err(|r| self.err(key(name), r))?;
+            if n < min || n > max {
+                return Err(self.err(
+                    key(name),
+                    format!("{s:?} is out of range ({min} to {max} bytes)"),
+                ));
+            }
+            Ok(n)
+        };
+        let at_least_one = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(self.err(key(name), "must be at least 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        // RFC 9113: windows up to 2^31-1; frames from 16KiB to 16MiB-1. A
+        // window under the protocol's initial 65535 would stall uploads.
+        const MAX_WINDOW: usize = (1 << 31) - 1;
+        let max_reset_ratio = raw.max_reset_ratio.unwrap_or(d.max_reset_ratio);
+        if !(max_reset_ratio > 0.0 && max_reset_ratio <= 1.0) {
+            return Err(self.err(
+                key("max_reset_ratio"),
+                "must be more than 0 and at most 1 (a share of the streams opened)",
+            ));
+        }
+        let max_concurrent_streams = at_least_one(
+            "max_concurrent_streams",
+            raw.max_concurrent_streams.map(|n| n as usize),
+            d.max_concurrent_streams as usize,
+        )?;
+        Ok(Http2 {
+            max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(u32::MAX),
+            stream_window: size(
+                "stream_window",
+                raw.stream_window,
+                d.stream_window as usize,
+                65_535,
+                MAX_WINDOW,
+            )? as u32,
+            connection_window: size(
+                "connection_window",
+                raw.connection_window,
+                d.connection_window as usize,
+                65_535,
+                MAX_WINDOW,
+            )? as u32,
+            max_frame_size: size(
+                "max_frame_size",
+                raw.max_frame_size,
+                d.max_frame_size as usize,
+                16 << 10,
+                (16 << 20) - 1,
+            )? as u32,
+            send_buffer: size(
+                "send_buffer",
+                raw.send_buffer,
+                d.send_buffer,
+                16 << 10,
+                MAX_WINDOW,
+            )?,
+            max_pending_resets: at_least_one(
+                "max_pending_resets",
+                raw.max_pending_resets,
+                d.max_pending_resets,
+            )?,
+            max_error_resets: at_least_one(
+                "max_error_resets",
+                raw.max_error_resets,
+                d.max_error_resets,
+            )?,
+            max_reset_ratio,
+            control_frame_budget: at_least_one(
+                "control_frame_budget",
+                raw.control_frame_budget.map(|n| n as usize),
+                d.control_frame_budget as usize,
+            )? as u32,
         })
     }
 

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Current;
+use super::h2guard::Guard;
 use super::io::{Activity, Deadlines, EdgeIo};
 use super::limits::Admitted;
 use crate::body::Logged;
@@ -180,11 +181,20 @@ async fn serve_http<I, S, B>(
 {
     let limits = server.limits;
     let result = if http2 {
+        let h2 = server.http2;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .keep_alive_interval(server.timeouts.http2_keepalive_interval)
             .keep_alive_timeout(server.timeouts.http2_keepalive_timeout)
-            .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .initial_stream_window_size(h2.stream_window)
+            .initial_connection_window_size(h2.connection_window)
+            .max_frame_size(h2.max_frame_size)
+            .max_send_buf_size(h2.send_buffer)
+            .max_pending_accept_reset_streams(h2.max_pending_resets)
+            .max_local_error_reset_streams(h2.max_error_resets);
+        let io = Guard::new(io, peer, h2);
         until_stopped(b.serve_connection(TokioIo::new(io), svc), stop, |c| {
             c.graceful_shutdown()
         })

@@ -5,9 +5,11 @@
 //! - `mod.rs`: binding, worker threads, the accept loop, the drain.
 //! - [`conn`]: one connection: protocol detection, hyper, the service.
 //! - [`io`]: the socket wrapper that keeps the header, idle and write deadlines.
+//! - [`h2guard`]: HTTP/2 frame-level abuse limits, and abuse closes counted.
 //! - [`limits`]: open connections, in total and per client IP.
 
 mod conn;
+mod h2guard;
 mod io;
 mod limits;
 
@@ -24,6 +26,7 @@ use tokio::task::JoinSet;
 use crate::manifest::Server;
 use crate::pipeline::Pipeline;
 pub use conn::{Kind, TLS_HANDSHAKE_FAILURES};
+pub use h2guard::abuse_status as http2_abuse_status;
 pub use io::{Activity, Busy};
 pub use limits::Connections;
 
