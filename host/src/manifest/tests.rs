@@ -320,3 +320,39 @@ fn an_endpoint_listed_twice_in_one_upstream_is_rejected() {
                 endpoints = [\"127.0.0.1:3001\", \"127.0.0.1:3001\"]\n";
     assert_eq!(key_of(text), "upstreams[0].endpoints[1]");
 }
+
+#[test]
+fn http2_limits_take_defaults_and_each_bad_one_is_rejected_at_its_key() {
+    let server = "[server]\nlisten = \"127.0.0.1:3000\"\n";
+    let m = parse(&format!("{server}{UPSTREAM}")).unwrap();
+    assert_eq!(m.server.http2, Http2::default());
+    let m = parse(&format!(
+        "{server}[server.http2]\nmax_concurrent_streams = 16\nstream_window = \"256KiB\"\n{UPSTREAM}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            m.server.http2.max_concurrent_streams,
+            m.server.http2.stream_window
+        ),
+        (16, 256 << 10)
+    );
+    for (table, key) in [
+        ("max_concurrent_streams = 0", "max_concurrent_streams"),
+        ("stream_window = \"1KiB\"", "stream_window"),
+        ("connection_window = \"4GiB\"", "connection_window"),
+        ("max_frame_size = \"1KiB\"", "max_frame_size"),
+        ("max_frame_size = \"16MiB\"", "max_frame_size"),
+        ("max_reset_ratio = 0.0", "max_reset_ratio"),
+        ("max_reset_ratio = 1.5", "max_reset_ratio"),
+        ("control_frame_budget = 0", "control_frame_budget"),
+        ("max_error_resets = 0", "max_error_resets"),
+        ("max_streams = 3", "max_streams"),
+    ] {
+        assert_eq!(
+            key_of(&format!("{server}[server.http2]\n{table}\n{UPSTREAM}")),
+            format!("server.http2.{key}"),
+            "{table}"
+        );
+    }
+}
