@@ -47,15 +47,35 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     } else {
         Certs::load(&tls.certificates, &provider)?
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError {
             file: String::new(),
             reason: e.to_string(),
             key: "server.tls".into(),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certs));
+        })?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let key = "server.tls.client_ca";
+            let roots = load_roots(&auth.ca, key)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError {
+                file: auth.ca.display().to_string(),
+                reason: e.to_string(),
+                key: key.into(),
+            })?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -209,6 +229,76 @@ fn self_signed(provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError>
         .map_err(|e| fail(e.to_string()))
 }
 
+/// The CA certificates of a PEM bundle (`key` names it in errors).
+fn load_roots(path: &Path, key: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let at = |reason: String| TlsError {
+        file: path.display().to_string(),
+        reason,
+        key: key.to_owned(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| at(format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| at(format!("not PEM certificates: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(at("holds no usable CA certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// A client certificate the handshake verified (mutual TLS), read once per
+/// connection and handed to plugins with each of its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject, RFC 4514 style ("CN=alice, O=Example").
+    pub subject: String,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs, for one).
+    pub uris: Vec<String>,
+    /// Email subject alternative names.
+    pub emails: Vec<String>,
+    /// SHA-256 of the DER, lower-case hex.
+    pub sha256: String,
+}
+
+impl ClientCert {
+    /// Read the verified leaf. rustls checked it already, so a certificate
+    /// x509-parser cannot read is not expected; it then has a fingerprint only.
+    pub fn read(der: &CertificateDer<'_>) -> ClientCert {
+        use sha2::Digest;
+        use x509_parser::extensions::GeneralName;
+        let sha256 = sha2::Sha256::digest(der.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut cert = ClientCert {
+            subject: String::new(),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            emails: Vec::new(),
+            sha256,
+        };
+        let Ok((_, x509)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            return cert;
+        };
+        cert.subject = x509.subject().to_string();
+        if let Ok(Some(san)) = x509.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(n) => cert.dns_names.push((*n).to_owned()),
+                    GeneralName::URI(u) => cert.uris.push((*u).to_owned()),
+                    GeneralName::RFC822Name(e) => cert.emails.push((*e).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        cert
+    }
+}
+
 /// How the host speaks TLS to one upstream's endpoints.
 #[derive(Debug)]
 pub struct UpstreamConnector {
@@ -242,26 +332,14 @@ impl UpstreamConnector {
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
                 .with_no_client_auth()
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            match &tls.ca {
-                Some(ca) => {
-                    let file = ca.display().to_string();
-                    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                        .map_err(|e| at(".ca", file.clone(), format!("cannot read: {e}")))?
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| {
-                            at(".ca", file.clone(), format!("not PEM certificates: {e}"))
-                        })?;
-                    let (added, _) = roots.add_parsable_certificates(certs);
-                    if added == 0 {
-                        return Err(at(".ca", file, "holds no usable CA certificate".into()));
-                    }
-                }
+            let roots = match &tls.ca {
+                Some(ca) => load_roots(ca, &format!("upstreams[{index}].tls.ca"))?,
                 None => {
-                    let native = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(native.certs);
+                    let mut roots = rustls::RootCertStore::empty();
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                    roots
                 }
-            }
+            };
             builder.with_root_certificates(roots).with_no_client_auth()
         };
         config.alpn_protocols = vec![alpn.to_vec()];

@@ -543,3 +543,163 @@ async fn an_unreadable_upstream_ca_is_a_check_error_naming_the_file() {
     let reason = checked.assert_rejected_at("upstreams[0].tls.ca");
     assert!(reason.contains("missing-ca.pem"), "{reason}");
 }
+
+/// A proxy on `site.test` asking clients for certificates from `clients`
+/// (`client_auth` keys as given), with the `probe` plugin reporting what it
+/// sees: its address and the proxy.
+async fn mtls_proxy(ca: &Ca, clients: &Ca, client_auth: &str) -> (SocketAddr, Portier) {
+    let site = ca.leaf(&["site.test"]);
+    let https = free_addr();
+    let backend = Backend::new("app").start().await;
+    let manifest = format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[server.tls]
+listen = "{https}"
+{certificates}
+client_ca = "certs/clients-ca.pem"
+{client_auth}
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "app"
+endpoints = {endpoints}
+
+[[pipeline]]
+plugin = "{probe}"
+role = "filter"
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+        certificates = certificates(&[("site", &[])]),
+        endpoints = endpoints(&[&backend]),
+        probe = crate::support::test_plugin("probe").display(),
+    );
+    let proxy = Portier::launch(&manifest)
+        .file("certs/site.pem", &site.cert_pem)
+        .file("certs/site.key", &site.key_pem)
+        .file("certs/clients-ca.pem", clients.cert_pem())
+        .start()
+        .await;
+    (https, proxy)
+}
+
+/// What the probe plugin saw of the client certificate: 200 with
+/// `subject|dns|uris|emails|sha256`, or 403 `none`.
+async fn seen_certificate(
+    https: SocketAddr,
+    config: tokio_rustls::rustls::ClientConfig,
+) -> tls::TlsReply {
+    tls::get_with(
+        https,
+        "site.test",
+        config,
+        "/",
+        &[("x-probe", "client-cert:")],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_certificates_of_the_client_ca_and_shows_plugins_who_it_is() {
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let (https, proxy) = mtls_proxy(&ca, &clients, "").await;
+    let alice = clients.client_leaf(
+        "alice",
+        &[
+            "alice.clients.test",
+            "uri:spiffe://portier.test/alice",
+            "email:alice@portier.test",
+        ],
+    );
+
+    for alpn in [&["http/1.1"][..], &["h2"]] {
+        let reply = seen_certificate(https, ca.client_config_as(alpn, Some(&alice))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let fields: Vec<String> = reply.text().split('|').map(String::from).collect();
+        assert!(fields[0].contains("CN=alice"), "subject {:?}", fields[0]);
+        assert!(
+            fields[0].contains("O=Portier Tests"),
+            "subject {:?}",
+            fields[0]
+        );
+        assert_eq!(fields[1], "alice.clients.test");
+        assert_eq!(fields[2], "spiffe://portier.test/alice");
+        assert_eq!(fields[3], "alice@portier.test");
+        use sha2::Digest;
+        let pin: String = sha2::Sha256::digest(&alice.der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(fields[4], pin);
+    }
+
+    // No certificate, or one from another CA: the handshake fails, counted.
+    let before = proxy.status().await["tls_handshake_failures"]
+        .as_u64()
+        .unwrap();
+    let stranger = Ca::new().client_leaf("mallory", &[]);
+    for config in [
+        ca.client_config(&["http/1.1"]),
+        ca.client_config_as(&["http/1.1"], Some(&stranger)),
+    ] {
+        // TLS 1.3 finishes the client's side before the server reads its
+        // certificate: the refusal shows on the first read.
+        let refused = match tls::connect(https, "site.test", config).await {
+            Err(_) => true,
+            Ok(mut stream) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 64];
+                !matches!(stream.read(&mut buf).await, Ok(n) if n > 0)
+            }
+        };
+        assert!(refused, "a client without a valid certificate was served");
+    }
+    let after = proxy.status().await["tls_handshake_failures"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 2);
+}
+
+#[tokio::test]
+async fn optional_client_auth_lets_clients_without_a_certificate_in_and_plugins_see_none() {
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let (https, _proxy) = mtls_proxy(&ca, &clients, "client_auth = \"optional\"").await;
+
+    let anonymous = seen_certificate(https, ca.client_config(&["h2"])).await;
+    assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+    assert_eq!(anonymous.text(), "none");
+
+    let bob = clients.client_leaf("bob", &[]);
+    let known = seen_certificate(https, ca.client_config_as(&["h2"], Some(&bob))).await;
+    assert_eq!(known.status, StatusCode::OK);
+    assert!(known.text().starts_with("CN=bob"), "{}", known.text());
+}
+
+#[tokio::test]
+async fn a_missing_client_ca_or_client_auth_without_one_is_a_check_error() {
+    let backend = Backend::new("app").start().await;
+    let checked = crate::support::check(&manifest(
+        free_addr(),
+        "self_signed = true\nclient_ca = \"certs/missing-clients.pem\"",
+        &backend,
+    ));
+    let reason = checked.assert_rejected_at("server.tls.client_ca");
+    assert!(reason.contains("missing-clients.pem"), "{reason}");
+
+    let checked = crate::support::check(&manifest(
+        free_addr(),
+        "self_signed = true\nclient_auth = \"optional\"",
+        &backend,
+    ));
+    checked.assert_rejected_at("server.tls.client_auth");
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::plugin::builtin;
 use raw::{RawManifest, RawStage};
 pub use server::{Http2, Limits, Server, Timeouts};
-pub use tls::{Certificate, Tls};
+pub use tls::{Certificate, ClientAuth, Tls};
 pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream, UpstreamTls};
 
 /// A manifest error: which file, which key, and why.

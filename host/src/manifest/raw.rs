@@ -59,6 +59,8 @@ pub struct RawTls {
     pub certificates: Vec<RawCertificate>,
     pub self_signed: Option<bool>,
     pub redirect: Option<OneOrMany>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 /// One certificate: `{ cert = "site.pem", key = "site.key", names = ["a.example"] }`.

@@ -21,6 +21,19 @@ pub struct Tls {
     pub self_signed: bool,
     /// Plain-HTTP addresses that answer every request with a 308 to HTTPS.
     pub redirect: Vec<SocketAddr>,
+    /// Client certificates (mutual TLS), if asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_ca` and `client_auth`: clients prove who they are with a
+/// certificate a CA in this bundle issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The CA certificates (PEM) client certificates must chain to.
+    pub ca: PathBuf,
+    /// Whether a client without a certificate is refused (`"required"`,
+    /// the default) or let in without one (`"optional"`).
+    pub required: bool,
 }
 
 /// One certificate chain and its key, PEM files.
@@ -87,11 +100,35 @@ impl Validator<'_> {
             Some(r) => self.addresses("server.tls.redirect", r.into_vec())?,
             None => Vec::new(),
         };
+        let required = match raw.client_auth.as_deref() {
+            None | Some("required") => true,
+            Some("optional") => false,
+            Some(other) => {
+                return Err(self.err(
+                    "server.tls.client_auth",
+                    format!("{other:?} is not \"required\" or \"optional\""),
+                ));
+            }
+        };
+        let client_auth = match raw.client_ca {
+            Some(ca) => Some(ClientAuth {
+                ca: self.base.join(ca),
+                required,
+            }),
+            None if raw.client_auth.is_some() => {
+                return Err(self.err(
+                    "server.tls.client_auth",
+                    "needs client_ca, the CA bundle client certificates are verified against",
+                ));
+            }
+            None => None,
+        };
         Ok(Tls {
             listen,
             certificates,
             self_signed,
             redirect,
+            client_auth,
         })
     }
 

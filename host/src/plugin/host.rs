@@ -152,6 +152,23 @@ impl types::HostRequestHead for StageState {
     fn client_addr(&mut self, h: Resource<RequestHead>) -> Result<String> {
         Ok(self.table.get(&h)?.client.to_string())
     }
+    fn client_certificate(
+        &mut self,
+        h: Resource<RequestHead>,
+    ) -> Result<Option<types::ClientCertificate>> {
+        let head = self.table.get(&h)?;
+        Ok(head
+            .parts
+            .extensions
+            .get::<Arc<crate::tls::ClientCert>>()
+            .map(|c| types::ClientCertificate {
+                subject: c.subject.clone(),
+                dns_names: c.dns_names.clone(),
+                uris: c.uris.clone(),
+                emails: c.emails.clone(),
+                sha256: c.sha256.clone(),
+            }))
+    }
     fn add_response_header(
         &mut self,
         h: Resource<RequestHead>,

@@ -90,7 +90,7 @@ pub async fn serve(
             if http2 {
                 io.multiplexed(server.timeouts.http2_idle);
             }
-            let svc = pipeline_service(current, activity, peer, Scheme::Http);
+            let svc = pipeline_service(current, activity, peer, Scheme::Http, None);
             serve_http(io, http2, &server, svc, stop, peer).await;
         }
         Kind::Https => {
@@ -112,11 +112,17 @@ pub async fn serve(
                 }
             };
             let mut tls = tls;
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = tls.get_ref().1;
+            let http2 = session.alpn_protocol() == Some(b"h2");
+            // Verified by the handshake (mutual TLS); read once for all its requests.
+            let client_cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| Arc::new(crate::tls::ClientCert::read(leaf)));
             if http2 {
                 tls.get_mut().0.multiplexed(server.timeouts.http2_idle);
             }
-            let svc = pipeline_service(current, activity, peer, Scheme::Https);
+            let svc = pipeline_service(current, activity, peer, Scheme::Https, client_cert);
             serve_http(tls, http2, &server, svc, stop, peer).await;
         }
         Kind::Redirect { https_port } => {
@@ -137,6 +143,7 @@ fn pipeline_service(
     activity: Arc<Activity>,
     peer: SocketAddr,
     scheme: Scheme,
+    client_cert: Option<Arc<crate::tls::ClientCert>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Logged>,
@@ -148,6 +155,9 @@ fn pipeline_service(
         if req.headers().contains_key(http::header::UPGRADE) {
             // A tunnel after a 101 keeps the connection busy for its life.
             req.extensions_mut().insert(activity.clone());
+        }
+        if let Some(cert) = &client_cert {
+            req.extensions_mut().insert(cert.clone());
         }
         let pipeline = current.load_full();
         // Boxed per request: hyper keeps a slot of the service future's size

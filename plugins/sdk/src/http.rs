@@ -2,6 +2,9 @@
 
 use crate::wit;
 
+/// A verified client certificate: subject, names by kind, and fingerprint.
+pub use crate::wit::types::ClientCertificate;
+
 // === impl Request ===
 
 /// The request head while a stage runs, borrowed from the host.
@@ -76,6 +79,21 @@ impl<'a> Request<'a> {
     /// The client's address as `"ip:port"` (`"[ipv6]:port"` for IPv6).
     pub fn client_addr(&self) -> String {
         self.head.client_addr()
+    }
+
+    /// The certificate the client proved it holds on a mutual-TLS listener
+    /// (`[server.tls] client_ca`), already verified by the host; `None` on
+    /// plain HTTP or when the client sent none (`client_auth = "optional"`).
+    ///
+    /// ```no_run
+    /// # fn check(request: &portier_sdk::Request) -> bool {
+    /// request
+    ///     .client_certificate()
+    ///     .is_some_and(|c| c.uris.iter().any(|u| u == "spiffe://example.org/billing"))
+    /// # }
+    /// ```
+    pub fn client_certificate(&self) -> Option<ClientCertificate> {
+        self.head.client_certificate()
     }
 
     /// Add a header to the response this request will get, whoever answers

@@ -119,7 +119,7 @@ pub mod kv;
 pub mod log;
 pub mod upstreams;
 
-pub use http::{HttpResponse, Request, Response, ip_of};
+pub use http::{ClientCertificate, HttpResponse, Request, Response, ip_of};
 pub use roles::{Action, Balancer, CachePolicy, Filter, Route, Router};
 
 #[doc(hidden)]

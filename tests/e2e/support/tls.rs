@@ -9,10 +9,14 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use super::body;
@@ -65,19 +69,65 @@ impl Ca {
         self.issuer.as_ref().pem()
     }
 
+    /// A client certificate signed by this CA: subject `CN=<cn>`, these
+    /// subject alternative names (DNS names, or `uri:`/`email:` prefixed),
+    /// extended key usage clientAuth.
+    pub fn client_leaf(&self, cn: &str, names: &[&str]) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Portier Tests");
+        for name in names {
+            params
+                .subject_alt_names
+                .push(if let Some(uri) = name.strip_prefix("uri:") {
+                    SanType::URI(uri.try_into().expect("a URI"))
+                } else if let Some(email) = name.strip_prefix("email:") {
+                    SanType::Rfc822Name(email.try_into().expect("an email"))
+                } else {
+                    SanType::DnsName((*name).try_into().expect("a DNS name"))
+                });
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
     /// A client configuration that trusts this CA only.
     pub fn client_config(&self, alpn: &[&str]) -> ClientConfig {
+        self.client_config_as(alpn, None)
+    }
+
+    /// [`Ca::client_config`], presenting `client` as its certificate (mutual TLS).
+    pub fn client_config_as(&self, alpn: &[&str], client: Option<&Leaf>) -> ClientConfig {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.issuer.as_ref().der().clone())
             .expect("the CA certificate");
-        let mut config = ClientConfig::builder_with_provider(Arc::new(
+        let builder = ClientConfig::builder_with_provider(Arc::new(
             tokio_rustls::rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(leaf) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from(leaf.der.clone())],
+                    PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("client key"),
+                )
+                .expect("a client certificate"),
+        };
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         config
     }
@@ -130,6 +180,17 @@ pub async fn connect(
 
 /// GET `path` over a new TLS connection (HTTP/2 when ALPN chose h2).
 pub async fn get(addr: SocketAddr, name: &str, config: ClientConfig, path: &str) -> TlsReply {
+    get_with(addr, name, config, path, &[]).await
+}
+
+/// [`get`] with these request headers.
+pub async fn get_with(
+    addr: SocketAddr,
+    name: &str,
+    config: ClientConfig,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> TlsReply {
     let tls = connect(addr, name, config)
         .await
         .unwrap_or_else(|e| panic!("TLS to {addr} as {name}: {e}"));
@@ -142,10 +203,11 @@ pub async fn get(addr: SocketAddr, name: &str, config: ClientConfig, path: &str)
     let alpn = session
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let request = Request::get(path)
-        .header("host", name)
-        .body(body::empty())
-        .expect("request");
+    let mut request = Request::get(path).header("host", name);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(body::empty()).expect("request");
     let io = TokioIo::new(tls);
     let response = if alpn.as_deref() == Some("h2") {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

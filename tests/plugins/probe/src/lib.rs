@@ -8,7 +8,9 @@
 //!
 //! - `file:/some/path`: `std::fs::read_to_string(path)`;
 //! - `env:NAME`: `std::env::var(NAME)`;
-//! - `write:/some/path`: `std::fs::write(path, ...)` (answers `written`).
+//! - `write:/some/path`: `std::fs::write(path, ...)` (answers `written`);
+//! - `client-cert:`: the verified client certificate (mutual TLS) as
+//!   `subject|dns names|uris|emails|sha256`, or 403 `none`.
 //!
 //! Requests without `x-probe` continue untouched; an unknown kind is a 400.
 
@@ -31,6 +33,17 @@ impl Filter for Probe {
             Some(("write", path)) => std::fs::write(path, "probe was here\n")
                 .map(|()| "written".to_string())
                 .map_err(|e| e.to_string()),
+            Some(("client-cert", _)) => match request.client_certificate() {
+                Some(c) => Ok(format!(
+                    "{}|{}|{}|{}|{}",
+                    c.subject,
+                    c.dns_names.join(","),
+                    c.uris.join(","),
+                    c.emails.join(","),
+                    c.sha256
+                )),
+                None => Err("none".to_string()),
+            },
             _ => {
                 return Action::Respond(HttpResponse::text(
                     400,
