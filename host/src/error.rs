@@ -53,4 +53,22 @@ impl Fault {
     pub fn closes_connection(self) -> bool {
         matches!(self, Fault::Refused(_) | Fault::ClientBody(_))
     }
+
+    /// The gRPC status a gRPC client gets instead of [`Fault::status`]
+    /// (codes from grpc/doc/statuscodes.md): a timeout is the deadline's, an
+    /// unreachable upstream is UNAVAILABLE, which clients may retry.
+    pub fn grpc_status(self) -> u8 {
+        const INTERNAL: u8 = 13;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            Fault::Refused(_) | Fault::ClientBody(Cut::Broken) | Fault::PluginContract => INTERNAL,
+            Fault::ClientBody(Cut::TooLarge) => RESOURCE_EXHAUSTED,
+            Fault::ClientBody(Cut::Stalled) | Fault::UpstreamTimeout => DEADLINE_EXCEEDED,
+            Fault::Upstream | Fault::NoEndpoint | Fault::LocalResources | Fault::Plugin => {
+                UNAVAILABLE
+            }
+        }
+    }
 }

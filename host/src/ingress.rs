@@ -329,8 +329,25 @@ fn strip(h: &mut HeaderMap, claims: bool) {
             .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
     );
+    // `TE: trailers` says the sender takes trailers; it is the one value
+    // HTTP/2 allows, and gRPC servers look for it: it goes on, alone.
+    let trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     for name in names {
         h.remove(name);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -701,6 +718,19 @@ mod tests {
             assert!(!p.headers.contains_key(gone), "{gone} kept");
         }
         assert_eq!(p.headers["x-kept"], "yes");
+
+        // TE: trailers (gRPC's) goes on, without any other TE value.
+        let (p, _) = admit(
+            &ingress(&[]),
+            "/",
+            &[
+                ("host", "a"),
+                ("te", "gzip, trailers;q=1"),
+                ("connection", "te"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.headers["te"], "trailers");
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl Pipeline {
         let client = match self.admit(&mut parts, peer, scheme) {
             Ok(client) => client,
             Err(fault) => {
-                let (parts, body) = error_response(fault);
+                let (parts, body) = error_response(fault, is_grpc(&parts.headers));
                 return Response::from_parts(
                     parts,
                     Logged::new(body, log(peer, fault.status(), None)),
@@ -208,7 +208,7 @@ impl Pipeline {
             // A body broken from its first bytes (a bad chunk size, say) is
             // refused here, before any plugin or upstream sees the request.
             if let Err(cut) = watched.first_frame().await {
-                let (parts, body) = error_response(Fault::ClientBody(cut));
+                let (parts, body) = error_response(Fault::ClientBody(cut), is_grpc(&parts.headers));
                 let record = log(client, parts.status, None);
                 return Response::from_parts(parts, Logged::new(body, record));
             }
@@ -220,6 +220,8 @@ impl Pipeline {
         let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
 
         let mut served_by = None;
+        // gRPC clients get the proxy's own errors as gRPC statuses.
+        let grpc = is_grpc(&head.parts.headers);
         let (resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
                 // Filters' on-response see the request as the pipeline left it, so
@@ -257,13 +259,13 @@ impl Pipeline {
                     // A request body the client broke or overfilled is the
                     // client's fault, not the upstream's.
                     Err(fault) => match outcome.and_then(|o| o.cut()) {
-                        Some(cut) => error_response(Fault::ClientBody(cut)),
-                        None => error_response(fault),
+                        Some(cut) => error_response(Fault::ClientBody(cut), grpc),
+                        None => error_response(fault, grpc),
                     },
                 }
             }
             Outcome::Respond(r) => plugin_response(r, self.header_limits),
-            Outcome::Fail(fault) => error_response(fault),
+            Outcome::Fail(fault) => error_response(fault, grpc),
         };
 
         let (mut resp, body) = self
@@ -629,7 +631,7 @@ impl Pipeline {
             head = h;
             resp = r;
             if let (Err(_), FailurePolicy::Closed) = (out, stage.policy) {
-                let (p, b) = error_response(Fault::Plugin);
+                let (p, b) = error_response(Fault::Plugin, is_grpc(&head.parts.headers));
                 return (ResponseHead { parts: p }, b);
             }
         }
@@ -649,7 +651,10 @@ fn fits(headers: &http::HeaderMap, limit: u64) -> bool {
 /// The proxy's own error answer: fixed text, nothing about the backend.
 /// After a request the client got wrong, the connection closes: what is
 /// left of it on the wire cannot be trusted to frame the next one.
-fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
+fn error_response(fault: Fault, grpc: bool) -> (http::response::Parts, ProxyBody) {
+    if grpc {
+        return grpc_error(fault);
+    }
     let status = fault.status();
     let text = format!(
         "{} {}\n",
@@ -663,6 +668,43 @@ fn error_response(fault: Fault) -> (http::response::Parts, ProxyBody) {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     (parts, body)
+}
+
+/// Whether a request is gRPC's (`application/grpc`, `+proto`, `-web`...).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own error as gRPC's trailers-only answer: HTTP 200 whose
+/// head ends the stream and carries `grpc-status` and `grpc-message`, as
+/// a gRPC server would send it (the message says the proxy answered).
+fn grpc_error(fault: Fault) -> (http::response::Parts, ProxyBody) {
+    let status = fault.status();
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(fault.grpc_status())),
+    );
+    // grpc-message is percent-encoded; these texts need only the spaces.
+    let message = format!(
+        "portier:%20{}%20{}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("").replace(' ', "%20")
+    );
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    if fault.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (r.into_parts().0, ProxyBody::full(bytes::Bytes::new()))
 }
 
 fn text_response(status: StatusCode, text: String) -> (http::response::Parts, ProxyBody) {
@@ -682,7 +724,7 @@ fn plugin_response(p: PluginResponse, limits: HeaderLimits) -> (http::response::
     let mut r = Response::new(());
     match crate::plugin::final_status(p.status) {
         Some(s) => *r.status_mut() = s,
-        None => return error_response(Fault::PluginContract),
+        None => return error_response(Fault::PluginContract, false),
     }
     for (k, v) in &p.headers {
         if let Err(e) = crate::plugin::heads::append_header(r.headers_mut(), k, v, limits) {

@@ -14,6 +14,7 @@ mod capabilities;
 mod edge;
 mod failures;
 mod forwarding;
+mod grpc;
 mod http2;
 mod lifecycle;
 mod limits;
