@@ -36,12 +36,31 @@ const POLL: Duration = Duration::from_millis(20);
 /// (10 s) and some.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free port on 127.0.0.1 (bound, read and released; the proxy binds it next).
+/// Ports handed to proxies: below Linux's ephemeral range (32768-60999), so
+/// no client socket of a parallel test can take one between `free_port`
+/// and the proxy's bind (an ephemeral port could be, and was).
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free port on 127.0.0.1 for a proxy to bind next: each test process
+/// walks [`PORTS`] from a point of its own, never handing a port out twice,
+/// and skips ports something already holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = PORTS.start + (NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}")
 }
 
 /// `127.0.0.1:` a [`free_port`].
