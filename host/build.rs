@@ -18,6 +18,7 @@ fn main() {
         "headers",
         "api-key",
         "rate-limit",
+        "cache",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

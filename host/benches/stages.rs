@@ -115,9 +115,15 @@ async fn measure(
     let manifest =
         Manifest::parse(Path::new("bench.toml"), &text).unwrap_or_else(|e| panic!("{case}: {e}"));
     let registry = portier::upstream::Registry::offline(1);
-    let pipeline = Pipeline::build(&manifest, runtime, &registry, 1)
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let pipeline = Pipeline::build(
+        &manifest,
+        runtime,
+        &registry,
+        &portier::cache::Stores::default(),
+        1,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
     let mut h = head();
     let mut times = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {

@@ -39,8 +39,11 @@ pub enum ProxyBody {
     Streamed(Watched),
     /// Streamed from an upstream, driving its connection.
     Upstream(Watched<UpstreamBody>),
-    /// Generated here (errors, plugin responses).
+    /// Generated here (errors, plugin responses), or from the cache.
     Full(Full<Bytes>),
+    /// An upstream's response the cache keeps a copy of as it streams
+    /// (boxed: rare, and the enum rides in every response).
+    Recorded(Box<crate::cache::record::Recording>),
 }
 
 impl ProxyBody {
@@ -62,6 +65,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ProxyBody::Recorded(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -69,6 +73,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_end_stream(),
+            ProxyBody::Recorded(b) => b.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
@@ -76,6 +81,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
+            ProxyBody::Recorded(b) => b.size_hint(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod forward;

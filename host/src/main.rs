@@ -92,7 +92,8 @@ fn check(path: &Path) -> anyhow::Result<()> {
     control_runtime()?.block_on(async {
         let wasm = Runtime::new(manifest.server.cache_dir.as_deref())?;
         let registry = portier::upstream::Registry::offline(manifest.server.workers);
-        let pipeline = Pipeline::build(&manifest, &wasm, &registry, 1).await?;
+        let caches = portier::cache::Stores::default();
+        let pipeline = Pipeline::build(&manifest, &wasm, &registry, &caches, 1).await?;
         println!(
             "{}: ok ({} upstreams, {} stages)",
             path.display(),
@@ -109,7 +110,9 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         // Upstream connections, health and load outlive every reload.
         let registry = portier::upstream::Registry::new(manifest.server.workers);
-        let pipeline = Pipeline::build(&manifest, &wasm, &registry, 1).await?;
+        // So do the cache's stored responses, while `[cache]` is unchanged.
+        let caches = Arc::new(portier::cache::Stores::default());
+        let pipeline = Pipeline::build(&manifest, &wasm, &registry, &caches, 1).await?;
         raise_open_file_limit();
         let listeners = server::bind(&server::addresses(&manifest.server))?;
         let admin = match manifest.admin.clone() {
@@ -126,6 +129,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
             manifest,
             wasm,
             registry,
+            caches,
             current.clone(),
         ));
         tokio::spawn(reloader.clone().on_sighup());

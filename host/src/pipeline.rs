@@ -18,6 +18,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
+use crate::cache::record::Recording;
+use crate::cache::{Entry, Store, Stores, Verdict};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
@@ -39,6 +41,8 @@ pub struct Pipeline {
     header_limits: HeaderLimits,
     /// What HTTPS listeners accept new connections with.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The response cache's store, when a cache-policy stage uses it.
+    cache: Option<Arc<Store>>,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -48,6 +52,8 @@ pub enum Outcome {
     Forward(Arc<Upstream>, usize),
     /// A stage answered.
     Respond(PluginResponse),
+    /// The cache-policy stage found a fresh stored response.
+    Cached(Arc<Entry>),
     /// The proxy answers with an error.
     Fail(Fault),
 }
@@ -61,6 +67,19 @@ pub struct Decision {
     pub reached: usize,
     /// The balancer stage that picked the endpoint, asked again for a retry.
     pub balancer: Option<usize>,
+    /// What the cache-policy stage found, if the request reached one.
+    pub cache: Option<CacheStep>,
+}
+
+/// The cache-policy stage's part in a request.
+#[derive(Debug)]
+pub struct CacheStep {
+    /// The stage (asked again whether the response may be stored).
+    pub stage: usize,
+    /// Hit, miss or bypass: the status header's value.
+    pub verdict: Verdict,
+    /// The key a miss's response is stored under.
+    pub key: Option<String>,
 }
 
 impl Pipeline {
@@ -71,6 +90,7 @@ impl Pipeline {
         manifest: &Manifest,
         runtime: &Runtime,
         registry: &Registry,
+        caches: &Stores,
         generation: u64,
     ) -> Result<Pipeline, ManifestError> {
         let upstreams =
@@ -107,6 +127,10 @@ impl Pipeline {
             None => None,
         };
         registry.commit(&upstreams).await;
+        let cache = stages
+            .iter()
+            .any(|s| s.role == Role::CachePolicy)
+            .then(|| caches.store_for(&manifest.cache));
         let server = manifest.server.clone();
         Ok(Pipeline {
             generation,
@@ -120,6 +144,7 @@ impl Pipeline {
             header_limits,
             server,
             tls,
+            cache,
         })
     }
 
@@ -158,6 +183,7 @@ impl Pipeline {
             "upstreams": upstreams,
             "tls_handshake_failures": crate::server::TLS_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
             "http2_abuse": crate::server::http2_abuse_status(),
+            "cache": self.cache.as_ref().map(|c| c.status()),
         })
     }
 
@@ -222,13 +248,22 @@ impl Pipeline {
         let mut served_by = None;
         // gRPC clients get the proxy's own errors as gRPC statuses.
         let grpc = is_grpc(&head.parts.headers);
-        let (resp_parts, resp_body) = match decision.outcome {
+        // A cache miss on a GET: its response may be stored (never a HEAD's:
+        // it has no body).
+        let store_as = decision
+            .cache
+            .as_ref()
+            .and_then(|c| Some((c.stage, c.key.clone()?)))
+            .filter(|_| head.parts.method == http::Method::GET);
+        let (mut resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
                 // Filters' on-response see the request as the pipeline left it, so
-                // they keep a copy; without such filters the head moves as is.
-                let parts = if self.stages[..decision.reached]
-                    .iter()
-                    .any(Stage::sees_responses)
+                // they keep a copy (so does the cache policy asked whether to
+                // store); without such stages the head moves as is.
+                let parts = if store_as.is_some()
+                    || self.stages[..decision.reached]
+                        .iter()
+                        .any(Stage::sees_responses)
                 {
                     clone_request_parts(&head.parts)
                 } else {
@@ -254,7 +289,16 @@ impl Pipeline {
                     Ok(resp) => {
                         let (p, b) = resp.into_parts();
                         let b = Watched::response(b, self.server.timeouts.upstream_body);
-                        (p, ProxyBody::Upstream(b))
+                        let b = ProxyBody::Upstream(b);
+                        match (store_as, &self.cache) {
+                            (Some((stage, key)), Some(store)) => {
+                                let (h, p, b) =
+                                    Box::pin(self.offer(stage, head, p, b, key, store)).await;
+                                head = h;
+                                (p, b)
+                            }
+                            _ => (p, b),
+                        }
                     }
                     // A request body the client broke or overfilled is the
                     // client's fault, not the upstream's.
@@ -265,8 +309,16 @@ impl Pipeline {
                 }
             }
             Outcome::Respond(r) => plugin_response(r, self.header_limits),
+            Outcome::Cached(entry) => cached_response(&entry),
             Outcome::Fail(fault) => error_response(fault, grpc),
         };
+        if let (Some(step), Some(store)) = (&decision.cache, &self.cache)
+            && let Some(name) = &store.config().status_header
+        {
+            resp_parts
+                .headers
+                .insert(name.clone(), step.verdict.header_value());
+        }
 
         let (mut resp, body) = self
             .response_stages(
@@ -283,6 +335,38 @@ impl Pipeline {
         }
         let record = log(client, resp.parts.status, served_by);
         Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// Ask the cache policy (stage `stage`) whether a miss's response may be
+    /// stored; if so, its body is recorded under `key` as it streams.
+    async fn offer(
+        &self,
+        stage: usize,
+        head: RequestHead,
+        parts: http::response::Parts,
+        body: ProxyBody,
+        key: String,
+        store: &Arc<Store>,
+    ) -> (RequestHead, http::response::Parts, ProxyBody) {
+        let (head, resp, ttl) = self.stages[stage]
+            .storable(head, ResponseHead { parts })
+            .await;
+        let parts = resp.parts;
+        match ttl {
+            Ok(Some(secs)) if secs > 0 => {
+                let recording = Recording::new(
+                    body,
+                    store.clone(),
+                    key,
+                    parts.status,
+                    parts.headers.clone(),
+                    std::time::Duration::from_secs(u64::from(secs)),
+                );
+                (head, parts, ProxyBody::Recorded(Box::new(recording)))
+            }
+            // Not storable, or the policy failed: the response passes as is.
+            _ => (head, parts, body),
+        }
     }
 
     /// Forward to `up.endpoints[index]`, retrying on another endpoint as
@@ -524,6 +608,7 @@ impl Pipeline {
         let mut upstream: Option<Arc<Upstream>> = None;
         let mut picked: Option<usize> = None;
         let mut balancer = None;
+        let mut cache = None;
         for (i, stage) in self.stages.iter().enumerate() {
             // A failed call was logged where it happened; here only the policy matters.
             let failed = |_: StageError| match stage.policy {
@@ -582,7 +667,28 @@ impl Pipeline {
                         Err(e) => failed(e),
                     }
                 }
-                Role::CachePolicy => None,
+                Role::CachePolicy => {
+                    let Some(store) = &self.cache else { continue };
+                    let (h, r) = stage.cache_key(head).await;
+                    head = h;
+                    let (verdict, key, outcome) = match r {
+                        Ok(Some(key)) => match store.lookup(&key) {
+                            Some(entry) => (Verdict::Hit, None, Some(Outcome::Cached(entry))),
+                            None => (Verdict::Miss, Some(key), None),
+                        },
+                        Ok(None) => {
+                            store.bypassed();
+                            (Verdict::Bypass, None, None)
+                        }
+                        Err(e) => (Verdict::Bypass, None, failed(e)),
+                    };
+                    cache = Some(CacheStep {
+                        stage: i,
+                        verdict,
+                        key,
+                    });
+                    outcome
+                }
             };
             if let Some(outcome) = outcome {
                 return (
@@ -591,6 +697,7 @@ impl Pipeline {
                         outcome,
                         reached: i,
                         balancer,
+                        cache,
                     },
                 );
             }
@@ -609,6 +716,7 @@ impl Pipeline {
                 outcome,
                 reached: self.stages.len(),
                 balancer,
+                cache,
             },
         )
     }
@@ -668,6 +776,17 @@ fn error_response(fault: Fault, grpc: bool) -> (http::response::Parts, ProxyBody
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     (parts, body)
+}
+
+/// A stored response, served again: its head as stored, with `Age` (RFC
+/// 9111 §5.1); hyper leaves the body out for a HEAD.
+fn cached_response(entry: &Entry) -> (http::response::Parts, ProxyBody) {
+    let mut r = Response::new(());
+    *r.status_mut() = entry.status;
+    *r.headers_mut() = entry.headers.clone();
+    r.headers_mut()
+        .insert(header::AGE, HeaderValue::from(entry.age().as_secs()));
+    (r.into_parts().0, ProxyBody::full(entry.body.clone()))
 }
 
 /// Whether a request is gRPC's (`application/grpc`, `+proto`, `-web`...).

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::cache::Stores;
 use crate::manifest::{Manifest, ManifestError, PluginSource};
 use crate::pipeline::Pipeline;
 use crate::plugin::Runtime;
@@ -19,6 +20,7 @@ pub struct Reloader {
     fixed: Manifest,
     wasm: Arc<Runtime>,
     registry: Arc<Registry>,
+    caches: Arc<Stores>,
     current: Current,
     /// One reload at a time, so generations are numbered in swap order.
     lock: tokio::sync::Mutex<()>,
@@ -31,6 +33,7 @@ impl Reloader {
         running: Manifest,
         wasm: Arc<Runtime>,
         registry: Arc<Registry>,
+        caches: Arc<Stores>,
         current: Current,
     ) -> Reloader {
         Reloader {
@@ -38,6 +41,7 @@ impl Reloader {
             fixed: running,
             wasm,
             registry,
+            caches,
             current,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -68,7 +72,7 @@ impl Reloader {
                 tracing::warn!("listen addresses (plain, TLS and redirect), workers and the admin listener change only on restart; keeping the current ones");
             }
             let generation = self.current.load().generation + 1;
-            Pipeline::build(&m, &self.wasm, &self.registry, generation).await
+            Pipeline::build(&m, &self.wasm, &self.registry, &self.caches, generation).await
         }
         .await;
         match result {

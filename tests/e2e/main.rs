@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod balancing;
 mod boundary;
+mod cache;
 mod capabilities;
 mod edge;
 mod failures;

@@ -5,6 +5,7 @@
 //! themselves (the world a component implements, its imports, its `init`)
 //! happen when the pipeline is built, with the same error type.
 
+mod cache;
 mod raw;
 mod server;
 mod tls;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::plugin::builtin;
+pub use cache::Cache;
 use raw::{RawManifest, RawStage};
 pub use server::{Http2, Limits, Server, Timeouts};
 pub use tls::{Certificate, ClientAuth, Tls};
@@ -57,6 +59,8 @@ pub struct Manifest {
     pub server: Server,
     /// `[admin]`: the admin API, if any.
     pub admin: Option<Admin>,
+    /// `[cache]`: the response cache's store (defaults when absent).
+    pub cache: Cache,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[pipeline]]`, in file order.
@@ -380,6 +384,7 @@ impl Validator<'_> {
             None => None,
             Some(a) => Some(self.admin(a)?),
         };
+        let cache = self.cache(raw.cache)?;
         // Included upstreams first, then this file's; a duplicate is reported
         // in the file (and at the index) where it appears second.
         let mut all = included;
@@ -419,6 +424,7 @@ impl Validator<'_> {
             includes: Vec::new(),
             server,
             admin,
+            cache,
             upstreams,
             stages,
         })
@@ -682,19 +688,13 @@ impl Validator<'_> {
     /// Rules about the pipeline as a whole.
     fn shape(&self, upstreams: &[Upstream], stages: &[Stage]) -> Result<(), ManifestError> {
         let find = |role| stages.iter().filter(move |s: &&Stage| s.role == role);
-        for role in [Role::Router, Role::Balancer] {
+        for role in [Role::Router, Role::Balancer, Role::CachePolicy] {
             if let Some(second) = find(role).nth(1) {
                 return Err(self.err(
                     second.key(),
                     format!("a pipeline has at most one {role} stage"),
                 ));
             }
-        }
-        if let Some(c) = find(Role::CachePolicy).next() {
-            return Err(self.err(
-                c.key() + ".role",
-                "cache-policy stages are not served by this version of portier yet",
-            ));
         }
         let router = find(Role::Router).next();
         if let (Some(r), Some(b)) = (router, find(Role::Balancer).next())

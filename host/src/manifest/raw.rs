@@ -13,6 +13,7 @@ pub struct RawManifest {
     pub include: Vec<String>,
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
+    pub cache: Option<RawCache>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
@@ -99,6 +100,15 @@ pub struct RawTimeouts {
     pub shutdown: Option<String>,
     pub upgrade_idle: Option<String>,
     pub upgrade_max: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_size: Option<String>,
+    pub max_object_size: Option<String>,
+    pub status_header: Option<String>,
 }
 
 /// `[admin]`.

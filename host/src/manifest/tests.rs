@@ -356,3 +356,32 @@ fn http2_limits_take_defaults_and_each_bad_one_is_rejected_at_its_key() {
         );
     }
 }
+
+#[test]
+fn the_cache_table_takes_defaults_and_a_second_cache_stage_is_rejected() {
+    let server = "[server]\nlisten = \"127.0.0.1:3000\"\n";
+    let m = parse(&format!("{server}{UPSTREAM}")).unwrap();
+    assert_eq!(m.cache, Cache::default());
+    let m = parse(&format!(
+        "{server}[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"64KiB\"\nstatus_header = \"\"\n{UPSTREAM}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (m.cache.max_size, m.cache.max_object_size, m.cache.status_header),
+        (1 << 20, 64 << 10, None)
+    );
+    for (table, key) in [
+        ("max_size = \"0\"", "cache.max_size"),
+        ("max_size = \"1MiB\"\nmax_object_size = \"2MiB\"", "cache.max_object_size"),
+        ("status_header = \"x cache\"", "cache.status_header"),
+        ("ttl = \"1s\"", "cache.ttl"),
+    ] {
+        assert_eq!(
+            key_of(&format!("{server}[cache]\n{table}\n{UPSTREAM}")),
+            key,
+            "{table}"
+        );
+    }
+    let two = "[[pipeline]]\nplugin = \"cache\"\n[[pipeline]]\nplugin = \"cache\"\nname = \"again\"\n";
+    assert_eq!(key_of(&format!("{server}{UPSTREAM}{two}")), "pipeline[1]");
+}

@@ -50,3 +50,13 @@ pub mod balancer {
         with: { "portier:plugin": super::portier::plugin },
     });
 }
+
+/// `world cache-policy`.
+pub mod cache_policy {
+    wasmtime::component::bindgen!({
+        world: "cache-policy",
+        path: "../wit",
+        exports: { default: async },
+        with: { "portier:plugin": super::portier::plugin },
+    });
+}

@@ -30,12 +30,13 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 5] = [
+static BUILTINS: [Builtin; 6] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
     builtin!("api-key", "api_key", Role::Filter),
     builtin!("rate-limit", "rate_limit", Role::Filter),
+    builtin!("cache", Role::CachePolicy),
 ];
 
 /// The built-in plugin with this name.

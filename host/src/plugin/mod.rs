@@ -31,6 +31,7 @@ use crate::kv::Kv;
 use crate::manifest::{self, ManifestError, PluginSource, Role};
 use crate::upstream::Upstreams;
 use bindings::balancer::{Balancer, BalancerPre};
+use bindings::cache_policy::{CachePolicy, CachePolicyPre};
 use bindings::filter::{Filter, FilterPre};
 use bindings::router::{Router, RouterPre};
 use heads::{HeaderLimits, RequestHead, ResponseHead};
@@ -181,12 +182,7 @@ impl Runtime {
             Role::Filter => RolePre::Filter(FilterPre::new(pre).map_err(not_world)?),
             Role::Router => RolePre::Router(RouterPre::new(pre).map_err(not_world)?),
             Role::Balancer => RolePre::Balancer(BalancerPre::new(pre).map_err(not_world)?),
-            Role::CachePolicy => {
-                return Err(err(
-                    format!("{}.role", spec.key()),
-                    "cache-policy stages are not served yet".into(),
-                ));
-            }
+            Role::CachePolicy => RolePre::CachePolicy(CachePolicyPre::new(pre).map_err(not_world)?),
         };
         let stage = Stage {
             name: spec.name.clone(),
@@ -298,12 +294,14 @@ enum RolePre {
     Filter(FilterPre<StageState>),
     Router(RouterPre<StageState>),
     Balancer(BalancerPre<StageState>),
+    CachePolicy(CachePolicyPre<StageState>),
 }
 
 enum RoleInstance {
     Filter(Filter),
     Router(Router),
     Balancer(Balancer),
+    CachePolicy(CachePolicy),
 }
 
 /// A ready instance: its own store, so a trap discards only this one.
@@ -454,6 +452,27 @@ impl Stage {
             store.data_mut().exclude = exclude;
             b.call_pick(store, req, upstream)
         })
+    }
+
+    /// Run a cache policy's `cache-key`: the key to look the request up
+    /// under, or `None` to bypass the cache.
+    pub async fn cache_key(
+        &self,
+        head: RequestHead,
+    ) -> (RequestHead, Result<Option<String>, StageError>) {
+        with_instance!(self, CachePolicy(c), [head], |store, req| c
+            .call_cache_key(store, req))
+    }
+
+    /// Run a cache policy's `storable`: how long (seconds) the response may
+    /// be stored, or `None` not to store it.
+    pub async fn storable(
+        &self,
+        req: RequestHead,
+        resp: ResponseHead,
+    ) -> (RequestHead, ResponseHead, Result<Option<u32>, StageError>) {
+        with_instance!(self, CachePolicy(c), [req, resp], |store, r, s| c
+            .call_storable(store, r, s))
     }
 
     /// Whether this stage's `on-response` is to be called: a filter that said
@@ -619,6 +638,11 @@ impl Stage {
                 let i = p.instantiate_async(&mut store).await.map_err(start)?;
                 let r = i.call_init(&mut store, config).await;
                 (RoleInstance::Balancer(i), r)
+            }
+            RolePre::CachePolicy(p) => {
+                let i = p.instantiate_async(&mut store).await.map_err(start)?;
+                let r = i.call_init(&mut store, config).await;
+                (RoleInstance::CachePolicy(i), r)
             }
         };
         match init {

@@ -98,8 +98,7 @@ impl Filter for RateLimit {
         if requests == 0 {
             return Err("requests: must be at least 1".to_string());
         }
-        let window =
-            window::parse_duration(&window).map_err(|reason| format!("window: {reason}"))?;
+        let window = config::duration_ms(&window).map_err(|reason| format!("window: {reason}"))?;
         let key = match key {
             Key::Header(name) => {
                 Key::Header(check_header(&name).map_err(|reason| format!("key.header: {reason}"))?)

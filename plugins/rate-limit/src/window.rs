@@ -1,30 +1,5 @@
-//! Durations and the sliding-window arithmetic, free of host calls so they
-//! are unit-tested natively.
-
-/// `"500ms"`, `"60s"`, `"1m"`, `"1h"` or `"1d"` in milliseconds (never 0).
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let expected =
-        || format!(r#"expected a duration like "500ms", "60s", "1m" or "1h" (got {text:?})"#);
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits);
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(expected()),
-    };
-    let ms = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(expected)?;
-    if ms == 0 {
-        return Err("must be longer than 0".to_string());
-    }
-    Ok(ms)
-}
+//! The sliding-window arithmetic, free of host calls so it is unit-tested
+//! natively.
 
 /// Where a moment falls: the number of its fixed window (counted from the
 /// Unix epoch, so every proxy agrees) and how far into that window it is.
@@ -107,35 +82,6 @@ fn wait_until_fits(room: u64, previous: u64, window: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(500));
-        assert_eq!(parse_duration("60s"), Ok(60_000));
-        assert_eq!(parse_duration("1m"), Ok(60_000));
-        assert_eq!(parse_duration("2h"), Ok(7_200_000));
-        assert_eq!(parse_duration("1d"), Ok(86_400_000));
-        assert_eq!(
-            parse_duration("0s"),
-            Err("must be longer than 0".to_string())
-        );
-        for bad in [
-            "",
-            "60",
-            "s",
-            "1.5s",
-            "-1s",
-            "60 s",
-            "1sec",
-            "99999999999999999999d",
-        ] {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(
-                err.starts_with("expected a duration like"),
-                "{bad:?}: {err}"
-            );
-        }
-    }
 
     #[test]
     fn positions_are_epoch_aligned() {

@@ -49,6 +49,32 @@ pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, String> {
     Ok(value)
 }
 
+/// A duration written in a config, `"500ms"`, `"60s"`, `"1m"`, `"1h"` or
+/// `"1d"`, in milliseconds (never 0), as the manifest writes durations.
+pub fn duration_ms(text: &str) -> Result<u64, String> {
+    let expected =
+        || format!(r#"expected a duration like "500ms", "60s", "1m" or "1h" (got {text:?})"#);
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(expected()),
+    };
+    let ms = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(expected)?;
+    if ms == 0 {
+        return Err("must be longer than 0".to_string());
+    }
+    Ok(ms)
+}
+
 /// The error without serde_json's position: the host wrote the JSON from the
 /// manifest, so "line 1 column 57" would point into text the user never saw.
 /// Syntax errors keep it, as there the position is all there is to say.
@@ -129,5 +155,31 @@ mod tests {
         assert!(err.contains("line 1 column 1"), "{err}");
         let err = parse::<Config>("{} x").unwrap_err();
         assert!(err.starts_with("trailing characters"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms("500ms"), Ok(500));
+        assert_eq!(duration_ms("60s"), Ok(60_000));
+        assert_eq!(duration_ms("1m"), Ok(60_000));
+        assert_eq!(duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(duration_ms("1d"), Ok(86_400_000));
+        assert_eq!(duration_ms("0s"), Err("must be longer than 0".to_string()));
+        for bad in [
+            "",
+            "60",
+            "s",
+            "1.5s",
+            "-1s",
+            "60 s",
+            "1sec",
+            "99999999999999999999d",
+        ] {
+            let err = duration_ms(bad).unwrap_err();
+            assert!(
+                err.starts_with("expected a duration like"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

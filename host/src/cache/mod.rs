@@ -1,0 +1,305 @@
+//! The response cache: the host's store (the mechanism) under the keys and
+//! lifetimes a `cache-policy` stage decides (the policy).
+//!
+//! - [`Store`]: responses in memory, bounded by bytes (`[cache] max_size`,
+//!   heads and bodies counted) with moka's TinyLFU admission and LRU
+//!   eviction, each kept for the time its policy allowed. One store serves
+//!   every pipeline generation while `[cache]` is unchanged ([`Stores`]).
+//! - [`record`]: the body that streams an upstream response to its first
+//!   client and keeps a copy for the store as it passes; one over
+//!   `max_object_size` is passed on and not stored.
+//!
+//! Whether a response may be stored and for how long is the policy's call
+//! (its plugin): the host only never stores a response to a HEAD (it has no
+//! body), and serves HEAD from a GET's entry.
+
+pub mod record;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::clock;
+use crate::manifest::Cache as CacheConfig;
+
+/// One stored response: its head as the upstream sent it (response stages
+/// run again on every hit) and its whole body.
+#[derive(Debug)]
+pub struct Entry {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers, hop-by-hop ones already gone.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// When it was stored (coarse-clock ms).
+    stored_at: u64,
+    /// How long it is fresh.
+    ttl: Duration,
+}
+
+impl Entry {
+    /// An entry stored now, fresh for `ttl`.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes, ttl: Duration) -> Entry {
+        Entry {
+            status,
+            headers,
+            body,
+            stored_at: clock::now_ms(),
+            ttl,
+        }
+    }
+
+    /// How long ago it was stored: the `Age` header's value.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(clock::now_ms().saturating_sub(self.stored_at))
+    }
+
+    /// Whether it may still be served without asking the upstream.
+    pub fn fresh(&self) -> bool {
+        self.age() < self.ttl
+    }
+
+    /// Bytes it holds, as the store's bound counts them.
+    fn weight(&self) -> u32 {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        u32::try_from(self.body.len() + head + 128).unwrap_or(u32::MAX)
+    }
+}
+
+/// What the store did since it was made (`/status`).
+#[derive(Debug, Default)]
+struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    stored: AtomicU64,
+    too_large: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// How a request met the cache, as the status header says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Served from the store.
+    Hit,
+    /// Not in the store (or stale): forwarded, and stored if the policy allows.
+    Miss,
+    /// The policy gave no key: the cache was not consulted.
+    Bypass,
+}
+
+impl Verdict {
+    /// The status header's value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Verdict::Hit => "HIT",
+            Verdict::Miss => "MISS",
+            Verdict::Bypass => "BYPASS",
+        })
+    }
+}
+
+/// Stored responses by cache key.
+pub struct Store {
+    entries: moka::sync::Cache<String, Arc<Entry>>,
+    config: CacheConfig,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+/// Each entry leaves the store when its policy's time is up; a stale entry
+/// is never served, so it need not stay.
+struct Lifetime;
+
+impl moka::Expiry<String, Arc<Entry>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+impl Store {
+    /// An empty store bounded as `config` says.
+    pub fn new(config: CacheConfig) -> Store {
+        let stats = Arc::new(Stats::default());
+        let evicted = stats.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.max_size)
+            .weigher(|_key: &String, entry: &Arc<Entry>| entry.weight())
+            .expire_after(Lifetime)
+            .eviction_listener(move |_key, _entry, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.evictions.fetch_add(1, Relaxed);
+                }
+            })
+            .build();
+        Store {
+            entries,
+            config,
+            stats,
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The fresh entry under `key`, counting a hit, or `None`, counting a miss.
+    pub fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
+        match self.entries.get(key).filter(|e| e.fresh()) {
+            Some(e) => {
+                self.stats.hits.fetch_add(1, Relaxed);
+                Some(e)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Count a request the policy let bypass the cache.
+    pub fn bypassed(&self) {
+        self.stats.bypasses.fetch_add(1, Relaxed);
+    }
+
+    /// Keep `entry` under `key`, replacing what was there.
+    pub fn insert(&self, key: String, entry: Entry) {
+        self.stats.stored.fetch_add(1, Relaxed);
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Count a response not stored because its body passed `max_object_size`.
+    pub fn too_large(&self) {
+        self.stats.too_large.fetch_add(1, Relaxed);
+    }
+
+    /// `/status`: counters since the store was made, and what it holds.
+    pub fn status(&self) -> serde_json::Value {
+        // Evictions and expiries are applied lazily; count them first.
+        self.entries.run_pending_tasks();
+        let s = &self.stats;
+        serde_json::json!({
+            "hits": s.hits.load(Relaxed),
+            "misses": s.misses.load(Relaxed),
+            "bypasses": s.bypasses.load(Relaxed),
+            "stored": s.stored.load(Relaxed),
+            "too_large": s.too_large.load(Relaxed),
+            "evictions": s.evictions.load(Relaxed),
+            "entries": self.entries.entry_count(),
+            "bytes": self.entries.weighted_size(),
+            "max_bytes": self.config.max_size,
+        })
+    }
+}
+
+/// The process's store: kept across reloads while `[cache]` is unchanged,
+/// a new one (empty) when it changes.
+#[derive(Debug, Default)]
+pub struct Stores {
+    current: Mutex<Option<Arc<Store>>>,
+}
+
+impl Stores {
+    /// The store for a generation with `config`: the current one if its
+    /// settings are the same, else a new one that becomes current. (A
+    /// generation that is then rejected leaves the new, empty store current:
+    /// the old one's entries stay with the running generation until it goes.)
+    pub fn store_for(&self, config: &CacheConfig) -> Arc<Store> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some(s) if s.config() == config => s.clone(),
+            _ => {
+                let store = Arc::new(Store::new(config.clone()));
+                *current = Some(store.clone());
+                store
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_size: u64) -> CacheConfig {
+        CacheConfig {
+            max_size,
+            ..CacheConfig::default()
+        }
+    }
+
+    fn entry(body: usize, ttl: Duration) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; body]),
+            ttl,
+        )
+    }
+
+    #[test]
+    fn a_stored_entry_is_a_hit_until_its_time_is_up() {
+        let store = Store::new(config(1 << 20));
+        assert!(store.lookup("/a").is_none());
+        store.insert("/a".into(), entry(10, Duration::from_secs(60)));
+        let hit = store.lookup("/a").expect("a hit");
+        assert_eq!(hit.body.len(), 10);
+        assert!(hit.age() < Duration::from_secs(1));
+        store.insert("/b".into(), entry(10, Duration::ZERO));
+        assert!(
+            store.lookup("/b").is_none(),
+            "an entry with no lifetime is stale at once"
+        );
+        let status = store.status();
+        assert_eq!(
+            (status["hits"].as_u64(), status["misses"].as_u64()),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn the_store_stays_within_its_byte_bound() {
+        let bound = 256 << 10;
+        let store = Store::new(config(bound));
+        for i in 0..1000 {
+            store.insert(format!("/{i}"), entry(4096, Duration::from_secs(60)));
+        }
+        let status = store.status();
+        let bytes = status["bytes"].as_u64().unwrap();
+        assert!(bytes <= bound, "{bytes} bytes stored, bound {bound}");
+        assert!(status["entries"].as_u64().unwrap() < 100);
+        assert!(status["evictions"].as_u64().unwrap() > 0, "{status}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_store_while_cache_settings_are_unchanged() {
+        let stores = Stores::default();
+        let a = stores.store_for(&config(1 << 20));
+        let b = stores.store_for(&config(1 << 20));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = stores.store_for(&config(2 << 20));
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+}

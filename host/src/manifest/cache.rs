@@ -1,0 +1,67 @@
+//! `[cache]`: the response cache's store, shared by the pipeline's
+//! `cache-policy` stage (which decides keys and lifetimes) and kept across
+//! reloads while these settings are unchanged.
+
+use http::HeaderName;
+
+use super::raw::RawCache;
+use super::{ManifestError, Validator, units};
+
+/// The store's bounds and what it tells clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// Bytes of stored responses (bodies and heads) at most.
+    pub max_size: u64,
+    /// A response whose body is larger passes through unstored.
+    pub max_object_size: usize,
+    /// The response header saying HIT, MISS or BYPASS (`None`: not sent).
+    pub status_header: Option<HeaderName>,
+}
+
+impl Default for Cache {
+    fn default() -> Cache {
+        Cache {
+            max_size: 256 << 20,
+            max_object_size: 8 << 20,
+            status_header: Some(HeaderName::from_static("x-cache")),
+        }
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn cache(&self, raw: Option<RawCache>) -> Result<Cache, ManifestError> {
+        let d = Cache::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let size = |name: &str, v: Option<String>, default: usize| match v {
+            None => Ok(default),
+            Some(s) => match units::bytes(&s) {
+                Ok(0) => Err(self.err(format!("cache.{name}"), "must be more than 0")),
+                Ok(n) => Ok(n),
+                Err(r) => Err(self.err(format!("cache.{name}"), r)),
+            },
+        };
+        let max_size = size("max_size", raw.max_size, d.max_size as usize)? as u64;
+        let max_object_size = size("max_object_size", raw.max_object_size, d.max_object_size)?;
+        if max_object_size as u64 > max_size {
+            return Err(self.err(
+                "cache.max_object_size",
+                "must not be more than cache.max_size",
+            ));
+        }
+        let status_header = match raw.status_header.as_deref() {
+            None => d.status_header,
+            Some("") => None,
+            Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                self.err(
+                    "cache.status_header",
+                    format!("{name:?} is not a header name (\"\" turns the header off)"),
+                )
+            })?),
+        };
+        Ok(Cache {
+            max_size,
+            max_object_size,
+            status_header,
+        })
+    }
+}

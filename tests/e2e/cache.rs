@@ -1,0 +1,238 @@
+//! The response cache: the built-in `cache` policy over the host's store,
+//! against backends that count what reaches them. The primer's exercise (a
+//! GET cached for 30 seconds: the backend answers once), HEAD from a GET's
+//! entry, what is never stored (5xx, no-store, private, Set-Cookie, answers
+//! to Authorization), what the client may bypass, the byte bounds, and the
+//! store outliving a reload.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use crate::support::{Backend, Portier, RunningBackend, endpoints, one_upstream_with_admin};
+
+/// One upstream over `backend`, the cache stage with `config`, `extra` tables.
+async fn proxy(backend: &RunningBackend, config: &str, extra: &str) -> Portier {
+    let pipeline = format!("[[pipeline]]\nplugin = \"cache\"\nconfig = {{ {config} }}\n");
+    Portier::start(&format!(
+        "{}\n{extra}\n",
+        one_upstream_with_admin(&endpoints(&[backend]), "", &pipeline)
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_get_is_stored_and_served_again_while_the_backend_is_asked_once() {
+    let backend = Backend::new("app").start().await;
+    let proxy = proxy(&backend, "", "").await;
+    let client = proxy.client();
+
+    let first = client.get("/page?x=1").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    for _ in 0..4 {
+        let again = client.get("/page?x=1").await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.header("x-cache"), Some("HIT"));
+        assert_eq!(again.body, first.body, "the stored body, byte for byte");
+        let age: u64 = again.header("age").expect("Age on a hit").parse().unwrap();
+        assert!(age < 30, "{age}");
+    }
+    assert_eq!(
+        backend.requests(),
+        1,
+        "the primer's exercise: one upstream request"
+    );
+
+    // Another query is another key; HEAD shares GET's entry and gets no body.
+    assert_eq!(
+        client.get("/page?x=2").await.header("x-cache"),
+        Some("MISS")
+    );
+    let head = client
+        .send(
+            client
+                .request(Method::HEAD, "/page?x=1")
+                .body(crate::support::body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(head.header("x-cache"), Some("HIT"));
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string().as_str())
+    );
+    assert_eq!(backend.requests(), 2);
+
+    let status = proxy.status().await["cache"].clone();
+    assert_eq!(status["hits"], 5, "{status}");
+    assert_eq!(status["misses"], 2, "{status}");
+    assert_eq!(status["entries"], 2, "{status}");
+    assert!(status["bytes"].as_u64().unwrap() > first.body.len() as u64);
+}
+
+#[tokio::test]
+async fn a_5xx_is_never_stored_even_when_it_says_it_may_be() {
+    let backend = Backend::new("app")
+        .status(503)
+        .response_header("cache-control", "public, max-age=600")
+        .start()
+        .await;
+    let proxy = proxy(&backend, "", "").await;
+    for _ in 0..3 {
+        let reply = proxy.client().get("/down").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.header("x-cache"), Some("MISS"));
+    }
+    assert_eq!(backend.requests(), 3, "every request went to the backend");
+    // Listing a 5xx is a configuration error, not a silent no.
+    let checked = crate::support::check(&one_upstream_with_admin(
+        &endpoints(&[&backend]),
+        "",
+        "[[pipeline]]\nplugin = \"cache\"\nconfig.ttl = { \"500\" = \"10s\" }\n",
+    ));
+    let reason = checked.assert_rejected_at("pipeline[0].config.ttl.500");
+    assert!(reason.contains("never stored"), "{reason}");
+}
+
+/// How many of three GETs of `path` (with `headers`) reached the backend.
+async fn upstream_requests(config: &str, backend: Backend, headers: &[(&str, &str)]) -> usize {
+    let backend = backend.start().await;
+    let proxy = proxy(&backend, config, "").await;
+    for _ in 0..3 {
+        let reply = proxy.client().get_with("/r", headers).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    backend.requests()
+}
+
+#[tokio::test]
+async fn no_store_private_set_cookie_and_authorization_are_not_stored_unless_allowed() {
+    let app = || Backend::new("app");
+    let with = |name: &str, value: &str| app().response_header(name, value);
+    assert_eq!(
+        upstream_requests("", with("cache-control", "no-store"), &[]).await,
+        3
+    );
+    assert_eq!(
+        upstream_requests("", with("cache-control", "private, max-age=60"), &[]).await,
+        3
+    );
+    assert_eq!(
+        upstream_requests("", with("set-cookie", "session=1"), &[]).await,
+        3
+    );
+    assert_eq!(
+        upstream_requests(
+            "allow_set_cookie = true",
+            with("set-cookie", "session=1"),
+            &[]
+        )
+        .await,
+        1
+    );
+    let auth = [("authorization", "Bearer t")];
+    assert_eq!(upstream_requests("", app(), &auth).await, 3);
+    assert_eq!(
+        upstream_requests("allow_authorization = true", app(), &auth).await,
+        1
+    );
+    // A response that says it is for everyone may be shared (RFC 9111 §3.5).
+    assert_eq!(
+        upstream_requests("", with("cache-control", "public"), &auth).await,
+        1
+    );
+    // Vary on a header the key does not hold: never a wrong variant.
+    assert_eq!(
+        upstream_requests("", with("vary", "accept-language"), &[]).await,
+        3
+    );
+    assert_eq!(
+        upstream_requests(
+            "key = { headers = [\"accept-language\"] }",
+            with("vary", "accept-language"),
+            &[("accept-language", "fr")]
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_responses_lifetime_is_honoured_and_a_client_may_bypass_the_cache() {
+    let backend = Backend::new("app")
+        .response_header("cache-control", "max-age=1")
+        .start()
+        .await;
+    let proxy = proxy(&backend, "", "").await;
+    let client = proxy.client();
+    assert_eq!(client.get("/t").await.header("x-cache"), Some("MISS"));
+    assert_eq!(client.get("/t").await.header("x-cache"), Some("HIT"));
+    let bypass = client
+        .get_with("/t", &[("cache-control", "no-cache")])
+        .await;
+    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(backend.requests(), 2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        client.get("/t").await.header("x-cache"),
+        Some("MISS"),
+        "expired"
+    );
+    assert_eq!(backend.requests(), 3);
+    // Other methods never consult it.
+    let post = client
+        .send(
+            client
+                .request(Method::POST, "/t")
+                .body(crate::support::body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(post.header("x-cache"), Some("BYPASS"));
+}
+
+#[tokio::test]
+async fn an_object_over_the_size_limit_passes_through_unstored() {
+    let backend = Backend::new("app").large_response(64 << 10).start().await;
+    let proxy = proxy(
+        &backend,
+        "",
+        "[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"32KiB\"\nstatus_header = \"x-portier-cache\"",
+    )
+    .await;
+    for _ in 0..2 {
+        let reply = proxy.client().get("/big").await;
+        assert_eq!(reply.body.len(), 64 << 10, "streamed whole to the client");
+        assert_eq!(reply.header("x-portier-cache"), Some("MISS"));
+        assert!(reply.header("x-cache").is_none());
+    }
+    assert_eq!(backend.requests(), 2);
+    let status = proxy.status().await["cache"].clone();
+    assert_eq!(status["too_large"], 2, "{status}");
+    assert_eq!(status["entries"], 0, "{status}");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_stored_responses_and_a_changed_cache_table_starts_empty() {
+    let backend = Backend::new("app").start().await;
+    let pipeline = "[[pipeline]]\nplugin = \"cache\"\n";
+    let manifest = one_upstream_with_admin(&endpoints(&[&backend]), "", pipeline);
+    let proxy = Portier::start(&manifest).await;
+    let client = proxy.client();
+    client.get("/kept").await;
+    assert_eq!(client.get("/kept").await.header("x-cache"), Some("HIT"));
+
+    // Same [cache]: the entry survives.
+    proxy.rewrite_manifest(&format!("{manifest}\n# touched\n"));
+    proxy.reload().await;
+    assert_eq!(client.get("/kept").await.header("x-cache"), Some("HIT"));
+    assert_eq!(backend.requests(), 1);
+
+    // A different [cache]: a new, empty store.
+    proxy.rewrite_manifest(&format!("{manifest}\n[cache]\nmax_size = \"64MiB\"\n"));
+    proxy.reload().await;
+    assert_eq!(client.get("/kept").await.header("x-cache"), Some("MISS"));
+    assert_eq!(backend.requests(), 2);
+}
