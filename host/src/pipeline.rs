@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
 use crate::cache::record::Recording;
-use crate::cache::{Entry, Store, Stores, Verdict};
+use crate::cache::{Entry, Flight, Lookup, Store, Stores, Verdict};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
@@ -80,6 +80,9 @@ pub struct CacheStep {
     pub verdict: Verdict,
     /// The key a miss's response is stored under.
     pub key: Option<String>,
+    /// A miss other requests for the key are waiting on, held until its
+    /// response is stored or known not to be.
+    pub flight: Option<Flight>,
 }
 
 impl Pipeline {
@@ -240,7 +243,7 @@ impl Pipeline {
             }
             (ProxyBody::Streamed(watched), Some(outcome))
         };
-        let (mut head, decision) = self.request_stages(RequestHead::new(parts, client)).await;
+        let (mut head, mut decision) = self.request_stages(RequestHead::new(parts, client)).await;
         let mut added = head.response_headers.take();
         // Taken before the head may move on: an upgrade goes its own way.
         let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
@@ -252,8 +255,8 @@ impl Pipeline {
         // it has no body).
         let store_as = decision
             .cache
-            .as_ref()
-            .and_then(|c| Some((c.stage, c.key.clone()?)))
+            .as_mut()
+            .and_then(|c| Some((c.stage, c.key.take()?, c.flight.take())))
             .filter(|_| head.parts.method == http::Method::GET);
         let (mut resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
@@ -291,9 +294,10 @@ impl Pipeline {
                         let b = Watched::response(b, self.server.timeouts.upstream_body);
                         let b = ProxyBody::Upstream(b);
                         match (store_as, &self.cache) {
-                            (Some((stage, key)), Some(store)) => {
+                            (Some((stage, key, flight)), Some(store)) => {
                                 let (h, p, b) =
-                                    Box::pin(self.offer(stage, head, p, b, key, store)).await;
+                                    Box::pin(self.offer(stage, head, p, b, (key, flight), store))
+                                        .await;
                                 head = h;
                                 (p, b)
                             }
@@ -338,14 +342,15 @@ impl Pipeline {
     }
 
     /// Ask the cache policy (stage `stage`) whether a miss's response may be
-    /// stored; if so, its body is recorded under `key` as it streams.
+    /// stored; if so, its body is recorded under `key` as it streams, and
+    /// the requests waiting on its `flight` are let go when it is stored.
     async fn offer(
         &self,
         stage: usize,
         head: RequestHead,
         parts: http::response::Parts,
         body: ProxyBody,
-        key: String,
+        (key, flight): (String, Option<Flight>),
         store: &Arc<Store>,
     ) -> (RequestHead, http::response::Parts, ProxyBody) {
         let (head, resp, ttl) = self.stages[stage]
@@ -357,7 +362,7 @@ impl Pipeline {
                 let recording = Recording::new(
                     body,
                     store.clone(),
-                    key,
+                    (key, flight),
                     parts.status,
                     parts.headers.clone(),
                     std::time::Duration::from_secs(u64::from(secs)),
@@ -671,21 +676,27 @@ impl Pipeline {
                     let Some(store) = &self.cache else { continue };
                     let (h, r) = stage.cache_key(head).await;
                     head = h;
-                    let (verdict, key, outcome) = match r {
-                        Ok(Some(key)) => match store.lookup(&key) {
-                            Some(entry) => (Verdict::Hit, None, Some(Outcome::Cached(entry))),
-                            None => (Verdict::Miss, Some(key), None),
+                    // Only a GET's response is stored, so only a GET leads a fetch
+                    // that other misses of the key wait for.
+                    let lead = head.parts.method == http::Method::GET;
+                    let (verdict, key, flight, outcome) = match r {
+                        Ok(Some(key)) => match store.lookup(&key, lead).await {
+                            Lookup::Hit(entry) => {
+                                (Verdict::Hit, None, None, Some(Outcome::Cached(entry)))
+                            }
+                            Lookup::Miss(flight) => (Verdict::Miss, Some(key), flight, None),
                         },
                         Ok(None) => {
                             store.bypassed();
-                            (Verdict::Bypass, None, None)
+                            (Verdict::Bypass, None, None, None)
                         }
-                        Err(e) => (Verdict::Bypass, None, failed(e)),
+                        Err(e) => (Verdict::Bypass, None, None, failed(e)),
                     };
                     cache = Some(CacheStep {
                         stage: i,
                         verdict,
                         key,
+                        flight,
                     });
                     outcome
                 }

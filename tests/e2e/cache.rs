@@ -236,3 +236,50 @@ async fn a_reload_keeps_stored_responses_and_a_changed_cache_table_starts_empty(
     assert_eq!(client.get("/kept").await.header("x-cache"), Some("MISS"));
     assert_eq!(backend.requests(), 2);
 }
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_of_one_key_make_one_upstream_request() {
+    let backend = Backend::new("app")
+        .delay(Duration::from_millis(300))
+        .start()
+        .await;
+    let proxy = proxy(&backend, "", "").await;
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let client = proxy.client();
+        all.spawn(async move { client.get("/popular").await });
+    }
+    let mut bodies = std::collections::HashSet::new();
+    let mut verdicts = std::collections::HashMap::new();
+    while let Some(reply) = all.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        bodies.insert(reply.body.clone());
+        *verdicts
+            .entry(reply.header("x-cache").unwrap_or("-").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(backend.requests(), 1, "{verdicts:?}");
+    assert_eq!(bodies.len(), 1, "every client got the one response");
+    assert_eq!(verdicts.get("MISS"), Some(&1), "{verdicts:?}");
+    assert_eq!(verdicts.get("HIT"), Some(&99), "{verdicts:?}");
+}
+
+#[tokio::test]
+async fn misses_waiting_for_a_response_that_is_not_stored_go_upstream_themselves() {
+    let backend = Backend::new("app")
+        .delay(Duration::from_millis(200))
+        .response_header("cache-control", "no-store")
+        .start()
+        .await;
+    let proxy = proxy(&backend, "", "").await;
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = proxy.client();
+        all.spawn(async move { client.get("/private").await });
+    }
+    while let Some(reply) = all.join_next().await {
+        assert_eq!(reply.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(backend.requests(), 10);
+}

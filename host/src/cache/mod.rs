@@ -15,9 +15,12 @@
 
 pub mod record;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -112,6 +115,43 @@ pub struct Store {
     entries: moka::sync::Cache<String, Arc<Entry>>,
     config: CacheConfig,
     stats: Arc<Stats>,
+    /// Misses being fetched now, by key: a later miss of the same key waits
+    /// for the first one's response (up to `lock_timeout`) instead of
+    /// asking the upstream too. The channel closes when the first is done.
+    flights: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A fresh entry.
+    Hit(Arc<Entry>),
+    /// Nothing usable: go upstream. With a [`Flight`], this request is the
+    /// one fetching the key and others wait for it, until it is dropped.
+    Miss(Option<Flight>),
+}
+
+/// The fetch of one key by the first request that missed it. Dropped when
+/// its response was stored, or turned out not to be storable, or failed:
+/// the requests waiting for it then look again.
+#[derive(Debug)]
+pub struct Flight {
+    store: Arc<Store>,
+    key: String,
+    done: watch::Sender<()>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut flights = self.store.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.done.subscribe()))
+        {
+            flights.remove(&self.key);
+        }
+        // Dropping `done` closes the channel: the waiters wake.
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -157,6 +197,7 @@ impl Store {
             entries,
             config,
             stats,
+            flights: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,18 +206,54 @@ impl Store {
         &self.config
     }
 
-    /// The fresh entry under `key`, counting a hit, or `None`, counting a miss.
-    pub fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
-        match self.entries.get(key).filter(|e| e.fresh()) {
-            Some(e) => {
-                self.stats.hits.fetch_add(1, Relaxed);
-                Some(e)
-            }
+    /// The fresh entry under `key`.
+    fn fresh(&self, key: &str) -> Option<Arc<Entry>> {
+        self.entries.get(key).filter(|e| e.fresh())
+    }
+
+    /// Look `key` up. On a miss, when another request is already fetching
+    /// the key, wait for it (up to `lock_timeout`) and look again; otherwise,
+    /// with `lead` (a GET, whose response may be stored), become the one
+    /// fetching it. Counts a hit or a miss.
+    pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool) -> Lookup {
+        let found = match self.fresh(key) {
+            Some(e) => Lookup::Hit(e),
             None => {
-                self.stats.misses.fetch_add(1, Relaxed);
-                None
+                let waiting = {
+                    let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+                    match flights.get(key) {
+                        Some(rx) => Err(rx.clone()),
+                        None if lead => {
+                            let (done, rx) = watch::channel(());
+                            flights.insert(key.to_owned(), rx);
+                            Ok(Some(Flight {
+                                store: self.clone(),
+                                key: key.to_owned(),
+                                done,
+                            }))
+                        }
+                        None => Ok(None),
+                    }
+                };
+                match waiting {
+                    Ok(flight) => Lookup::Miss(flight),
+                    Err(mut rx) => {
+                        // Closed (Err) when the first request is done with it.
+                        let _ = tokio::time::timeout(self.config.lock_timeout, rx.changed()).await;
+                        match self.fresh(key) {
+                            Some(e) => Lookup::Hit(e),
+                            None => Lookup::Miss(None),
+                        }
+                    }
+                }
             }
-        }
+        };
+        let counter = match &found {
+            Lookup::Hit(_) => &self.stats.hits,
+            Lookup::Miss(_) => &self.stats.misses,
+        };
+        counter.fetch_add(1, Relaxed);
+        found
     }
 
     /// Count a request the policy let bypass the cache.
@@ -259,17 +336,24 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_stored_entry_is_a_hit_until_its_time_is_up() {
-        let store = Store::new(config(1 << 20));
-        assert!(store.lookup("/a").is_none());
+    fn hit(found: Lookup) -> Option<Arc<Entry>> {
+        match found {
+            Lookup::Hit(e) => Some(e),
+            Lookup::Miss(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_entry_is_a_hit_until_its_time_is_up() {
+        let store = Arc::new(Store::new(config(1 << 20)));
+        assert!(hit(store.lookup("/a", false).await).is_none());
         store.insert("/a".into(), entry(10, Duration::from_secs(60)));
-        let hit = store.lookup("/a").expect("a hit");
-        assert_eq!(hit.body.len(), 10);
-        assert!(hit.age() < Duration::from_secs(1));
+        let found = hit(store.lookup("/a", false).await).expect("a hit");
+        assert_eq!(found.body.len(), 10);
+        assert!(found.age() < Duration::from_secs(1));
         store.insert("/b".into(), entry(10, Duration::ZERO));
         assert!(
-            store.lookup("/b").is_none(),
+            hit(store.lookup("/b", false).await).is_none(),
             "an entry with no lifetime is stale at once"
         );
         let status = store.status();
@@ -277,6 +361,45 @@ mod tests {
             (status["hits"].as_u64(), status["misses"].as_u64()),
             (Some(1), Some(2))
         );
+    }
+
+    #[tokio::test]
+    async fn a_second_miss_waits_for_the_first_and_gets_what_it_stored() {
+        let store = Arc::new(Store::new(config(1 << 20)));
+        let Lookup::Miss(Some(flight)) = store.lookup("/k", true).await else {
+            panic!("the first miss leads")
+        };
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { hit(store.lookup("/k", true).await).is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the second waits");
+        store.insert("/k".into(), entry(3, Duration::from_secs(60)));
+        drop(flight);
+        assert!(
+            waiting.await.unwrap(),
+            "and is served what the first stored"
+        );
+
+        // A first miss whose response was not stored: the waiter goes on alone.
+        let Lookup::Miss(Some(flight)) = store.lookup("/n", true).await else {
+            panic!()
+        };
+        // (A waiter never leads after waiting; `false` keeps this test
+        // independent of whether it ran before the drop.)
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup("/n", false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(flight);
+        assert!(matches!(waiting.await.unwrap(), Lookup::Miss(None)));
+        // And nobody leads it now: the next miss does.
+        assert!(matches!(
+            store.lookup("/n", true).await,
+            Lookup::Miss(Some(_))
+        ));
     }
 
     #[test]

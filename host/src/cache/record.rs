@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{Entry, Store};
+use super::{Entry, Flight, Store};
 use crate::body::{BoxError, ProxyBody};
 
 /// The response body, recorded for the store as it streams.
@@ -33,15 +33,18 @@ struct Pending {
     status: StatusCode,
     headers: HeaderMap,
     ttl: Duration,
+    /// Released (dropped) with the entry: waiting misses then find it.
+    _flight: Option<Flight>,
 }
 
 impl Recording {
     /// Record `inner`, the body of a `status` response with `headers`, to
-    /// store under `key` for `ttl` once it has passed whole.
+    /// store under `key` for `ttl` once it has passed whole; the `flight`
+    /// other misses of the key wait on ends then (or when it is given up).
     pub fn new(
         inner: ProxyBody,
         store: Arc<Store>,
-        key: String,
+        (key, flight): (String, Option<Flight>),
         status: StatusCode,
         headers: HeaderMap,
         ttl: Duration,
@@ -58,6 +61,7 @@ impl Recording {
                 status,
                 headers,
                 ttl,
+                _flight: flight,
             }),
         };
         let capacity = inner.size_hint().exact().unwrap_or(0).min(max as u64) as usize;

@@ -2,6 +2,8 @@
 //! `cache-policy` stage (which decides keys and lifetimes) and kept across
 //! reloads while these settings are unchanged.
 
+use std::time::Duration;
+
 use http::HeaderName;
 
 use super::raw::RawCache;
@@ -16,6 +18,9 @@ pub struct Cache {
     pub max_object_size: usize,
     /// The response header saying HIT, MISS or BYPASS (`None`: not sent).
     pub status_header: Option<HeaderName>,
+    /// How long a miss waits for another request already fetching the same
+    /// key before going upstream itself.
+    pub lock_timeout: Duration,
 }
 
 impl Default for Cache {
@@ -24,6 +29,7 @@ impl Default for Cache {
             max_size: 256 << 20,
             max_object_size: 8 << 20,
             status_header: Some(HeaderName::from_static("x-cache")),
+            lock_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -58,10 +64,16 @@ impl Validator<'_> {
                 )
             })?),
         };
+        let lock_timeout = self.duration(
+            "cache.lock_timeout".into(),
+            raw.lock_timeout,
+            d.lock_timeout,
+        )?;
         Ok(Cache {
             max_size,
             max_object_size,
             status_header,
+            lock_timeout,
         })
     }
 }

@@ -109,6 +109,7 @@ pub struct RawCache {
     pub max_size: Option<String>,
     pub max_object_size: Option<String>,
     pub status_header: Option<String>,
+    pub lock_timeout: Option<String>,
 }
 
 /// `[admin]`.

@@ -367,12 +367,19 @@ fn the_cache_table_takes_defaults_and_a_second_cache_stage_is_rejected() {
     ))
     .unwrap();
     assert_eq!(
-        (m.cache.max_size, m.cache.max_object_size, m.cache.status_header),
+        (
+            m.cache.max_size,
+            m.cache.max_object_size,
+            m.cache.status_header
+        ),
         (1 << 20, 64 << 10, None)
     );
     for (table, key) in [
         ("max_size = \"0\"", "cache.max_size"),
-        ("max_size = \"1MiB\"\nmax_object_size = \"2MiB\"", "cache.max_object_size"),
+        (
+            "max_size = \"1MiB\"\nmax_object_size = \"2MiB\"",
+            "cache.max_object_size",
+        ),
         ("status_header = \"x cache\"", "cache.status_header"),
         ("ttl = \"1s\"", "cache.ttl"),
     ] {
@@ -382,6 +389,7 @@ fn the_cache_table_takes_defaults_and_a_second_cache_stage_is_rejected() {
             "{table}"
         );
     }
-    let two = "[[pipeline]]\nplugin = \"cache\"\n[[pipeline]]\nplugin = \"cache\"\nname = \"again\"\n";
+    let two =
+        "[[pipeline]]\nplugin = \"cache\"\n[[pipeline]]\nplugin = \"cache\"\nname = \"again\"\n";
     assert_eq!(key_of(&format!("{server}{UPSTREAM}{two}")), "pipeline[1]");
 }
