@@ -313,7 +313,7 @@ impl Pipeline {
                 }
             }
             Outcome::Respond(r) => plugin_response(r, self.header_limits),
-            Outcome::Cached(entry) => cached_response(&entry),
+            Outcome::Cached(entry) => cached_response(&entry, &head.parts.headers),
             Outcome::Fail(fault) => error_response(fault, grpc),
         };
         if let (Some(step), Some(store)) = (&decision.cache, &self.cache)
@@ -790,14 +790,22 @@ fn error_response(fault: Fault, grpc: bool) -> (http::response::Parts, ProxyBody
 }
 
 /// A stored response, served again: its head as stored, with `Age` (RFC
-/// 9111 §5.1); hyper leaves the body out for a HEAD.
-fn cached_response(entry: &Entry) -> (http::response::Parts, ProxyBody) {
+/// 9111 §5.1); hyper leaves the body out for a HEAD. A client whose
+/// validators match the stored 200 gets `304 Not Modified` instead.
+fn cached_response(entry: &Entry, request: &http::HeaderMap) -> (http::response::Parts, ProxyBody) {
     let mut r = Response::new(());
-    *r.status_mut() = entry.status;
-    *r.headers_mut() = entry.headers.clone();
+    let body = if entry.status == StatusCode::OK && entry.not_modified(request) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = entry.not_modified_headers();
+        ProxyBody::full(bytes::Bytes::new())
+    } else {
+        *r.status_mut() = entry.status;
+        *r.headers_mut() = entry.headers.clone();
+        ProxyBody::full(entry.body.clone())
+    };
     r.headers_mut()
         .insert(header::AGE, HeaderValue::from(entry.age().as_secs()));
-    (r.into_parts().0, ProxyBody::full(entry.body.clone()))
+    (r.into_parts().0, body)
 }
 
 /// Whether a request is gRPC's (`application/grpc`, `+proto`, `-web`...).

@@ -283,3 +283,34 @@ async fn misses_waiting_for_a_response_that_is_not_stored_go_upstream_themselves
     }
     assert_eq!(backend.requests(), 10);
 }
+
+#[tokio::test]
+async fn a_client_whose_validators_match_the_stored_response_gets_304_from_the_cache() {
+    let backend = Backend::new("app")
+        .response_header("etag", "\"v7\"")
+        .response_header("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")
+        .response_header("cache-control", "max-age=60")
+        .start()
+        .await;
+    let proxy = proxy(&backend, "", "").await;
+    let client = proxy.client();
+    assert_eq!(client.get("/doc").await.status, StatusCode::OK);
+
+    let same = client.get_with("/doc", &[("if-none-match", "W/\"v7\"")]).await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert!(same.body.is_empty());
+    assert_eq!(same.header("etag"), Some("\"v7\""));
+    assert_eq!(same.header("cache-control"), Some("max-age=60"));
+    assert_eq!(same.header("x-cache"), Some("HIT"));
+
+    let older = client
+        .get_with("/doc", &[("if-modified-since", "Mon, 07 Nov 1994 00:00:00 GMT")])
+        .await;
+    assert_eq!(older.status, StatusCode::NOT_MODIFIED);
+
+    // Another version: the whole stored response.
+    let other = client.get_with("/doc", &[("if-none-match", "\"v6\"")]).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert!(!other.body.is_empty());
+    assert_eq!(backend.requests(), 1, "all from the cache");
+}

@@ -66,6 +66,61 @@ impl Entry {
         self.age() < self.ttl
     }
 
+    /// Whether a request with these headers is answered `304 Not Modified`
+    /// by this entry (RFC 9110 §13.1): `If-None-Match` against its `ETag`
+    /// (weak comparison), else `If-Modified-Since` against its
+    /// `Last-Modified`.
+    pub fn not_modified(&self, request: &HeaderMap) -> bool {
+        use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+        fn text(h: &HeaderMap, name: http::HeaderName) -> Option<&str> {
+            h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+        }
+        if request.contains_key(IF_NONE_MATCH) {
+            let Some(etag) = text(&self.headers, ETAG) else {
+                return false;
+            };
+            let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+            return request
+                .get_all(IF_NONE_MATCH)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim() == "*" || opaque(t) == opaque(etag));
+        }
+        let date =
+            |h: &HeaderMap, name| text(h, name).and_then(|d| httpdate::parse_http_date(d).ok());
+        match (
+            date(request, IF_MODIFIED_SINCE),
+            date(&self.headers, LAST_MODIFIED),
+        ) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+
+    /// The head of its `304 Not Modified`: the headers RFC 9110 §15.4.5
+    /// asks to repeat (and `Last-Modified`), no body.
+    pub fn not_modified_headers(&self) -> HeaderMap {
+        use http::header::{
+            CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+        };
+        let mut h = HeaderMap::new();
+        for name in [
+            CACHE_CONTROL,
+            CONTENT_LOCATION,
+            DATE,
+            ETAG,
+            EXPIRES,
+            VARY,
+            LAST_MODIFIED,
+        ] {
+            for v in self.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h
+    }
+
     /// Bytes it holds, as the store's bound counts them.
     fn weight(&self) -> u32 {
         let head: usize = self
@@ -361,6 +416,43 @@ mod tests {
             (status["hits"].as_u64(), status["misses"].as_u64()),
             (Some(1), Some(2))
         );
+    }
+
+    #[test]
+    fn conditional_requests_match_the_etag_weakly_or_the_date() {
+        let mut stored = HeaderMap::new();
+        stored.insert("etag", HeaderValue::from_static("\"v1\""));
+        stored.insert(
+            "last-modified",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        let e = Entry::new(StatusCode::OK, stored, Bytes::new(), Duration::from_secs(9));
+        let ask = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            e.not_modified(&h)
+        };
+        assert!(ask(&[("if-none-match", "\"v0\", W/\"v1\"")]));
+        assert!(ask(&[("if-none-match", "*")]));
+        assert!(!ask(&[("if-none-match", "\"v2\"")]));
+        // If-None-Match wins over a matching date.
+        assert!(!ask(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")
+        ]));
+        assert!(ask(&[(
+            "if-modified-since",
+            "Mon, 07 Nov 1994 00:00:00 GMT"
+        )]));
+        assert!(!ask(&[(
+            "if-modified-since",
+            "Sat, 05 Nov 1994 00:00:00 GMT"
+        )]));
+        assert!(!ask(&[("if-modified-since", "yesterday")]));
+        assert!(!ask(&[]));
+        assert_eq!(e.not_modified_headers().len(), 2);
     }
 
     #[tokio::test]
