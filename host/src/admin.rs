@@ -77,8 +77,64 @@ async fn handle(
                 serde_json::json!({ "error": e.to_string() }).to_string(),
             ),
         },
+        (&Method::POST, "/cache/purge") => purge(req, reloader).await,
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// What `POST /cache/purge` takes: one key, or every key under a prefix.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    key: Option<String>,
+    prefix: Option<String>,
+}
+
+/// `POST /cache/purge` with `{"key": "..."}` or `{"prefix": "..."}`:
+/// removes stored responses now; answers `{"purged": N}`.
+async fn purge(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let bad = |why: String| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            serde_json::json!({ "error": why }).to_string(),
+        )
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), 64 << 10)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return bad(format!("cannot read the body: {e}")),
+    };
+    let what: Purge = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"key\": ...}} or {{\"prefix\": ...}}: {e}"
+            ));
+        }
+    };
+    let pipeline = reloader.current().load();
+    let Some(store) = pipeline.cache() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            serde_json::json!({ "error": "no cache-policy stage in the running pipeline" })
+                .to_string(),
+        );
+    };
+    let purged = match (what.key, what.prefix) {
+        (Some(key), None) => u64::from(store.purge(&key)),
+        (None, Some(prefix)) => store.purge_prefix(&prefix),
+        _ => return bad("give exactly one of \"key\" and \"prefix\"".into()),
+    };
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::json!({ "purged": purged }).to_string(),
+    )
 }
 
 /// Why a request was turned away.

@@ -167,6 +167,11 @@ impl Pipeline {
         &self.stages
     }
 
+    /// The response cache's store, if a cache-policy stage uses one.
+    pub fn cache(&self) -> Option<&Arc<Store>> {
+        self.cache.as_ref()
+    }
+
     /// What `/status` on the admin listener shows.
     pub fn status(&self) -> serde_json::Value {
         let stages: Vec<_> = self

@@ -296,7 +296,9 @@ async fn a_client_whose_validators_match_the_stored_response_gets_304_from_the_c
     let client = proxy.client();
     assert_eq!(client.get("/doc").await.status, StatusCode::OK);
 
-    let same = client.get_with("/doc", &[("if-none-match", "W/\"v7\"")]).await;
+    let same = client
+        .get_with("/doc", &[("if-none-match", "W/\"v7\"")])
+        .await;
     assert_eq!(same.status, StatusCode::NOT_MODIFIED);
     assert!(same.body.is_empty());
     assert_eq!(same.header("etag"), Some("\"v7\""));
@@ -304,13 +306,65 @@ async fn a_client_whose_validators_match_the_stored_response_gets_304_from_the_c
     assert_eq!(same.header("x-cache"), Some("HIT"));
 
     let older = client
-        .get_with("/doc", &[("if-modified-since", "Mon, 07 Nov 1994 00:00:00 GMT")])
+        .get_with(
+            "/doc",
+            &[("if-modified-since", "Mon, 07 Nov 1994 00:00:00 GMT")],
+        )
         .await;
     assert_eq!(older.status, StatusCode::NOT_MODIFIED);
 
     // Another version: the whole stored response.
-    let other = client.get_with("/doc", &[("if-none-match", "\"v6\"")]).await;
+    let other = client
+        .get_with("/doc", &[("if-none-match", "\"v6\"")])
+        .await;
     assert_eq!(other.status, StatusCode::OK);
     assert!(!other.body.is_empty());
     assert_eq!(backend.requests(), 1, "all from the cache");
+}
+
+/// `POST /cache/purge` on the admin listener with `json`.
+async fn purge(proxy: &Portier, json: &str) -> crate::support::Reply {
+    let admin = proxy.admin();
+    let request = admin
+        .request(Method::POST, "/cache/purge")
+        .header("content-type", "application/json")
+        .body(crate::support::body::full(json.to_owned()))
+        .unwrap();
+    admin.send(request).await
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_one_key_or_a_prefix() {
+    let backend = Backend::new("app").start().await;
+    let proxy = proxy(&backend, "", "").await;
+    let client = proxy.client();
+    for path in ["/static/a.css", "/static/b.js", "/page"] {
+        client.get(path).await;
+    }
+    assert_eq!(backend.requests(), 3);
+    // Keys are the policy's: scheme, host (the client's Host) and path.
+    let host = proxy.addr().to_string();
+    let prefix = format!("http://{}/static/", host.split(':').next().unwrap());
+    let purged = purge(&proxy, &format!("{{\"prefix\": \"{prefix}\"}}")).await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+    assert_eq!(purged.text(), "{\"purged\":2}");
+    let page = format!("http://{}/page", host.split(':').next().unwrap());
+    assert_eq!(
+        purge(&proxy, &format!("{{\"key\": \"{page}\"}}"))
+            .await
+            .text(),
+        "{\"purged\":1}"
+    );
+    for path in ["/static/a.css", "/static/b.js", "/page"] {
+        assert_eq!(
+            client.get(path).await.header("x-cache"),
+            Some("MISS"),
+            "{path}"
+        );
+    }
+    assert_eq!(backend.requests(), 6);
+    // Neither or both: 400, saying what it takes.
+    let bad = purge(&proxy, "{}").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().contains("exactly one"), "{}", bad.text());
 }

@@ -327,6 +327,26 @@ impl Store {
         self.stats.too_large.fetch_add(1, Relaxed);
     }
 
+    /// Remove the entry under `key` (the admin API's purge); whether there was one.
+    pub fn purge(&self, key: &str) -> bool {
+        self.entries.remove(key).is_some()
+    }
+
+    /// Remove every entry whose key starts with `prefix` (e.g.
+    /// `https://shop.example/static/`); how many there were.
+    pub fn purge_prefix(&self, prefix: &str) -> u64 {
+        let doomed: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        doomed
+            .iter()
+            .filter(|k| self.entries.remove(k.as_str()).is_some())
+            .count() as u64
+    }
+
     /// `/status`: counters since the store was made, and what it holds.
     pub fn status(&self) -> serde_json::Value {
         // Evictions and expiries are applied lazily; count them first.
@@ -492,6 +512,18 @@ mod tests {
             store.lookup("/n", true).await,
             Lookup::Miss(Some(_))
         ));
+    }
+
+    #[test]
+    fn purge_removes_one_key_or_every_key_under_a_prefix() {
+        let store = Store::new(config(1 << 20));
+        for k in ["https://a/x/1", "https://a/x/2", "https://a/y/1"] {
+            store.insert(k.into(), entry(1, Duration::from_secs(60)));
+        }
+        assert!(store.purge("https://a/y/1"));
+        assert!(!store.purge("https://a/y/1"));
+        assert_eq!(store.purge_prefix("https://a/x/"), 2);
+        assert_eq!(store.purge_prefix("https://a/"), 0);
     }
 
     #[test]
