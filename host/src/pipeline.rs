@@ -369,7 +369,7 @@ impl Pipeline {
                     store.clone(),
                     (key, flight),
                     parts.status,
-                    parts.headers.clone(),
+                    &parts.headers,
                     std::time::Duration::from_secs(u64::from(secs)),
                 );
                 (head, parts, ProxyBody::Recorded(Box::new(recording)))

@@ -28,6 +28,13 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::clock;
 use crate::manifest::Cache as CacheConfig;
 
+/// Memory one stored header costs beyond its name and value: its slot in
+/// the `HeaderMap` and the value's own allocation.
+const HEADER_OVERHEAD: usize = 160;
+/// Memory one entry costs beyond its key, head and body: the `Entry`, the
+/// map's index, and moka's node, deque and timer links.
+const ENTRY_OVERHEAD: usize = 640;
+
 /// One stored response: its head as the upstream sent it (response stages
 /// run again on every hit) and its whole body.
 #[derive(Debug)]
@@ -121,14 +128,17 @@ impl Entry {
         h
     }
 
-    /// Bytes it holds, as the store's bound counts them.
-    fn weight(&self) -> u32 {
+    /// Bytes it holds under a key of `key_len` bytes, as the store's bound
+    /// counts them: what the process really spends on it, bookkeeping
+    /// included (measured: a flood of tiny responses kept RSS growth near
+    /// the bound only once these overheads were counted).
+    fn weight(&self, key_len: usize) -> u32 {
         let head: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
-        u32::try_from(self.body.len() + head + 128).unwrap_or(u32::MAX)
+        u32::try_from(self.body.len() + head + key_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }
 
@@ -240,7 +250,7 @@ impl Store {
         let evicted = stats.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_size)
-            .weigher(|_key: &String, entry: &Arc<Entry>| entry.weight())
+            .weigher(|key: &String, entry: &Arc<Entry>| entry.weight(key.len()))
             .expire_after(Lifetime)
             .eviction_listener(move |_key, _entry, cause| {
                 if cause == moka::notification::RemovalCause::Size {

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use super::{Entry, Flight, Store};
@@ -46,7 +46,7 @@ impl Recording {
         store: Arc<Store>,
         (key, flight): (String, Option<Flight>),
         status: StatusCode,
-        headers: HeaderMap,
+        headers: &HeaderMap,
         ttl: Duration,
     ) -> Recording {
         let max = store.config().max_object_size;
@@ -59,7 +59,7 @@ impl Recording {
             _ => Some(Pending {
                 key,
                 status,
-                headers,
+                headers: owned(headers),
                 ttl,
                 _flight: flight,
             }),
@@ -104,6 +104,20 @@ impl Recording {
                 .insert(p.key, Entry::new(p.status, p.headers, body, p.ttl));
         }
     }
+}
+
+/// A copy of `headers` that owns its bytes. Parsed header values share the
+/// connection's read buffer (hyper parses without copying): a stored clone
+/// would keep kilobytes of that buffer alive for each few bytes of header.
+fn owned(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name =
+            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+        let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.append(name, value);
+    }
+    copy
 }
 
 impl Body for Recording {

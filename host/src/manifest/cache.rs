@@ -14,7 +14,8 @@ use super::{ManifestError, Validator, units};
 pub struct Cache {
     /// Bytes of stored responses (bodies and heads) at most.
     pub max_size: u64,
-    /// A response whose body is larger passes through unstored.
+    /// A response whose body is larger passes through unstored (default
+    /// 8 MiB, or `max_size` if that is less).
     pub max_object_size: usize,
     /// The response header saying HIT, MISS or BYPASS (`None`: not sent).
     pub status_header: Option<HeaderName>,
@@ -47,7 +48,9 @@ impl Validator<'_> {
             },
         };
         let max_size = size("max_size", raw.max_size, d.max_size as usize)? as u64;
-        let max_object_size = size("max_object_size", raw.max_object_size, d.max_object_size)?;
+        // Unset, it shrinks with a small store; set, it must fit.
+        let fits = (d.max_object_size as u64).min(max_size) as usize;
+        let max_object_size = size("max_object_size", raw.max_object_size, fits)?;
         if max_object_size as u64 > max_size {
             return Err(self.err(
                 "cache.max_object_size",
