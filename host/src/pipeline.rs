@@ -83,6 +83,19 @@ pub struct CacheStep {
     /// A miss other requests for the key are waiting on, held until its
     /// response is stored or known not to be.
     pub flight: Option<Flight>,
+    /// The stale entry a miss found: revalidated, or served if the upstream fails.
+    pub stale: Option<Arc<Entry>>,
+}
+
+/// A GET that missed the cache, on its way upstream.
+struct Miss {
+    /// The cache-policy stage.
+    stage: usize,
+    key: String,
+    flight: Option<Flight>,
+    stale: Option<Arc<Entry>>,
+    /// The request asks the upstream conditionally with `stale`'s validators.
+    revalidating: bool,
 }
 
 impl Pipeline {
@@ -258,17 +271,27 @@ impl Pipeline {
         let grpc = is_grpc(&head.parts.headers);
         // A cache miss on a GET: its response may be stored (never a HEAD's:
         // it has no body).
-        let store_as = decision
+        let mut miss = decision
             .cache
             .as_mut()
-            .and_then(|c| Some((c.stage, c.key.take()?, c.flight.take())))
+            .and_then(|c| {
+                Some(Miss {
+                    stage: c.stage,
+                    key: c.key.take()?,
+                    flight: c.flight.take(),
+                    stale: c.stale.take(),
+                    revalidating: false,
+                })
+            })
             .filter(|_| head.parts.method == http::Method::GET);
+        // What the cache made of the request, if it changes after the stages.
+        let mut verdict = None;
         let (mut resp_parts, resp_body) = match decision.outcome {
             Outcome::Forward(up, i) => {
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy (so does the cache policy asked whether to
                 // store); without such stages the head moves as is.
-                let parts = if store_as.is_some()
+                let mut parts = if miss.is_some()
                     || self.stages[..decision.reached]
                         .iter()
                         .any(Stage::sees_responses)
@@ -277,6 +300,9 @@ impl Pipeline {
                 } else {
                     std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
                 };
+                if let (Some(m), Some(store)) = (&mut miss, &self.cache) {
+                    m.revalidating = revalidate(m, store, &mut parts.headers);
+                }
                 let req = Request::from_parts(parts, body);
                 let (forwarded, last) = match upgrade {
                     // An upgrade the stages let through (they saw it, and
@@ -298,16 +324,22 @@ impl Pipeline {
                         let (p, b) = resp.into_parts();
                         let b = Watched::response(b, self.server.timeouts.upstream_body);
                         let b = ProxyBody::Upstream(b);
-                        match (store_as, &self.cache) {
-                            (Some((stage, key, flight)), Some(store)) => {
-                                let (h, p, b) =
-                                    Box::pin(self.offer(stage, head, p, b, (key, flight), store))
-                                        .await;
+                        match (miss, &self.cache) {
+                            (Some(m), Some(store)) => {
+                                let (h, p, b, v) =
+                                    Box::pin(self.settle(head, p, b, m, store)).await;
                                 head = h;
+                                verdict = v;
                                 (p, b)
                             }
                             _ => (p, b),
                         }
+                    }
+                    // The upstream failed: a stale entry within stale_if_error
+                    // answers instead.
+                    Err(_) if let Some(entry) = stale_for_error(miss.as_ref(), &self.cache) => {
+                        verdict = Some(Verdict::Stale);
+                        cached_response(&entry, &head.parts.headers)
                     }
                     // A request body the client broke or overfilled is the
                     // client's fault, not the upstream's.
@@ -326,7 +358,7 @@ impl Pipeline {
         {
             resp_parts
                 .headers
-                .insert(name.clone(), step.verdict.header_value());
+                .insert(name.clone(), verdict.unwrap_or(step.verdict).header_value());
         }
 
         let (mut resp, body) = self
@@ -344,6 +376,72 @@ impl Pipeline {
         }
         let record = log(client, resp.parts.status, served_by);
         Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// What a cache miss's upstream response becomes: a 304 to a
+    /// revalidation refreshes the stale entry and serves it (`REVALIDATED`);
+    /// a 5xx with a stale entry within `stale_if_error` serves that instead
+    /// (`STALE`); anything else is offered to the store as it streams.
+    async fn settle(
+        &self,
+        head: RequestHead,
+        parts: http::response::Parts,
+        body: ProxyBody,
+        miss: Miss,
+        store: &Arc<Store>,
+    ) -> (
+        RequestHead,
+        http::response::Parts,
+        ProxyBody,
+        Option<Verdict>,
+    ) {
+        if parts.status == StatusCode::NOT_MODIFIED
+            && miss.revalidating
+            && let Some(stale) = &miss.stale
+        {
+            store.revalidated();
+            // The policy decides the new lifetime from the refreshed head.
+            let merged = stale.refreshed(&parts.headers, std::time::Duration::ZERO);
+            let mut asked = Response::new(());
+            *asked.status_mut() = merged.status;
+            *asked.headers_mut() = merged.headers.clone();
+            let (head, _, ttl) = self.stages[miss.stage]
+                .storable(
+                    head,
+                    ResponseHead {
+                        parts: asked.into_parts().0,
+                    },
+                )
+                .await;
+            let ttl = std::time::Duration::from_secs(match ttl {
+                Ok(Some(secs)) => u64::from(secs),
+                _ => 0,
+            });
+            let entry = stale.refreshed(&parts.headers, ttl);
+            let (p, b) = cached_response(&entry, &head.parts.headers);
+            if !ttl.is_zero() {
+                store.insert(miss.key, entry);
+            }
+            // `miss.flight` drops here, after the insert: waiters find it.
+            return (head, p, b, Some(Verdict::Revalidated));
+        }
+        if parts.status.is_server_error()
+            && let Some(entry) = stale_for_error(Some(&miss), &self.cache)
+        {
+            let (p, b) = cached_response(&entry, &head.parts.headers);
+            return (head, p, b, Some(Verdict::Stale));
+        }
+        let (head, p, b) = self
+            .offer(
+                miss.stage,
+                head,
+                parts,
+                body,
+                (miss.key, miss.flight),
+                store,
+            )
+            .await;
+        (head, p, b, None)
     }
 
     /// Ask the cache policy (stage `stage`) whether a miss's response may be
@@ -684,24 +782,27 @@ impl Pipeline {
                     // Only a GET's response is stored, so only a GET leads a fetch
                     // that other misses of the key wait for.
                     let lead = head.parts.method == http::Method::GET;
-                    let (verdict, key, flight, outcome) = match r {
+                    let (verdict, key, flight, stale, outcome) = match r {
                         Ok(Some(key)) => match store.lookup(&key, lead).await {
                             Lookup::Hit(entry) => {
-                                (Verdict::Hit, None, None, Some(Outcome::Cached(entry)))
+                                (Verdict::Hit, None, None, None, Some(Outcome::Cached(entry)))
                             }
-                            Lookup::Miss(flight) => (Verdict::Miss, Some(key), flight, None),
+                            Lookup::Miss { flight, stale } => {
+                                (Verdict::Miss, Some(key), flight, stale, None)
+                            }
                         },
                         Ok(None) => {
                             store.bypassed();
-                            (Verdict::Bypass, None, None, None)
+                            (Verdict::Bypass, None, None, None, None)
                         }
-                        Err(e) => (Verdict::Bypass, None, None, failed(e)),
+                        Err(e) => (Verdict::Bypass, None, None, None, failed(e)),
                     };
                     cache = Some(CacheStep {
                         stage: i,
                         verdict,
                         key,
                         flight,
+                        stale,
                     });
                     outcome
                 }
@@ -792,6 +893,40 @@ fn error_response(fault: Fault, grpc: bool) -> (http::response::Parts, ProxyBody
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     (parts, body)
+}
+
+/// Ask the upstream conditionally (RFC 9111 §4.3.1) with a stale entry's
+/// validators, unless `[cache] revalidate` is off or the client's request is
+/// conditional itself (its own validators then go as they are). Whether the
+/// request now revalidates.
+fn revalidate(miss: &Miss, store: &Store, request: &mut http::HeaderMap) -> bool {
+    let Some(stale) = &miss.stale else {
+        return false;
+    };
+    if !store.config().revalidate
+        || !stale.has_validator()
+        || request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE)
+    {
+        return false;
+    }
+    for (name, value) in stale.validators() {
+        request.insert(name, value);
+    }
+    true
+}
+
+/// The stale entry to serve because the upstream failed: one within
+/// `[cache] stale_if_error` of its freshness.
+fn stale_for_error(miss: Option<&Miss>, store: &Option<Arc<Store>>) -> Option<Arc<Entry>> {
+    let store = store.as_ref()?;
+    let window = store.config().stale_if_error;
+    let entry = miss?
+        .stale
+        .clone()
+        .filter(|e| !window.is_zero() && e.stale_within(window))?;
+    store.served_stale();
+    Some(entry)
 }
 
 /// A stored response, served again: its head as stored, with `Age` (RFC

@@ -418,3 +418,158 @@ async fn a_flood_of_distinct_urls_stays_within_the_byte_bound() {
         "RSS grew {grown} KiB for a 4 MiB store: {status}"
     );
 }
+
+/// A backend with validators: `GET` answers `200 "hello"` with `ETag: "v1"`
+/// and `max-age=1`, or `304` to `If-None-Match: "v1"`; once `failing` is
+/// set, `503`. Counts requests and the conditional ones among them.
+struct Origin {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    conditional: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conditional = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, c, f) = (requests.clone(), conditional.clone(), failing.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, c, f) = (r.clone(), c.clone(), f.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            r.fetch_add(1, SeqCst);
+                            let inm = req.headers().get("if-none-match").cloned();
+                            if inm.is_some() {
+                                c.fetch_add(1, SeqCst);
+                            }
+                            let response = if f.load(SeqCst) {
+                                http::Response::builder()
+                                    .status(503)
+                                    .body(crate::support::body::full("down"))
+                            } else if inm.is_some_and(|v| v == "\"v1\"") {
+                                http::Response::builder()
+                                    .status(304)
+                                    .header("etag", "\"v1\"")
+                                    .header("cache-control", "max-age=1")
+                                    .header("x-refreshed", "yes")
+                                    .body(crate::support::body::empty())
+                            } else {
+                                http::Response::builder()
+                                    .header("etag", "\"v1\"")
+                                    .header("cache-control", "max-age=1")
+                                    .body(crate::support::body::full("hello"))
+                            };
+                            std::future::ready(Ok::<_, std::convert::Infallible>(response.unwrap()))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            requests,
+            conditional,
+            failing,
+            task,
+        }
+    }
+}
+
+async fn origin_proxy(origin: &Origin, cache: &str) -> Portier {
+    let pipeline = "[[pipeline]]\nplugin = \"cache\"\n";
+    Portier::start(&format!(
+        "{}\n[cache]\n{cache}\n",
+        one_upstream_with_admin(&crate::support::endpoint(origin.addr), "", pipeline)
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_with_its_etag_and_refreshed_on_304() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = Origin::start().await;
+    let proxy = origin_proxy(&origin, "").await;
+    let client = proxy.client();
+    assert_eq!(client.get("/doc").await.header("x-cache"), Some("MISS"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let again = client.get("/doc").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("x-cache"), Some("REVALIDATED"));
+    assert_eq!(again.text(), "hello", "the stored body");
+    assert_eq!(
+        again.header("x-refreshed"),
+        Some("yes"),
+        "the 304's headers update the entry"
+    );
+    assert_eq!(
+        origin.conditional.load(SeqCst),
+        1,
+        "asked with If-None-Match"
+    );
+    // Fresh again for the 304's max-age.
+    assert_eq!(client.get("/doc").await.header("x-cache"), Some("HIT"));
+    assert_eq!(origin.requests.load(SeqCst), 2);
+    let status = proxy.status().await["cache"].clone();
+    assert_eq!(status["revalidated"], 1, "{status}");
+
+    // Off: a stale entry is fetched anew.
+    let origin2 = Origin::start().await;
+    let proxy2 = origin_proxy(&origin2, "revalidate = false").await;
+    proxy2.client().get("/doc").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        proxy2.client().get("/doc").await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(origin2.conditional.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_failing_upstream_is_answered_from_a_stale_entry_within_stale_if_error() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = Origin::start().await;
+    let proxy = origin_proxy(&origin, "stale_if_error = \"60s\"\nrevalidate = false").await;
+    let client = proxy.client();
+    client.get("/doc").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // A 5xx from the upstream: the stale entry instead.
+    origin.failing.store(true, SeqCst);
+    let stale = client.get("/doc").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(stale.text(), "hello");
+    let age: u64 = stale.header("age").unwrap().parse().unwrap();
+    assert!(age >= 1, "{age}");
+
+    // The upstream gone altogether: the same.
+    origin.task.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gone = client.get("/doc").await;
+    assert_eq!(gone.header("x-cache"), Some("STALE"), "{}", gone.text());
+    let status = proxy.status().await["cache"].clone();
+    assert_eq!(status["stale"], 2, "{status}");
+
+    // Without stale_if_error the client sees the failure.
+    let origin2 = Origin::start().await;
+    let proxy2 = origin_proxy(&origin2, "revalidate = false").await;
+    proxy2.client().get("/doc").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin2.failing.store(true, SeqCst);
+    assert_eq!(
+        proxy2.client().get("/doc").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}

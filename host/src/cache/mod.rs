@@ -49,6 +49,9 @@ pub struct Entry {
     stored_at: u64,
     /// How long it is fresh.
     ttl: Duration,
+    /// How long it stays in the store once stale (set when stored, from
+    /// `[cache]`): for revalidation or to serve when the upstream fails.
+    grace: Duration,
 }
 
 impl Entry {
@@ -60,7 +63,44 @@ impl Entry {
             body,
             stored_at: clock::now_ms(),
             ttl,
+            grace: Duration::ZERO,
         }
+    }
+
+    /// Whether it carries a validator a conditional request can use.
+    pub fn has_validator(&self) -> bool {
+        self.headers.contains_key(http::header::ETAG)
+            || self.headers.contains_key(http::header::LAST_MODIFIED)
+    }
+
+    /// The conditional headers that ask the upstream whether it changed.
+    pub fn validators(&self) -> impl Iterator<Item = (http::HeaderName, HeaderValue)> + '_ {
+        use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+        [(ETAG, IF_NONE_MATCH), (LAST_MODIFIED, IF_MODIFIED_SINCE)]
+            .into_iter()
+            .filter_map(|(have, ask)| Some((ask, self.headers.get(have)?.clone())))
+    }
+
+    /// Whether it is stale by at most `within` (so `stale_if_error` allows it).
+    pub fn stale_within(&self, within: Duration) -> bool {
+        self.age() < self.ttl + within
+    }
+
+    /// This entry brought up to date by a `304 Not Modified` with headers
+    /// `update` (RFC 9111 §4.3.4: its headers replace the stored ones of
+    /// the same names, framing aside), fresh for `ttl` from now.
+    pub fn refreshed(&self, update: &HeaderMap, ttl: Duration) -> Entry {
+        let mut headers = self.headers.clone();
+        for name in update.keys() {
+            if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+                continue;
+            }
+            headers.remove(name);
+            for v in update.get_all(name) {
+                headers.append(name.clone(), record::owned_value(v));
+            }
+        }
+        Entry::new(self.status, headers, self.body.clone(), ttl)
     }
 
     /// How long ago it was stored: the `Age` header's value.
@@ -148,6 +188,8 @@ struct Stats {
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
+    stale: AtomicU64,
+    revalidated: AtomicU64,
     stored: AtomicU64,
     too_large: AtomicU64,
     evictions: AtomicU64,
@@ -162,6 +204,10 @@ pub enum Verdict {
     Miss,
     /// The policy gave no key: the cache was not consulted.
     Bypass,
+    /// A stale entry, served because the upstream failed.
+    Stale,
+    /// A stale entry the upstream confirmed unchanged (304), served.
+    Revalidated,
 }
 
 impl Verdict {
@@ -171,6 +217,8 @@ impl Verdict {
             Verdict::Hit => "HIT",
             Verdict::Miss => "MISS",
             Verdict::Bypass => "BYPASS",
+            Verdict::Stale => "STALE",
+            Verdict::Revalidated => "REVALIDATED",
         })
     }
 }
@@ -191,9 +239,16 @@ pub struct Store {
 pub enum Lookup {
     /// A fresh entry.
     Hit(Arc<Entry>),
-    /// Nothing usable: go upstream. With a [`Flight`], this request is the
-    /// one fetching the key and others wait for it, until it is dropped.
-    Miss(Option<Flight>),
+    /// Nothing fresh: go upstream. With a [`Flight`], this request is the
+    /// one fetching the key and others wait for it, until it is dropped;
+    /// with a stale entry, it may be revalidated or served if the upstream
+    /// fails.
+    Miss {
+        /// This request leads the fetch of the key.
+        flight: Option<Flight>,
+        /// What the store still holds for the key, past its freshness.
+        stale: Option<Arc<Entry>>,
+    },
 }
 
 /// The fetch of one key by the first request that missed it. Dropped when
@@ -239,7 +294,7 @@ impl moka::Expiry<String, Arc<Entry>> for Lifetime {
         entry: &Arc<Entry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(entry.ttl)
+        Some(entry.ttl + entry.grace)
     }
 }
 
@@ -271,9 +326,9 @@ impl Store {
         &self.config
     }
 
-    /// The fresh entry under `key`.
-    fn fresh(&self, key: &str) -> Option<Arc<Entry>> {
-        self.entries.get(key).filter(|e| e.fresh())
+    /// The entry under `key`, fresh or not.
+    fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.entries.get(key)
     }
 
     /// Look `key` up. On a miss, when another request is already fetching
@@ -281,9 +336,9 @@ impl Store {
     /// with `lead` (a GET, whose response may be stored), become the one
     /// fetching it. Counts a hit or a miss.
     pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool) -> Lookup {
-        let found = match self.fresh(key) {
-            Some(e) => Lookup::Hit(e),
-            None => {
+        let found = match self.get(key) {
+            Some(e) if e.fresh() => Lookup::Hit(e),
+            stale => {
                 let waiting = {
                     let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
                     match flights.get(key) {
@@ -301,13 +356,16 @@ impl Store {
                     }
                 };
                 match waiting {
-                    Ok(flight) => Lookup::Miss(flight),
+                    Ok(flight) => Lookup::Miss { flight, stale },
                     Err(mut rx) => {
                         // Closed (Err) when the first request is done with it.
                         let _ = tokio::time::timeout(self.config.lock_timeout, rx.changed()).await;
-                        match self.fresh(key) {
-                            Some(e) => Lookup::Hit(e),
-                            None => Lookup::Miss(None),
+                        match self.get(key) {
+                            Some(e) if e.fresh() => Lookup::Hit(e),
+                            stale => Lookup::Miss {
+                                flight: None,
+                                stale,
+                            },
                         }
                     }
                 }
@@ -315,7 +373,7 @@ impl Store {
         };
         let counter = match &found {
             Lookup::Hit(_) => &self.stats.hits,
-            Lookup::Miss(_) => &self.stats.misses,
+            Lookup::Miss { .. } => &self.stats.misses,
         };
         counter.fetch_add(1, Relaxed);
         found
@@ -326,10 +384,29 @@ impl Store {
         self.stats.bypasses.fetch_add(1, Relaxed);
     }
 
-    /// Keep `entry` under `key`, replacing what was there.
-    pub fn insert(&self, key: String, entry: Entry) {
+    /// Keep `entry` under `key`, replacing what was there; once stale it
+    /// stays `keep_stale` more if it can be revalidated, `stale_if_error`
+    /// more if that is longer.
+    pub fn insert(&self, key: String, mut entry: Entry) {
+        let c = &self.config;
+        let revalidate = if c.revalidate && entry.has_validator() {
+            c.keep_stale
+        } else {
+            Duration::ZERO
+        };
+        entry.grace = revalidate.max(c.stale_if_error);
         self.stats.stored.fetch_add(1, Relaxed);
         self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Count a stale entry served because the upstream failed.
+    pub fn served_stale(&self) {
+        self.stats.stale.fetch_add(1, Relaxed);
+    }
+
+    /// Count a stale entry the upstream confirmed (304).
+    pub fn revalidated(&self) {
+        self.stats.revalidated.fetch_add(1, Relaxed);
     }
 
     /// Count a response not stored because its body passed `max_object_size`.
@@ -366,6 +443,8 @@ impl Store {
             "hits": s.hits.load(Relaxed),
             "misses": s.misses.load(Relaxed),
             "bypasses": s.bypasses.load(Relaxed),
+            "stale": s.stale.load(Relaxed),
+            "revalidated": s.revalidated.load(Relaxed),
             "stored": s.stored.load(Relaxed),
             "too_large": s.too_large.load(Relaxed),
             "evictions": s.evictions.load(Relaxed),
@@ -424,7 +503,7 @@ mod tests {
     fn hit(found: Lookup) -> Option<Arc<Entry>> {
         match found {
             Lookup::Hit(e) => Some(e),
-            Lookup::Miss(_) => None,
+            Lookup::Miss { .. } => None,
         }
     }
 
@@ -488,7 +567,11 @@ mod tests {
     #[tokio::test]
     async fn a_second_miss_waits_for_the_first_and_gets_what_it_stored() {
         let store = Arc::new(Store::new(config(1 << 20)));
-        let Lookup::Miss(Some(flight)) = store.lookup("/k", true).await else {
+        let Lookup::Miss {
+            flight: Some(flight),
+            ..
+        } = store.lookup("/k", true).await
+        else {
             panic!("the first miss leads")
         };
         let waiting = tokio::spawn({
@@ -505,7 +588,11 @@ mod tests {
         );
 
         // A first miss whose response was not stored: the waiter goes on alone.
-        let Lookup::Miss(Some(flight)) = store.lookup("/n", true).await else {
+        let Lookup::Miss {
+            flight: Some(flight),
+            ..
+        } = store.lookup("/n", true).await
+        else {
             panic!()
         };
         // (A waiter never leads after waiting; `false` keeps this test
@@ -516,11 +603,17 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(flight);
-        assert!(matches!(waiting.await.unwrap(), Lookup::Miss(None)));
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Lookup::Miss { flight: None, .. }
+        ));
         // And nobody leads it now: the next miss does.
         assert!(matches!(
             store.lookup("/n", true).await,
-            Lookup::Miss(Some(_))
+            Lookup::Miss {
+                flight: Some(_),
+                ..
+            }
         ));
     }
 

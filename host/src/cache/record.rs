@@ -114,10 +114,14 @@ fn owned(headers: &HeaderMap) -> HeaderMap {
     for (name, value) in headers {
         let name =
             HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-        let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.append(name, value);
+        copy.append(name, owned_value(value));
     }
     copy
+}
+
+/// A header value that owns its bytes (see [`owned`]).
+pub(super) fn owned_value(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 impl Body for Recording {

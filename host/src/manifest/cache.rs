@@ -22,6 +22,14 @@ pub struct Cache {
     /// How long a miss waits for another request already fetching the same
     /// key before going upstream itself.
     pub lock_timeout: Duration,
+    /// Whether a stale entry with a validator (`ETag`, `Last-Modified`) is
+    /// revalidated with a conditional request instead of fetched anew.
+    pub revalidate: bool,
+    /// How long past its freshness such an entry is kept for revalidation.
+    pub keep_stale: Duration,
+    /// How long past its freshness an entry is served when the upstream
+    /// fails (connect error, timeout, 5xx); zero: never.
+    pub stale_if_error: Duration,
 }
 
 impl Default for Cache {
@@ -31,6 +39,9 @@ impl Default for Cache {
             max_object_size: 8 << 20,
             status_header: Some(HeaderName::from_static("x-cache")),
             lock_timeout: Duration::from_secs(5),
+            revalidate: true,
+            keep_stale: Duration::from_secs(600),
+            stale_if_error: Duration::ZERO,
         }
     }
 }
@@ -72,11 +83,20 @@ impl Validator<'_> {
             raw.lock_timeout,
             d.lock_timeout,
         )?;
+        let keep_stale = self.duration("cache.keep_stale".into(), raw.keep_stale, d.keep_stale)?;
+        let stale_if_error = self.duration(
+            "cache.stale_if_error".into(),
+            raw.stale_if_error,
+            d.stale_if_error,
+        )?;
         Ok(Cache {
             max_size,
             max_object_size,
             status_header,
             lock_timeout,
+            revalidate: raw.revalidate.unwrap_or(d.revalidate),
+            keep_stale,
+            stale_if_error,
         })
     }
 }

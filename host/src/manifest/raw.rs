@@ -110,6 +110,9 @@ pub struct RawCache {
     pub max_object_size: Option<String>,
     pub status_header: Option<String>,
     pub lock_timeout: Option<String>,
+    pub revalidate: Option<bool>,
+    pub keep_stale: Option<String>,
+    pub stale_if_error: Option<String>,
 }
 
 /// `[admin]`.

@@ -381,6 +381,9 @@ fn the_cache_table_takes_defaults_and_a_second_cache_stage_is_rejected() {
             "cache.max_object_size",
         ),
         ("status_header = \"x cache\"", "cache.status_header"),
+        ("stale_if_error = \"soon\"", "cache.stale_if_error"),
+        ("keep_stale = \"1\"", "cache.keep_stale"),
+        ("revalidate = \"yes\"", "cache.revalidate"),
         ("ttl = \"1s\"", "cache.ttl"),
     ] {
         assert_eq!(
