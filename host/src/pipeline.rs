@@ -420,7 +420,8 @@ impl Pipeline {
             let entry = stale.refreshed(&parts.headers, ttl);
             let (p, b) = cached_response(&entry, &head.parts.headers);
             if !ttl.is_zero() {
-                store.insert(miss.key, entry);
+                let key = storage_key(store, miss.key, &entry.headers, &head.parts.headers, ttl);
+                store.insert(key, entry);
             }
             // `miss.flight` drops here, after the insert: waiters find it.
             return (head, p, b, Some(Verdict::Revalidated));
@@ -462,6 +463,8 @@ impl Pipeline {
         let parts = resp.parts;
         match ttl {
             Ok(Some(secs)) if secs > 0 => {
+                let lifetime = std::time::Duration::from_secs(u64::from(secs));
+                let key = storage_key(store, key, &parts.headers, &head.parts.headers, lifetime);
                 let recording = Recording::new(
                     body,
                     store.clone(),
@@ -783,14 +786,16 @@ impl Pipeline {
                     // that other misses of the key wait for.
                     let lead = head.parts.method == http::Method::GET;
                     let (verdict, key, flight, stale, outcome) = match r {
-                        Ok(Some(key)) => match store.lookup(&key, lead).await {
-                            Lookup::Hit(entry) => {
-                                (Verdict::Hit, None, None, None, Some(Outcome::Cached(entry)))
+                        Ok(Some(key)) => {
+                            match store.lookup(&key, lead, &head.parts.headers).await {
+                                Lookup::Hit(entry) => {
+                                    (Verdict::Hit, None, None, None, Some(Outcome::Cached(entry)))
+                                }
+                                Lookup::Miss { flight, stale } => {
+                                    (Verdict::Miss, Some(key), flight, stale, None)
+                                }
                             }
-                            Lookup::Miss { flight, stale } => {
-                                (Verdict::Miss, Some(key), flight, stale, None)
-                            }
-                        },
+                        }
                         Ok(None) => {
                             store.bypassed();
                             (Verdict::Bypass, None, None, None, None)
@@ -893,6 +898,26 @@ fn error_response(fault: Fault, grpc: bool) -> (http::response::Parts, ProxyBody
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     (parts, body)
+}
+
+/// Where a response to `request` is stored under the policy's `key`: the key
+/// itself, or, for a response that varies (`Vary`), the variant's own key,
+/// with `key` marked as varying for `lifetime`.
+fn storage_key(
+    store: &Store,
+    key: String,
+    response: &http::HeaderMap,
+    request: &http::HeaderMap,
+    lifetime: std::time::Duration,
+) -> String {
+    match crate::cache::vary_names(response) {
+        Some(names) => {
+            let variant = crate::cache::variant_key(&key, &names, request);
+            store.mark_variants(&key, names, lifetime);
+            variant
+        }
+        None => key,
+    }
 }
 
 /// Ask the upstream conditionally (RFC 9111 §4.3.1) with a stale entry's

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
 use crate::manifest::Cache as CacheConfig;
@@ -52,6 +52,9 @@ pub struct Entry {
     /// How long it stays in the store once stale (set when stored, from
     /// `[cache]`): for revalidation or to serve when the upstream fails.
     grace: Duration,
+    /// Set on the marker stored under a key whose responses vary: the
+    /// request headers that pick the variant, stored under its own key.
+    variants: Option<Arc<[HeaderName]>>,
 }
 
 impl Entry {
@@ -64,6 +67,7 @@ impl Entry {
             stored_at: clock::now_ms(),
             ttl,
             grace: Duration::ZERO,
+            variants: None,
         }
     }
 
@@ -326,17 +330,38 @@ impl Store {
         &self.config
     }
 
-    /// The entry under `key`, fresh or not.
-    fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+    /// The entry under `key`, fresh or not; for a key whose responses vary,
+    /// the variant `request` would get, under the key returned with it.
+    fn get(&self, key: &str, request: &HeaderMap) -> (Option<String>, Option<Arc<Entry>>) {
+        match self.entries.get(key) {
+            Some(marker) if marker.variants.is_some() => {
+                let names = marker.variants.as_deref().unwrap_or_default();
+                let variant = variant_key(key, names, request);
+                let found = self.entries.get(&variant);
+                (Some(variant), found)
+            }
+            found => (None, found),
+        }
+    }
+
+    /// Note that the responses under `key` vary on `names` (from `Vary`):
+    /// lookups then go on to the variant of each request. Kept as long as
+    /// the variant stored with it (`lifetime`).
+    pub fn mark_variants(&self, key: &str, names: Arc<[HeaderName]>, lifetime: Duration) {
+        let mut marker = Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), lifetime);
+        marker.variants = Some(names);
+        marker.grace = self.config.keep_stale.max(self.config.stale_if_error);
+        self.entries.insert(key.to_owned(), Arc::new(marker));
     }
 
     /// Look `key` up. On a miss, when another request is already fetching
     /// the key, wait for it (up to `lock_timeout`) and look again; otherwise,
     /// with `lead` (a GET, whose response may be stored), become the one
     /// fetching it. Counts a hit or a miss.
-    pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool) -> Lookup {
-        let found = match self.get(key) {
+    pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool, request: &HeaderMap) -> Lookup {
+        let (variant, found) = self.get(key, request);
+        let key = variant.as_deref().unwrap_or(key);
+        let found = match found {
             Some(e) if e.fresh() => Lookup::Hit(e),
             stale => {
                 let waiting = {
@@ -360,7 +385,7 @@ impl Store {
                     Err(mut rx) => {
                         // Closed (Err) when the first request is done with it.
                         let _ = tokio::time::timeout(self.config.lock_timeout, rx.changed()).await;
-                        match self.get(key) {
+                        match self.get(key, request).1 {
                             Some(e) if e.fresh() => Lookup::Hit(e),
                             stale => Lookup::Miss {
                                 flight: None,
@@ -416,7 +441,9 @@ impl Store {
 
     /// Remove the entry under `key` (the admin API's purge); whether there was one.
     pub fn purge(&self, key: &str) -> bool {
-        self.entries.remove(key).is_some()
+        // The variants of a key live under keys of their own.
+        let variants = self.purge_prefix(&format!("{key}\n\0vary"));
+        self.entries.remove(key).is_some() || variants > 0
     }
 
     /// Remove every entry whose key starts with `prefix` (e.g.
@@ -453,6 +480,37 @@ impl Store {
             "max_bytes": self.config.max_size,
         })
     }
+}
+
+/// The header names a response's `Vary` lists (lower case), or `None` when
+/// it varies on nothing (or on `*`, which the policy never lets be stored).
+pub fn vary_names(headers: &HeaderMap) -> Option<Arc<[HeaderName]>> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    (!names.is_empty()).then(|| names.into())
+}
+
+/// The key of the variant of `key` a request with these headers gets: the
+/// values of the `Vary` headers, each on a line of its own.
+pub fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
+    let mut variant = format!("{key}\n\0vary");
+    for name in names {
+        let values: Vec<&str> = request
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .collect();
+        variant.push_str(&format!("\n{name}: {}", values.join(", ")));
+    }
+    variant
 }
 
 /// The process's store: kept across reloads while `[cache]` is unchanged,
@@ -510,14 +568,14 @@ mod tests {
     #[tokio::test]
     async fn a_stored_entry_is_a_hit_until_its_time_is_up() {
         let store = Arc::new(Store::new(config(1 << 20)));
-        assert!(hit(store.lookup("/a", false).await).is_none());
+        assert!(hit(store.lookup("/a", false, &HeaderMap::new()).await).is_none());
         store.insert("/a".into(), entry(10, Duration::from_secs(60)));
-        let found = hit(store.lookup("/a", false).await).expect("a hit");
+        let found = hit(store.lookup("/a", false, &HeaderMap::new()).await).expect("a hit");
         assert_eq!(found.body.len(), 10);
         assert!(found.age() < Duration::from_secs(1));
         store.insert("/b".into(), entry(10, Duration::ZERO));
         assert!(
-            hit(store.lookup("/b", false).await).is_none(),
+            hit(store.lookup("/b", false, &HeaderMap::new()).await).is_none(),
             "an entry with no lifetime is stale at once"
         );
         let status = store.status();
@@ -570,13 +628,13 @@ mod tests {
         let Lookup::Miss {
             flight: Some(flight),
             ..
-        } = store.lookup("/k", true).await
+        } = store.lookup("/k", true, &HeaderMap::new()).await
         else {
             panic!("the first miss leads")
         };
         let waiting = tokio::spawn({
             let store = store.clone();
-            async move { hit(store.lookup("/k", true).await).is_some() }
+            async move { hit(store.lookup("/k", true, &HeaderMap::new()).await).is_some() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the second waits");
@@ -591,7 +649,7 @@ mod tests {
         let Lookup::Miss {
             flight: Some(flight),
             ..
-        } = store.lookup("/n", true).await
+        } = store.lookup("/n", true, &HeaderMap::new()).await
         else {
             panic!()
         };
@@ -599,7 +657,7 @@ mod tests {
         // independent of whether it ran before the drop.)
         let waiting = tokio::spawn({
             let store = store.clone();
-            async move { store.lookup("/n", false).await }
+            async move { store.lookup("/n", false, &HeaderMap::new()).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(flight);
@@ -609,7 +667,7 @@ mod tests {
         ));
         // And nobody leads it now: the next miss does.
         assert!(matches!(
-            store.lookup("/n", true).await,
+            store.lookup("/n", true, &HeaderMap::new()).await,
             Lookup::Miss {
                 flight: Some(_),
                 ..

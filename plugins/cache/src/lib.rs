@@ -30,8 +30,8 @@
 //!   (this cache does not revalidate yet); a `Set-Cookie` unless
 //!   `allow_set_cookie`; an answer to a request with `Authorization` unless
 //!   `allow_authorization` or the response says `public`, `s-maxage` or
-//!   `must-revalidate` (§3.5); `Vary: *`, and a `Vary` naming a header the
-//!   key does not include.
+//!   `must-revalidate` (§3.5); `Vary: *`. A response with `Vary` is stored
+//!   as one variant per value of the headers it names (the host keys them).
 
 mod rules;
 
@@ -196,12 +196,14 @@ impl CachePolicy for Cache {
         {
             return None;
         }
-        for vary in response.header_all("vary") {
-            for name in vary.split(',').map(|n| n.trim().to_ascii_lowercase()) {
-                if name == "*" || !self.key_headers.contains(&name) {
-                    return None;
-                }
-            }
+        // The host keeps one variant per value of the `Vary` headers; `*`
+        // (varies on anything) cannot be matched.
+        if response
+            .header_all("vary")
+            .iter()
+            .any(|v| v.split(',').any(|n| n.trim() == "*"))
+        {
+            return None;
         }
         let now = clock::now_ms() / 1000;
         let lifetime = rules::explicit_lifetime(
