@@ -592,7 +592,7 @@ async fn a_response_that_varies_is_stored_once_per_variant_and_each_client_gets_
     assert_eq!(fr.echo().header("accept-language"), Some("fr"));
     assert_eq!(backend.requests(), 3);
     // Purging the key purges its variants.
-    let key = format!("http://127.0.0.1/hello");
+    let key = "http://127.0.0.1/hello";
     let purged = purge(&proxy, &format!("{{\"key\": \"{key}\"}}")).await;
     assert_eq!(purged.text(), "{\"purged\":1}");
     assert_eq!(get(Some("fr")).await.header("x-cache"), Some("MISS"));
