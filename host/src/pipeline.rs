@@ -83,7 +83,8 @@ pub struct CacheStep {
     /// A miss other requests for the key are waiting on, held until its
     /// response is stored or known not to be.
     pub flight: Option<Flight>,
-    /// The stale entry a miss found: revalidated, or served if the upstream fails.
+    /// The stale entry a miss found: revalidated, or served if the upstream
+    /// fails; with `Verdict::Stale`, served now while it is refreshed.
     pub stale: Option<Arc<Entry>>,
 }
 
@@ -96,6 +97,9 @@ struct Miss {
     stale: Option<Arc<Entry>>,
     /// The request asks the upstream conditionally with `stale`'s validators.
     revalidating: bool,
+    /// `stale` is served now and refreshed in the background
+    /// (`stale_while_revalidate`).
+    in_background: bool,
 }
 
 impl Pipeline {
@@ -211,7 +215,7 @@ impl Pipeline {
     /// Serve one request: ingress checks, request stages, upstream,
     /// response stages. `peer` is the TCP peer; `scheme` the listener's.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         scheme: Scheme,
@@ -281,12 +285,21 @@ impl Pipeline {
                     flight: c.flight.take(),
                     stale: c.stale.take(),
                     revalidating: false,
+                    in_background: c.verdict == Verdict::Stale,
                 })
             })
             .filter(|_| head.parts.method == http::Method::GET);
         // What the cache made of the request, if it changes after the stages.
         let mut verdict = None;
         let (mut resp_parts, resp_body) = match decision.outcome {
+            // stale-while-revalidate: the stale entry now, the refresh after.
+            Outcome::Forward(up, i)
+                if let Some(m) = miss.take_if(|m| m.in_background)
+                    && let Some(stale) = m.stale.clone() =>
+            {
+                self.refresh_in_background(up, i, &head, client, decision.balancer, m);
+                cached_response(&stale, &head.parts.headers)
+            }
             Outcome::Forward(up, i) => {
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy (so does the cache policy asked whether to
@@ -376,6 +389,45 @@ impl Pipeline {
         }
         let record = log(client, resp.parts.status, served_by);
         Response::from_parts(resp.parts, Logged::new(body, record))
+    }
+
+    /// Refresh a stale entry served under `stale_while_revalidate`: the
+    /// request, as a body-less GET (conditional when the entry has
+    /// validators), goes to `up.endpoints[index]` in a task of its own, and
+    /// its answer settles as a miss's would; the flight ends with it.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        up: Arc<Upstream>,
+        index: usize,
+        head: &RequestHead,
+        client: SocketAddr,
+        balancer: Option<usize>,
+        mut miss: Miss,
+    ) {
+        let Some(store) = self.cache.clone() else {
+            return;
+        };
+        let mut parts = clone_request_parts(&head.parts);
+        miss.revalidating = revalidate(&miss, &store, &mut parts.headers);
+        let asked = RequestHead::new(clone_request_parts(&head.parts), client);
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
+            let (forwarded, _) = pipeline
+                .forward(&up, index, req, client, balancer, &mut None)
+                .await;
+            let Ok(resp) = forwarded else {
+                // The stale entry stays; the next request in the window tries again.
+                return;
+            };
+            let (p, b) = resp.into_parts();
+            let b =
+                ProxyBody::Upstream(Watched::response(b, pipeline.server.timeouts.upstream_body));
+            miss.in_background = false;
+            let (_, _, body, _) = pipeline.settle(asked, p, b, miss, &store).await;
+            // Read it to its end: that is what stores it.
+            let _ = http_body_util::BodyExt::collect(body).await;
+        });
     }
 
     /// What a cache miss's upstream response becomes: a 304 to a
@@ -791,6 +843,24 @@ impl Pipeline {
                                 Lookup::Hit(entry) => {
                                     (Verdict::Hit, None, None, None, Some(Outcome::Cached(entry)))
                                 }
+                                // Served stale at once; someone else refreshes it.
+                                Lookup::StaleWhileRevalidate {
+                                    entry,
+                                    flight: None,
+                                } => (
+                                    Verdict::Stale,
+                                    None,
+                                    None,
+                                    None,
+                                    Some(Outcome::Cached(entry)),
+                                ),
+                                // Served stale at once, and refreshed by this
+                                // request in the background once the stages
+                                // chose the upstream.
+                                Lookup::StaleWhileRevalidate {
+                                    entry,
+                                    flight: Some(f),
+                                } => (Verdict::Stale, Some(key), Some(f), Some(entry), None),
                                 Lookup::Miss { flight, stale } => {
                                     (Verdict::Miss, Some(key), flight, stale, None)
                                 }

@@ -597,3 +597,31 @@ async fn a_response_that_varies_is_stored_once_per_variant_and_each_client_gets_
     assert_eq!(purged.text(), "{\"purged\":1}");
     assert_eq!(get(Some("fr")).await.header("x-cache"), Some("MISS"));
 }
+
+#[tokio::test]
+async fn within_stale_while_revalidate_a_stale_entry_is_served_at_once_and_refreshed_behind() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = Origin::start().await;
+    let proxy = origin_proxy(&origin, "stale_while_revalidate = \"30s\"").await;
+    let client = proxy.client();
+    client.get("/doc").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let stale = client.get("/doc").await;
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(stale.text(), "hello");
+    assert!(
+        stale.header("x-refreshed").is_none(),
+        "served before the refresh"
+    );
+    // The refresh (a conditional request, answered 304) lands behind it.
+    crate::support::wait_until("the background refresh", Duration::from_secs(5), || {
+        origin.conditional.load(SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = client.get("/doc").await;
+    assert_eq!(fresh.header("x-cache"), Some("HIT"));
+    assert_eq!(fresh.header("x-refreshed"), Some("yes"));
+    assert_eq!(origin.requests.load(SeqCst), 2);
+}

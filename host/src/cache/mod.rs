@@ -243,6 +243,15 @@ pub struct Store {
 pub enum Lookup {
     /// A fresh entry.
     Hit(Arc<Entry>),
+    /// A stale entry within `stale_while_revalidate`: served at once. With a
+    /// [`Flight`], this request refreshes it in the background (nobody else
+    /// is); without, another request already does.
+    StaleWhileRevalidate {
+        /// The entry to serve.
+        entry: Arc<Entry>,
+        /// This request leads the refresh.
+        flight: Option<Flight>,
+    },
     /// Nothing fresh: go upstream. With a [`Flight`], this request is the
     /// one fetching the key and others wait for it, until it is dropped;
     /// with a stale entry, it may be revalidated or served if the upstream
@@ -350,7 +359,11 @@ impl Store {
     pub fn mark_variants(&self, key: &str, names: Arc<[HeaderName]>, lifetime: Duration) {
         let mut marker = Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), lifetime);
         marker.variants = Some(names);
-        marker.grace = self.config.keep_stale.max(self.config.stale_if_error);
+        marker.grace = self
+            .config
+            .keep_stale
+            .max(self.config.stale_if_error)
+            .max(self.config.stale_while_revalidate);
         self.entries.insert(key.to_owned(), Arc::new(marker));
     }
 
@@ -361,22 +374,20 @@ impl Store {
     pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool, request: &HeaderMap) -> Lookup {
         let (variant, found) = self.get(key, request);
         let key = variant.as_deref().unwrap_or(key);
+        let swr = self.config.stale_while_revalidate;
         let found = match found {
             Some(e) if e.fresh() => Lookup::Hit(e),
+            Some(e) if lead && !swr.is_zero() && e.stale_within(swr) => {
+                let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+                let flight = (!flights.contains_key(key)).then(|| self.lead(&mut flights, key));
+                Lookup::StaleWhileRevalidate { entry: e, flight }
+            }
             stale => {
                 let waiting = {
                     let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
                     match flights.get(key) {
                         Some(rx) => Err(rx.clone()),
-                        None if lead => {
-                            let (done, rx) = watch::channel(());
-                            flights.insert(key.to_owned(), rx);
-                            Ok(Some(Flight {
-                                store: self.clone(),
-                                key: key.to_owned(),
-                                done,
-                            }))
-                        }
+                        None if lead => Ok(Some(self.lead(&mut flights, key))),
                         None => Ok(None),
                     }
                 };
@@ -398,10 +409,26 @@ impl Store {
         };
         let counter = match &found {
             Lookup::Hit(_) => &self.stats.hits,
+            Lookup::StaleWhileRevalidate { .. } => &self.stats.stale,
             Lookup::Miss { .. } => &self.stats.misses,
         };
         counter.fetch_add(1, Relaxed);
         found
+    }
+
+    /// Make this request the one fetching `key` (no one is yet).
+    fn lead(
+        self: &Arc<Self>,
+        flights: &mut HashMap<String, watch::Receiver<()>>,
+        key: &str,
+    ) -> Flight {
+        let (done, rx) = watch::channel(());
+        flights.insert(key.to_owned(), rx);
+        Flight {
+            store: self.clone(),
+            key: key.to_owned(),
+            done,
+        }
     }
 
     /// Count a request the policy let bypass the cache.
@@ -419,7 +446,9 @@ impl Store {
         } else {
             Duration::ZERO
         };
-        entry.grace = revalidate.max(c.stale_if_error);
+        entry.grace = revalidate
+            .max(c.stale_if_error)
+            .max(c.stale_while_revalidate);
         self.stats.stored.fetch_add(1, Relaxed);
         self.entries.insert(key, Arc::new(entry));
     }
@@ -561,7 +590,7 @@ mod tests {
     fn hit(found: Lookup) -> Option<Arc<Entry>> {
         match found {
             Lookup::Hit(e) => Some(e),
-            Lookup::Miss { .. } => None,
+            Lookup::StaleWhileRevalidate { .. } | Lookup::Miss { .. } => None,
         }
     }
 

@@ -30,6 +30,9 @@ pub struct Cache {
     /// How long past its freshness an entry is served when the upstream
     /// fails (connect error, timeout, 5xx); zero: never.
     pub stale_if_error: Duration,
+    /// How long past its freshness an entry is served at once while one
+    /// request refreshes it in the background; zero: never.
+    pub stale_while_revalidate: Duration,
 }
 
 impl Default for Cache {
@@ -42,6 +45,7 @@ impl Default for Cache {
             revalidate: true,
             keep_stale: Duration::from_secs(600),
             stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
         }
     }
 }
@@ -97,6 +101,11 @@ impl Validator<'_> {
             revalidate: raw.revalidate.unwrap_or(d.revalidate),
             keep_stale,
             stale_if_error,
+            stale_while_revalidate: self.duration(
+                "cache.stale_while_revalidate".into(),
+                raw.stale_while_revalidate,
+                d.stale_while_revalidate,
+            )?,
         })
     }
 }

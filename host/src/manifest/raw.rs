@@ -113,6 +113,7 @@ pub struct RawCache {
     pub revalidate: Option<bool>,
     pub keep_stale: Option<String>,
     pub stale_if_error: Option<String>,
+    pub stale_while_revalidate: Option<String>,
 }
 
 /// `[admin]`.

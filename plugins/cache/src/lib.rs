@@ -15,7 +15,8 @@
 //! Behaviour:
 //!
 //! - Only GET and HEAD are looked up; HEAD shares GET's key (the host
-//!   answers it from the GET's entry). Other methods bypass the cache.
+//!   answers it from the GET's entry). Other methods, and upgrade requests
+//!   (WebSocket), bypass the cache.
 //! - The key is scheme, host, path and query, plus the values of `key.headers`
 //!   and `key.cookies` when configured.
 //! - A request with `Cache-Control: no-store` bypasses the cache; so does one
@@ -138,7 +139,8 @@ impl CachePolicy for Cache {
 
     fn cache_key(&self, request: &Request) -> Option<String> {
         let method = request.method();
-        if method != "GET" && method != "HEAD" {
+        // An upgrade (WebSocket) is a conversation, never a stored page.
+        if (method != "GET" && method != "HEAD") || request.header("upgrade").is_some() {
             return None;
         }
         let cc = request.header_all("cache-control");
