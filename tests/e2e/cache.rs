@@ -625,3 +625,29 @@ async fn within_stale_while_revalidate_a_stale_entry_is_served_at_once_and_refre
     assert_eq!(fresh.header("x-refreshed"), Some("yes"));
     assert_eq!(origin.requests.load(SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_cache_policy_of_ones_own_replaces_the_built_in_one() {
+    // Its rules, not the built-in's: keyed by path alone, and a 500 kept.
+    let backend = Backend::new("app").status(500).start().await;
+    let pipeline = format!(
+        "[[pipeline]]\nplugin = \"{}\"\nrole = \"cache-policy\"\n",
+        crate::support::test_plugin("own_cache").display()
+    );
+    let proxy = Portier::start(&one_upstream_with_admin(
+        &endpoints(&[&backend]),
+        "",
+        &pipeline,
+    ))
+    .await;
+    let client = proxy.client();
+    assert_eq!(client.get("/x?a=1").await.header("x-cache"), Some("MISS"));
+    let again = client.get("/x?a=2").await;
+    assert_eq!(again.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        again.header("x-cache"),
+        Some("HIT"),
+        "the query is not in this key"
+    );
+    assert_eq!(backend.requests(), 1);
+}
