@@ -1011,15 +1011,14 @@ fn revalidate(miss: &Miss, store: &Store, request: &mut http::HeaderMap) -> bool
     true
 }
 
-/// The stale entry to serve because the upstream failed: one within
-/// `[cache] stale_if_error` of its freshness.
+/// The stale entry to serve because the upstream failed: one within its
+/// `stale_if_error` (`[cache]`'s, or its own `Cache-Control`'s) of freshness.
 fn stale_for_error(miss: Option<&Miss>, store: &Option<Arc<Store>>) -> Option<Arc<Entry>> {
     let store = store.as_ref()?;
-    let window = store.config().stale_if_error;
-    let entry = miss?
-        .stale
-        .clone()
-        .filter(|e| !window.is_zero() && e.stale_within(window))?;
+    let entry = miss?.stale.clone().filter(|e| {
+        let window = e.stale_if_error();
+        !window.is_zero() && e.stale_within(window)
+    })?;
     store.served_stale();
     Some(entry)
 }

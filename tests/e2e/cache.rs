@@ -421,6 +421,11 @@ struct Origin {
 
 impl Origin {
     async fn start() -> Origin {
+        Origin::with_cache_control("max-age=1").await
+    }
+
+    /// With this `Cache-Control` on its answers (200 and 304).
+    async fn with_cache_control(cache_control: &'static str) -> Origin {
         use std::sync::atomic::Ordering::SeqCst;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -447,13 +452,13 @@ impl Origin {
                                 http::Response::builder()
                                     .status(304)
                                     .header("etag", "\"v1\"")
-                                    .header("cache-control", "max-age=1")
+                                    .header("cache-control", cache_control)
                                     .header("x-refreshed", "yes")
                                     .body(crate::support::body::empty())
                             } else {
                                 http::Response::builder()
                                     .header("etag", "\"v1\"")
-                                    .header("cache-control", "max-age=1")
+                                    .header("cache-control", cache_control)
                                     .body(crate::support::body::full("hello"))
                             };
                             std::future::ready(Ok::<_, std::convert::Infallible>(response.unwrap()))
@@ -650,4 +655,19 @@ async fn a_cache_policy_of_ones_own_replaces_the_built_in_one() {
         "the query is not in this key"
     );
     assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_responses_own_stale_if_error_is_honoured() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // RFC 5861: the response allows it; [cache] does not say.
+    let origin = Origin::with_cache_control("max-age=1, stale-if-error=60").await;
+    let proxy = origin_proxy(&origin, "revalidate = false").await;
+    let client = proxy.client();
+    client.get("/doc").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.failing.store(true, SeqCst);
+    let stale = client.get("/doc").await;
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(stale.text(), "hello");
 }

@@ -55,6 +55,10 @@ pub struct Entry {
     /// Set on the marker stored under a key whose responses vary: the
     /// request headers that pick the variant, stored under its own key.
     variants: Option<Arc<[HeaderName]>>,
+    /// How stale it may be served at once while refreshed, and when the
+    /// upstream fails (`[cache]`, or longer if its `Cache-Control` says so).
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
 }
 
 impl Entry {
@@ -68,7 +72,20 @@ impl Entry {
             ttl,
             grace: Duration::ZERO,
             variants: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
         }
+    }
+
+    /// How long past its freshness it is served at once while one request
+    /// refreshes it (zero: not at all).
+    pub fn stale_while_revalidate(&self) -> Duration {
+        self.stale_while_revalidate
+    }
+
+    /// How long past its freshness it answers when the upstream fails.
+    pub fn stale_if_error(&self) -> Duration {
+        self.stale_if_error
     }
 
     /// Whether it carries a validator a conditional request can use.
@@ -374,10 +391,13 @@ impl Store {
     pub async fn lookup(self: &Arc<Self>, key: &str, lead: bool, request: &HeaderMap) -> Lookup {
         let (variant, found) = self.get(key, request);
         let key = variant.as_deref().unwrap_or(key);
-        let swr = self.config.stale_while_revalidate;
         let found = match found {
             Some(e) if e.fresh() => Lookup::Hit(e),
-            Some(e) if lead && !swr.is_zero() && e.stale_within(swr) => {
+            Some(e)
+                if lead
+                    && !e.stale_while_revalidate.is_zero()
+                    && e.stale_within(e.stale_while_revalidate) =>
+            {
                 let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
                 let flight = (!flights.contains_key(key)).then(|| self.lead(&mut flights, key));
                 Lookup::StaleWhileRevalidate { entry: e, flight }
@@ -446,9 +466,13 @@ impl Store {
         } else {
             Duration::ZERO
         };
+        // RFC 5861: the response may allow longer windows than `[cache]`.
+        let (swr, sie) = stale_directives(&entry.headers);
+        entry.stale_while_revalidate = c.stale_while_revalidate.max(swr);
+        entry.stale_if_error = c.stale_if_error.max(sie);
         entry.grace = revalidate
-            .max(c.stale_if_error)
-            .max(c.stale_while_revalidate);
+            .max(entry.stale_if_error)
+            .max(entry.stale_while_revalidate);
         self.stats.stored.fetch_add(1, Relaxed);
         self.entries.insert(key, Arc::new(entry));
     }
@@ -509,6 +533,31 @@ impl Store {
             "max_bytes": self.config.max_size,
         })
     }
+}
+
+/// The `stale-while-revalidate=N` and `stale-if-error=N` of a response's
+/// `Cache-Control` (RFC 5861), zero when absent.
+fn stale_directives(headers: &HeaderMap) -> (Duration, Duration) {
+    let mut found = (Duration::ZERO, Duration::ZERO);
+    let directives = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    for d in directives {
+        let Some((name, secs)) = d.split_once('=') else {
+            continue;
+        };
+        let Ok(secs) = secs.trim().trim_matches('"').parse::<u64>() else {
+            continue;
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "stale-while-revalidate" => found.0 = Duration::from_secs(secs),
+            "stale-if-error" => found.1 = Duration::from_secs(secs),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// The header names a response's `Vary` lists (lower case), or `None` when
@@ -702,6 +751,35 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_responses_own_stale_windows_count_when_longer_than_the_stores() {
+        let store = Store::new(CacheConfig {
+            stale_if_error: Duration::from_secs(30),
+            ..config(1 << 20)
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=1, stale-while-revalidate=60, stale-if-error=10"),
+        );
+        store.insert(
+            "/s".into(),
+            Entry::new(
+                StatusCode::OK,
+                headers,
+                Bytes::new(),
+                Duration::from_secs(1),
+            ),
+        );
+        let e = store.entries.get("/s").unwrap();
+        assert_eq!(e.stale_while_revalidate(), Duration::from_secs(60));
+        assert_eq!(
+            e.stale_if_error(),
+            Duration::from_secs(30),
+            "the longer one"
+        );
     }
 
     #[test]
