@@ -452,7 +452,8 @@ impl Pipeline {
             && let Some(stale) = &miss.stale
         {
             store.revalidated();
-            // The policy decides the new lifetime from the refreshed head.
+            // The policy decides the new lifetime from the refreshed head;
+            // the entry is that head with the stored body, merged once.
             let merged = stale.refreshed(&parts.headers, std::time::Duration::ZERO);
             let mut asked = Response::new(());
             *asked.status_mut() = merged.status;
@@ -469,7 +470,7 @@ impl Pipeline {
                 Ok(Some(secs)) => u64::from(secs),
                 _ => 0,
             });
-            let entry = stale.refreshed(&parts.headers, ttl);
+            let entry = Entry::new(merged.status, merged.headers, merged.body, ttl);
             let (p, b) = cached_response(&entry, &head.parts.headers);
             if !ttl.is_zero() {
                 let key = storage_key(store, miss.key, &entry.headers, &head.parts.headers, ttl);
