@@ -10,6 +10,7 @@
 //! - [`Logged`]: the response body to the client, which writes the access
 //!   log line when it ends or is dropped.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,13 +19,14 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::plugin::heads::BodyPrefix;
 use crate::server::Busy;
 use crate::upstream::conn::UpstreamBody;
 
@@ -140,9 +142,12 @@ impl std::error::Error for CutError {}
 /// time the reader itself is slow (backpressure is not the peer's fault).
 pub struct Watched<B = Incoming> {
     inner: B,
-    /// A frame read ahead by [`Watched::first_frame`], served first (boxed:
-    /// a frame can hold trailers, and this struct rides in every response).
-    ahead: Option<Box<Frame<Bytes>>>,
+    /// Frames read ahead by [`Watched::first_frame`] and
+    /// [`Watched::read_prefix`], served first (boxed: a frame can hold
+    /// trailers, and this struct rides in every response: 8 bytes here
+    /// rather than a `VecDeque`'s 32).
+    #[allow(clippy::box_collection)]
+    ahead: Option<Box<VecDeque<Frame<Bytes>>>>,
     limit: u64,
     seen: u64,
     idle: Duration,
@@ -239,16 +244,63 @@ impl Watched {
         let first = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
         match first {
             Some(Ok(frame)) => {
-                self.ahead = Some(Box::new(frame));
+                self.ahead.get_or_insert_default().push_back(frame);
                 Ok(())
             }
-            Some(Err(_)) => Err(self
-                .outcome
-                .as_ref()
-                .and_then(|o| o.cut())
-                .unwrap_or(Cut::Broken)),
+            Some(Err(_)) => Err(self.why_cut()),
             None => Ok(()),
         }
+    }
+
+    /// Read ahead until at least `want` bytes of data arrived or the body
+    /// ended (everything read is served again later): the start of the body
+    /// for filters that asked to see it, and whether it is the whole body.
+    pub async fn read_prefix(&mut self, want: usize) -> Result<BodyPrefix, Cut> {
+        let mut frames: VecDeque<Frame<Bytes>> = self.ahead.take().map(|b| *b).unwrap_or_default();
+        let mut data = BytesMut::new();
+        for f in &frames {
+            if let Some(d) = f.data_ref() {
+                data.extend_from_slice(d);
+            }
+        }
+        let mut complete = false;
+        while data.len() < want {
+            if frames.back().is_some_and(|f| f.is_trailers()) {
+                complete = true;
+                break;
+            }
+            // `ahead` is taken: this reads on, counting bytes and time as
+            // reading the body does.
+            match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        data.extend_from_slice(d);
+                    }
+                    frames.push_back(frame);
+                }
+                Some(Err(_)) => return Err(self.why_cut()),
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        complete |= self.inner.is_end_stream();
+        if !frames.is_empty() {
+            self.ahead = Some(Box::new(frames));
+        }
+        Ok(BodyPrefix {
+            bytes: data.freeze(),
+            complete,
+        })
+    }
+
+    /// Why the body failed: the cut recorded, or a broken stream.
+    fn why_cut(&self) -> Cut {
+        self.outcome
+            .as_ref()
+            .and_then(|o| o.cut())
+            .unwrap_or(Cut::Broken)
     }
 }
 
@@ -265,8 +317,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.ahead.take() {
-            return Poll::Ready(Some(Ok(*frame)));
+        if let Some(ahead) = &mut this.ahead {
+            let frame = ahead.pop_front();
+            if ahead.is_empty() {
+                this.ahead = None;
+            }
+            if let Some(frame) = frame {
+                return Poll::Ready(Some(Ok(frame)));
+            }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -293,11 +351,13 @@ where
         self.ahead.is_none() && self.inner.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        let ahead = self
-            .ahead
-            .as_ref()
-            .and_then(|f| f.data_ref())
-            .map_or(0, |d| d.len() as u64);
+        let ahead = self.ahead.as_ref().map_or(0, |frames| {
+            frames
+                .iter()
+                .filter_map(Frame::data_ref)
+                .map(|d| d.len() as u64)
+                .sum()
+        });
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + ahead);

@@ -24,7 +24,7 @@ use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Role, Server};
-use crate::plugin::heads::{HeaderLimits, RequestHead, ResponseHead};
+use crate::plugin::heads::{BodyPrefix, HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
 use crate::upstream::conn::UpstreamBody;
 use crate::upstream::endpoint::Outcome as Health;
@@ -43,6 +43,9 @@ pub struct Pipeline {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// The response cache's store, when a cache-policy stage uses it.
     cache: Option<Arc<Store>>,
+    /// The most bytes of a request body a filter asked to read: read
+    /// before the request stages run (0: bodies stream untouched).
+    body_prefix: usize,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -136,6 +139,13 @@ impl Pipeline {
                     .await?,
             );
         }
+        check_scopes(&manifest.file, &stages)?;
+        let body_prefix = stages
+            .iter()
+            .filter(|s| s.role == Role::Filter)
+            .map(|s| s.request_body() as usize)
+            .max()
+            .unwrap_or(0);
         // Certificates are read before the registry changes: a bad file
         // rejects the manifest without a trace.
         let tls = match &manifest.server.tls {
@@ -165,6 +175,7 @@ impl Pipeline {
             server,
             tls,
             cache,
+            body_prefix,
         })
     }
 
@@ -246,6 +257,7 @@ impl Pipeline {
                 );
             }
         };
+        let mut prefix = None;
         let (body, outcome) = if body.is_end_stream() {
             (ProxyBody::full(bytes::Bytes::new()), None)
         } else {
@@ -258,14 +270,31 @@ impl Pipeline {
             );
             // A body broken from its first bytes (a bad chunk size, say) is
             // refused here, before any plugin or upstream sees the request.
-            if let Err(cut) = watched.first_frame().await {
+            let read = match self.body_prefix {
+                0 => watched.first_frame().await,
+                // A gRPC stream may wait for responses before it sends more:
+                // holding it for a prefix could stall it, so filters see none
+                // of it (and are told it is not complete).
+                _ if is_grpc(&parts.headers) => {
+                    prefix = Some(BodyPrefix::default());
+                    watched.first_frame().await
+                }
+                // Filters asked to see the body's start: read that much
+                // ahead (under the body's own limits), then stream it all.
+                want => watched.read_prefix(want).await.map(|p| prefix = Some(p)),
+            };
+            if let Err(cut) = read {
                 let (parts, body) = error_response(Fault::ClientBody(cut), is_grpc(&parts.headers));
                 let record = log(client, parts.status, None);
                 return Response::from_parts(parts, Logged::new(body, record));
             }
             (ProxyBody::Streamed(watched), Some(outcome))
         };
-        let (mut head, mut decision) = self.request_stages(RequestHead::new(parts, client)).await;
+        let mut head = RequestHead::new(parts, client);
+        if prefix.is_some() {
+            head.context_mut().body = prefix;
+        }
+        let (mut head, mut decision) = self.request_stages(head).await;
         let mut added = head.response_headers.take();
         // Taken before the head may move on: an upgrade goes its own way.
         let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
@@ -307,7 +336,7 @@ impl Pipeline {
                 let mut parts = if miss.is_some()
                     || self.stages[..decision.reached]
                         .iter()
-                        .any(Stage::sees_responses)
+                        .any(|s| s.sees_responses() && s.applies_to(head.route.as_deref()))
                 {
                     clone_request_parts(&head.parts)
                 } else {
@@ -774,6 +803,11 @@ impl Pipeline {
         let mut balancer = None;
         let mut cache = None;
         for (i, stage) in self.stages.iter().enumerate() {
+            // Scoped stages come after the router (checked at load), so the
+            // route is decided by the time one is reached.
+            if !stage.applies_to(head.route.as_deref()) {
+                continue;
+            }
             // A failed call was logged where it happened; here only the policy matters.
             let failed = |_: StageError| match stage.policy {
                 FailurePolicy::Open => None,
@@ -793,9 +827,14 @@ impl Pipeline {
                     let (h, r) = stage.route(head).await;
                     head = h;
                     match r {
-                        Ok(RouteDecision::Upstream(name)) => match self.upstreams.get(&name) {
+                        Ok(RouteDecision::Upstream {
+                            upstream: name,
+                            route,
+                        }) => match self.upstreams.get(&name) {
                             Some(u) => {
                                 upstream = Some(u.clone());
+                                head.upstream = Some(u.clone());
+                                head.route = route;
                                 None
                             }
                             None => {
@@ -923,11 +962,10 @@ impl Pipeline {
         body: ProxyBody,
         reached: usize,
     ) -> (ResponseHead, ProxyBody) {
-        for stage in self.stages[..reached]
-            .iter()
-            .rev()
-            .filter(|s| s.sees_responses())
-        {
+        for stage in self.stages[..reached].iter().rev() {
+            if !(stage.sees_responses() && stage.applies_to(head.route.as_deref())) {
+                continue;
+            }
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;
@@ -938,6 +976,39 @@ impl Pipeline {
         }
         (resp, body)
     }
+}
+
+/// Every route a stage is scoped to must be one the router declared at
+/// init: a misspelled name would otherwise be a stage (an auth check, say)
+/// that silently never runs.
+fn check_scopes(file: &std::path::Path, stages: &[Stage]) -> Result<(), ManifestError> {
+    let Some((r, router)) = stages
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.role == Role::Router)
+    else {
+        return Ok(());
+    };
+    let declared = router.routes();
+    for (i, stage) in stages.iter().enumerate() {
+        for (j, name) in stage.scope().unwrap_or_default().iter().enumerate() {
+            if !declared.contains(name) {
+                let known = if declared.is_empty() {
+                    "it names none (give its routes a `name`)".to_string()
+                } else {
+                    format!("it names {}", declared.join(", "))
+                };
+                return Err(ManifestError {
+                    file: file.to_owned(),
+                    key: format!("pipeline[{i}].routes[{j}]"),
+                    reason: format!(
+                        "no route named {name:?} in the router (pipeline[{r}]): {known}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request body declares a length within `limit` bytes.

@@ -25,6 +25,7 @@ mod quickstart;
 mod reload;
 mod routing;
 mod sandbox;
+mod scoping;
 mod tls;
 mod upgrades;
 mod upstreams;

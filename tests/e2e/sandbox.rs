@@ -690,7 +690,9 @@ async fn instances_that_fail_to_start_are_counted_and_logged_like_failed_calls()
     // One line for three identical failures.
     assert_eq!(
         proxy.count_log_lines(|l| l.contains("plugin call failed")
-            && l.contains("instance could not start: refusing to start again")),
+            && l.contains(
+                "instance could not start: init refused the config: refusing to start again"
+            )),
         1,
         "{}",
         proxy.logs()

@@ -179,6 +179,9 @@ pub struct Stage {
     pub grants: Grants,
     /// What the stage may keep in kv.
     pub kv_quota: crate::kv::Quota,
+    /// The routes (by the router's names) the stage applies to; `None`:
+    /// every request.
+    pub routes: Option<Vec<String>>,
     /// The stage's config table as JSON text.
     pub config_json: String,
 }
@@ -617,6 +620,29 @@ impl Validator<'_> {
         let kv_quota = self.kv_quota(i, raw.kv)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
+        let routes = match raw.routes {
+            None => None,
+            Some(_) if role == Role::Router => {
+                return Err(self.err(
+                    key("routes"),
+                    "the router decides the route; it cannot be scoped to one",
+                ));
+            }
+            Some(r) if r.is_empty() => {
+                return Err(self.err(
+                    key("routes"),
+                    "name at least one route (leave `routes` out for every request)",
+                ));
+            }
+            Some(r) => {
+                if let Some(bad) = r.iter().position(|n| n.is_empty()) {
+                    return Err(
+                        self.err(format!("pipeline[{i}].routes[{bad}]"), "must not be empty")
+                    );
+                }
+                Some(r)
+            }
+        };
         Ok(Stage {
             index: i,
             name,
@@ -630,6 +656,7 @@ impl Validator<'_> {
             quarantine,
             grants,
             kv_quota,
+            routes,
             config_json,
         })
     }
@@ -688,17 +715,60 @@ impl Validator<'_> {
     /// Rules about the pipeline as a whole.
     fn shape(&self, upstreams: &[Upstream], stages: &[Stage]) -> Result<(), ManifestError> {
         let find = |role| stages.iter().filter(move |s: &&Stage| s.role == role);
-        for role in [Role::Router, Role::Balancer, Role::CachePolicy] {
-            if let Some(second) = find(role).nth(1) {
-                return Err(self.err(
-                    second.key(),
-                    format!("a pipeline has at most one {role} stage"),
-                ));
-            }
+        if let Some(second) = find(Role::Router).nth(1) {
+            return Err(self.err(second.key(), "a pipeline has at most one router stage"));
         }
         let router = find(Role::Router).next();
-        if let (Some(r), Some(b)) = (router, find(Role::Balancer).next())
-            && b.index < r.index
+        // Scoping needs the route decided before the stage runs.
+        for s in stages.iter().filter(|s| s.routes.is_some()) {
+            match router {
+                None => {
+                    return Err(self.err(
+                        format!("{}.routes", s.key()),
+                        "routes are named by a router stage, and the pipeline has none",
+                    ));
+                }
+                Some(r) if s.index < r.index => {
+                    return Err(self.err(
+                        format!("{}.routes", s.key()),
+                        format!(
+                            "a stage scoped to routes must come after the router ({}), which decides the route",
+                            r.key()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        // One balancer and one cache policy per request: several only when
+        // their routes do not overlap.
+        for role in [Role::Balancer, Role::CachePolicy] {
+            let all: Vec<&Stage> = find(role).collect();
+            for (j, later) in all.iter().enumerate() {
+                for earlier in &all[..j] {
+                    let shared = match (&earlier.routes, &later.routes) {
+                        (Some(a), Some(b)) => a.iter().find(|r| b.contains(r)).cloned(),
+                        _ => Some(String::new()),
+                    };
+                    if let Some(route) = shared {
+                        let which = if route.is_empty() {
+                            "every request".to_string()
+                        } else {
+                            format!("route {route:?}")
+                        };
+                        return Err(self.err(
+                            later.key(),
+                            format!(
+                                "a request reaches at most one {role} stage, and {which} would reach this one and {}; scope them to routes that do not overlap",
+                                earlier.key()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(r) = router
+            && let Some(b) = find(Role::Balancer).find(|b| b.index < r.index)
         {
             return Err(self.err(
                 b.key(),

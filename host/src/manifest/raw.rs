@@ -262,6 +262,7 @@ pub struct RawStage {
     pub quarantine: Option<RawQuarantine>,
     pub grants: Option<RawGrants>,
     pub kv: Option<RawKvQuota>,
+    pub routes: Option<Vec<String>>,
     pub config: Option<toml::Table>,
 }
 

@@ -4,7 +4,9 @@
 //! moved back out afterwards: no header is copied unless the guest asks for it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -22,6 +24,76 @@ pub struct RequestHead {
     /// Headers stages asked to add to this request's response
     /// (`add-response-header`), whoever answers it.
     pub response_headers: Option<Box<HeaderMap>>,
+    /// The name of the route the router chose, if the rule has one: stages
+    /// scoped to routes run only under theirs.
+    pub route: Option<String>,
+    /// The upstream the router chose.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Values stages keep for the rest of the request, and the start of its
+    /// body (boxed: most requests have neither, and the head moves a lot).
+    pub context: Option<Box<Context>>,
+}
+
+/// Keys a request's context holds at most.
+pub const MAX_CONTEXT_KEYS: usize = 64;
+/// Bytes of keys and values a request's context holds at most.
+pub const MAX_CONTEXT_BYTES: usize = 16 << 10;
+
+/// What stages keep for the rest of one request (`context-set`), and the
+/// body prefix read for the filters that asked for one.
+#[derive(Debug, Default)]
+pub struct Context {
+    values: Vec<(String, String)>,
+    bytes: usize,
+    /// The start of the request body, when a filter asked for it.
+    pub body: Option<BodyPrefix>,
+}
+
+/// The first bytes of a request body, read before the request stages ran.
+#[derive(Debug, Clone, Default)]
+pub struct BodyPrefix {
+    /// As many bytes as the most demanding filter asked for (or more: a
+    /// frame is not split), fewer when the body is shorter.
+    pub bytes: Bytes,
+    /// Whether `bytes` holds the whole body.
+    pub complete: bool,
+}
+
+impl Context {
+    /// The value kept under `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Keep `value` under `key`, within [`MAX_CONTEXT_KEYS`] and
+    /// [`MAX_CONTEXT_BYTES`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), EditError> {
+        if key.is_empty() {
+            return Err("a context key must not be empty".to_string());
+        }
+        let old = self.values.iter().position(|(k, _)| k == key);
+        let freed = old.map_or(0, |i| self.values[i].0.len() + self.values[i].1.len());
+        let bytes = self.bytes - freed + key.len() + value.len();
+        if bytes > MAX_CONTEXT_BYTES {
+            return Err(format!(
+                "the request's context would hold {bytes} bytes, over its {MAX_CONTEXT_BYTES}"
+            ));
+        }
+        match old {
+            Some(i) => self.values[i].1 = value.to_owned(),
+            None if self.values.len() >= MAX_CONTEXT_KEYS => {
+                return Err(format!(
+                    "the request's context holds {MAX_CONTEXT_KEYS} keys already"
+                ));
+            }
+            None => self.values.push((key.to_owned(), value.to_owned())),
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
 }
 
 /// An upstream (or generated) response head.
@@ -42,7 +114,15 @@ impl RequestHead {
             client,
             tried: 0,
             response_headers: None,
+            route: None,
+            upstream: None,
+            context: None,
         }
+    }
+
+    /// The request's context, made on first use.
+    pub fn context_mut(&mut self) -> &mut Context {
+        self.context.get_or_insert_with(Box::default)
     }
 
     /// The path without the query.
@@ -241,6 +321,30 @@ mod tests {
         }
         let (parts, ()) = b.body(()).unwrap().into_parts();
         RequestHead::new(parts, "127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn context_keeps_values_within_its_bounds() {
+        let mut c = Context::default();
+        c.set("identity", "alice").unwrap();
+        c.set("identity", "bob").unwrap();
+        assert_eq!(c.get("identity"), Some("bob"));
+        assert_eq!(c.get("other"), None);
+        assert!(c.set("", "x").is_err());
+        for i in 1..MAX_CONTEXT_KEYS {
+            c.set(&format!("k{i}"), "v").unwrap();
+        }
+        let full = c.set("one-more", "v").unwrap_err();
+        assert!(full.contains("64 keys"), "{full}");
+        // Replacing a key is not adding one.
+        c.set("k1", "w").unwrap();
+        let big = "x".repeat(MAX_CONTEXT_BYTES);
+        assert!(c.set("k2", &big).unwrap_err().contains("bytes"));
+        // Freed bytes count again: a large value replaced by a small one.
+        let mut c = Context::default();
+        c.set("a", &"x".repeat(MAX_CONTEXT_BYTES - 1)).unwrap();
+        c.set("a", "small").unwrap();
+        c.set("b", &"y".repeat(1000)).unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result, StoreLimits};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::portier::plugin::{clock, config, kv, log, types, upstreams};
+use super::bindings::portier::plugin::{clock, kv, log, types, upstreams};
 use super::heads::{self, HeaderLimits, RequestHead, ResponseHead};
 use super::report::{self, LogBudget};
 use crate::kv::Namespace;
@@ -35,6 +35,9 @@ pub struct StageShared {
     pub header_limits: HeaderLimits,
     /// How many log lines the stage may still write.
     pub log_budget: Arc<LogBudget>,
+    /// The bytes of request bodies the stage asked for at init (a filter's
+    /// `request-body`; 0 for every other stage).
+    pub request_body: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Per-instance store data.
@@ -149,8 +152,22 @@ impl types::HostRequestHead for StageState {
         heads::remove_header(&mut self.table.get_mut(&h)?.parts.headers, &name);
         Ok(())
     }
-    fn client_addr(&mut self, h: Resource<RequestHead>) -> Result<String> {
-        Ok(self.table.get(&h)?.client.to_string())
+    fn client_addr(&mut self, h: Resource<RequestHead>) -> Result<types::SocketAddress> {
+        let client = self.table.get(&h)?.client;
+        let ip = match client.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                types::IpAddress::Ipv4((a, b, c, d))
+            }
+            std::net::IpAddr::V6(v6) => {
+                let [a, b, c, d, e, f, g, h] = v6.segments();
+                types::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+            }
+        };
+        Ok(types::SocketAddress {
+            ip,
+            port: client.port(),
+        })
     }
     fn client_certificate(
         &mut self,
@@ -186,6 +203,57 @@ impl types::HostRequestHead for StageState {
             &value,
             self.shared.header_limits,
         ))
+    }
+    fn route(&mut self, h: Resource<RequestHead>) -> Result<Option<String>> {
+        Ok(self.table.get(&h)?.route.clone())
+    }
+    fn upstream(&mut self, h: Resource<RequestHead>) -> Result<Option<String>> {
+        Ok(self
+            .table
+            .get(&h)?
+            .upstream
+            .as_ref()
+            .map(|u| u.name.clone()))
+    }
+    fn context_get(&mut self, h: Resource<RequestHead>, key: String) -> Result<Option<String>> {
+        let head = self.table.get(&h)?;
+        Ok(head
+            .context
+            .as_ref()
+            .and_then(|c| c.get(&key))
+            .map(str::to_owned))
+    }
+    fn context_set(
+        &mut self,
+        h: Resource<RequestHead>,
+        key: String,
+        value: String,
+    ) -> Result<Result<(), String>> {
+        Ok(self.table.get_mut(&h)?.context_mut().set(&key, &value))
+    }
+    fn body(&mut self, h: Resource<RequestHead>) -> Result<Option<types::BodyPrefix>> {
+        // Only a stage that asked at init sees the body, and no more of it
+        // than it asked for.
+        let asked = self
+            .shared
+            .request_body
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if asked == 0 {
+            return Ok(None);
+        }
+        let head = self.table.get(&h)?;
+        let Some(prefix) = head.context.as_ref().and_then(|c| c.body.as_ref()) else {
+            // No body at all: the whole of it is empty.
+            return Ok(Some(types::BodyPrefix {
+                bytes: Vec::new(),
+                complete: true,
+            }));
+        };
+        let n = prefix.bytes.len().min(asked);
+        Ok(Some(types::BodyPrefix {
+            bytes: prefix.bytes[..n].to_vec(),
+            complete: prefix.complete && n == prefix.bytes.len(),
+        }))
     }
     fn drop(&mut self, _h: Resource<RequestHead>) -> Result<()> {
         // Heads are only ever lent to the guest (`borrow<>`); the host takes them back.
@@ -288,12 +356,6 @@ impl clock::Host for StageState {
     fn monotonic_ns(&mut self) -> Result<u64> {
         static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         Ok(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64)
-    }
-}
-
-impl config::Host for StageState {
-    fn get(&mut self) -> Result<String> {
-        Ok(self.shared.config_json.to_string())
     }
 }
 

@@ -57,6 +57,8 @@ const MAX_RESOURCES: usize = 1024;
 const MAX_CORE_INSTANCES: usize = 16;
 const MAX_TABLES: usize = 16;
 const MAX_MEMORIES: usize = 1;
+/// The most of a request body a filter may ask to read (`request-body`).
+pub const MAX_REQUEST_BODY: u32 = 1 << 20;
 /// How long a call waits for an instance when all `max_instances` are busy
 /// (or its call budget, if shorter).
 const MAX_INSTANCE_WAIT: Duration = Duration::from_millis(100);
@@ -86,6 +88,15 @@ pub enum StageError {
     /// A fresh instance could not be created or its `init` failed.
     #[error("instance could not start: {0}")]
     Start(String),
+    /// `init` refused the stage's config: `key` inside it (none: the
+    /// config as a whole) and why.
+    #[error("init refused the config: {}{message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Refused {
+        /// The key inside the stage's `config`, as the plugin named it.
+        key: Option<String>,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The stage failed too often recently and is not being called.
     #[error("stage is quarantined after repeated failures")]
     Quarantined,
@@ -188,6 +199,7 @@ impl Runtime {
             name: spec.name.clone(),
             role: spec.role,
             policy: spec.on_error,
+            scope: spec.routes.clone(),
             isolation: spec.isolation,
             call_timeout: spec.call_timeout,
             memory_limit: spec.memory_limit,
@@ -201,6 +213,7 @@ impl Runtime {
                 grants: Arc::new(spec.grants.clone()),
                 header_limits,
                 log_budget: Arc::new(report::LogBudget::default()),
+                request_body: Arc::default(),
             },
             idle: ArrayQueue::new(MAX_IDLE_INSTANCES),
             slots: Arc::new(Semaphore::new(spec.max_instances)),
@@ -209,6 +222,7 @@ impl Runtime {
             health: StageHealth::new(spec.quarantine),
             failure_log: report::FailureLog::default(),
             wants_response: AtomicBool::new(true),
+            routes: std::sync::OnceLock::new(),
             breach_logged: AtomicBool::new(false),
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
@@ -221,7 +235,9 @@ impl Runtime {
                 stage.put_back(inst);
                 Ok(stage)
             }
-            Err(StageError::Start(reason)) => Err(init_error(manifest, spec, reason)),
+            Err(StageError::Refused { key, message }) => {
+                Err(init_error(manifest, spec, key, message))
+            }
             Err(e) => Err(err(
                 format!("{}.config", spec.key()),
                 format!("init failed: {e}"),
@@ -230,15 +246,19 @@ impl Runtime {
     }
 }
 
-/// Turn an init rejection into a manifest error. Plugins prefix their message
-/// with the config key (`routes[0].upstream: ...`); fold it into our key.
-fn init_error(manifest: &Path, spec: &manifest::Stage, reason: String) -> ManifestError {
+/// Turn an init rejection into a manifest error: the plugin's key (say
+/// `routes[0].upstream`) under the stage's `config`.
+fn init_error(
+    manifest: &Path,
+    spec: &manifest::Stage,
+    key: Option<String>,
+    reason: String,
+) -> ManifestError {
     let base = format!("{}.config", spec.key());
-    let (key, reason) = match reason.split_once(": ") {
-        Some((k, r)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
-            (format!("{base}.{k}"), r.to_string())
-        }
-        _ => (base, reason),
+    let key = match key.filter(|k| !k.is_empty()) {
+        Some(k) if k.starts_with('[') => format!("{base}{k}"),
+        Some(k) => format!("{base}.{k}"),
+        None => base,
     };
     ManifestError {
         file: manifest.to_owned(),
@@ -336,8 +356,13 @@ pub enum FilterAction {
 /// What a router decided for a request.
 #[derive(Debug)]
 pub enum RouteDecision {
-    /// Forward to this upstream.
-    Upstream(String),
+    /// Forward to the upstream named `upstream`, under the route `route`.
+    Upstream {
+        /// The upstream's name.
+        upstream: String,
+        /// The route's name, if the rule has one.
+        route: Option<String>,
+    },
     /// Answer now.
     Respond(PluginResponse),
 }
@@ -350,6 +375,8 @@ pub struct Stage {
     pub role: Role,
     /// Its failure policy.
     pub policy: manifest::FailurePolicy,
+    /// The routes it applies to (`None`: every request).
+    scope: Option<Vec<String>>,
     isolation: manifest::Isolation,
     call_timeout: Duration,
     memory_limit: usize,
@@ -366,6 +393,8 @@ pub struct Stage {
     failure_log: report::FailureLog,
     /// A filter's answer at `init`: whether it has work on responses.
     wants_response: AtomicBool,
+    /// A router's answer at `init`: the route names it may choose.
+    routes: std::sync::OnceLock<Vec<String>>,
     /// Whether a contract breach has been logged (it is logged once).
     breach_logged: AtomicBool,
 }
@@ -435,7 +464,13 @@ impl Stage {
         let (head, out) = with_instance!(self, Router(r), [head], |store, req| r
             .call_route(store, req));
         let out = out.and_then(|d| match d {
-            bindings::router::Route::Upstream(u) => Ok(RouteDecision::Upstream(u)),
+            bindings::router::Route::Forward(d) => {
+                self.route_named(d.route)
+                    .map(|route| RouteDecision::Upstream {
+                        upstream: d.upstream,
+                        route,
+                    })
+            }
             bindings::router::Route::Respond(r) => self.checked(r).map(RouteDecision::Respond),
         });
         (head, out)
@@ -475,6 +510,42 @@ impl Stage {
             .call_storable(store, r, s))
     }
 
+    /// Whether the stage runs for a request routed under `route`.
+    pub fn applies_to(&self, route: Option<&str>) -> bool {
+        match &self.scope {
+            None => true,
+            Some(names) => route.is_some_and(|r| names.iter().any(|n| n == r)),
+        }
+    }
+
+    /// The routes the manifest scoped the stage to (`None`: every request).
+    pub fn scope(&self) -> Option<&[String]> {
+        self.scope.as_deref()
+    }
+
+    /// The route names a router said at `init` it may choose (none for
+    /// other roles).
+    pub fn routes(&self) -> &[String] {
+        self.routes.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// The bytes of request bodies a filter asked for at `init` (0: none).
+    pub fn request_body(&self) -> u32 {
+        self.shared.request_body.load(Relaxed)
+    }
+
+    /// A route name a router returned must be one it declared: scoping is
+    /// checked against the declared names, so an undeclared one would
+    /// silently skip the stages scoped to the name the author meant.
+    fn route_named(&self, route: Option<String>) -> Result<Option<String>, StageError> {
+        match route {
+            Some(r) if !self.routes().contains(&r) => Err(self.fail(StageError::Contract(
+                format!("chose route {r:?}, not one of the names it declared at init"),
+            ))),
+            r => Ok(r),
+        }
+    }
+
     /// Whether this stage's `on-response` is to be called: a filter that said
     /// at `init` it has response work.
     pub fn sees_responses(&self) -> bool {
@@ -503,7 +574,14 @@ impl Stage {
             if let Some(slot) = self.slot() {
                 // A plugin whose instances cannot start fails its calls:
                 // counted and logged like any other failure.
-                return self.start_instance(slot).await.map_err(|e| self.fail(e));
+                return self.start_instance(slot).await.map_err(|e| {
+                    let e = match e {
+                        // Accepted at load, refused now: the instance failed to start.
+                        StageError::Refused { .. } => StageError::Start(e.to_string()),
+                        e => e,
+                    };
+                    self.fail(e)
+                });
             }
             // Registered before looking again, so a return in between is not missed.
             let freed = self.freed.notified();
@@ -623,15 +701,23 @@ impl Stage {
         let (role, init) = match &self.pre {
             RolePre::Filter(p) => {
                 let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i
-                    .call_init(&mut store, config)
-                    .await
-                    .map(|r| r.map(|info| self.wants_response.store(info.on_response, Relaxed)));
+                let r = i.call_init(&mut store, config).await.map(|r| {
+                    r.map(|info| {
+                        self.wants_response.store(info.on_response, Relaxed);
+                        self.shared
+                            .request_body
+                            .store(info.request_body.min(MAX_REQUEST_BODY), Relaxed);
+                    })
+                });
                 (RoleInstance::Filter(i), r)
             }
             RolePre::Router(p) => {
                 let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await;
+                let r = i.call_init(&mut store, config).await.map(|r| {
+                    r.map(|info| {
+                        let _ = self.routes.set(info.routes);
+                    })
+                });
                 (RoleInstance::Router(i), r)
             }
             RolePre::Balancer(p) => {
@@ -651,7 +737,10 @@ impl Stage {
                 role,
                 _slot: slot,
             }),
-            Ok(Err(msg)) => Err(StageError::Start(msg)),
+            Ok(Err(refused)) => Err(StageError::Refused {
+                key: refused.key,
+                message: refused.message,
+            }),
             Err(e) => Err(classify(e, self.call_timeout)),
         }
     }

@@ -53,22 +53,22 @@ pub struct ApiKey {
 }
 
 impl Filter for ApiKey {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let Config {
             header,
             keys,
             realm,
         } = config::parse(json)?;
-        let header = check_header(&header).map_err(|reason| format!("header: {reason}"))?;
+        let header = check_header(&header).map_err(|reason| config::Error::at("header", reason))?;
         if keys.is_empty() {
-            return Err("keys: must list at least one key".to_string());
+            return Err(config::Error::at("keys", "must list at least one key"));
         }
         for (i, key) in keys.iter().enumerate() {
-            check_key(key).map_err(|reason| format!("keys[{i}]: {reason}"))?;
+            check_key(key).map_err(|reason| config::Error::at(format!("keys[{i}]"), reason))?;
         }
         let challenge = match realm {
             Some(realm) => {
-                check_realm(&realm).map_err(|reason| format!("realm: {reason}"))?;
+                check_realm(&realm).map_err(|reason| config::Error::at("realm", reason))?;
                 format!("ApiKey realm=\"{realm}\", header=\"{header}\"")
             }
             None => format!("ApiKey header=\"{header}\""),
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_keyed() {
-        let err = |json: &str| ApiKey::init(json).err().unwrap();
+        let err = |json: &str| ApiKey::init(json).err().unwrap().to_string();
         assert_eq!(err("{}"), "missing field `keys`");
         assert_eq!(err(r#"{"keys": []}"#), "keys: must list at least one key");
         assert_eq!(err(r#"{"keys": ["a", ""]}"#), "keys[1]: must not be empty");

@@ -38,7 +38,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use portier_sdk::{Balancer, Request, clock, kv, log, upstreams};
+use portier_sdk::{Balancer, Request, clock, config, kv, log, upstreams};
 
 mod cookie;
 mod hash;
@@ -77,7 +77,7 @@ pub struct LoadBalancer {
 }
 
 impl Balancer for LoadBalancer {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let Settings { algorithm, sticky } = settings::parse(json)?;
         Ok(LoadBalancer {
             algorithm,
@@ -213,7 +213,7 @@ fn round_robin(healthy: &Weighted, upstream: &str) -> Option<u32> {
 /// send every such request to one endpoint.
 fn hash_key(request: &Request, on: &HashOn) -> Option<String> {
     let key = match on {
-        HashOn::Client => portier_sdk::ip_of(&request.client_addr()).to_string(),
+        HashOn::Client => request.client_addr().ip().to_string(),
         HashOn::Path => request.path(),
         HashOn::Header(name) => request.header(name)?,
         HashOn::Cookie(name) => cookie::find(&request.header_all("cookie"), name)?.to_string(),

@@ -2,7 +2,7 @@
 //! Every mistake is an `init` error naming its key, so `portier check`
 //! catches it before any request does.
 
-use portier_sdk::config;
+use portier_sdk::config::{self, Error};
 use serde::Deserialize;
 
 use crate::cookie::{self, SetCookie};
@@ -98,7 +98,7 @@ pub struct Settings {
 }
 
 /// Parse and check the stage config (JSON text).
-pub fn parse(json: &str) -> Result<Settings, String> {
+pub fn parse(json: &str) -> Result<Settings, Error> {
     let Config {
         algorithm,
         hash_on,
@@ -107,10 +107,16 @@ pub fn parse(json: &str) -> Result<Settings, String> {
     let algorithm = match (algorithm, hash_on) {
         (Name::ConsistentHash, Some(on)) => Algorithm::ConsistentHash(check_hash_on(on)?),
         (Name::ConsistentHash, None) => {
-            return Err(r#"algorithm: "consistent-hash" needs hash_on: "client", "path", { header = "name" } or { cookie = "name" }"#.to_string());
+            return Err(Error::at(
+                "algorithm",
+                r#""consistent-hash" needs hash_on: "client", "path", { header = "name" } or { cookie = "name" }"#,
+            ));
         }
         (_, Some(_)) => {
-            return Err(r#"hash_on: only used with algorithm = "consistent-hash""#.to_string());
+            return Err(Error::at(
+                "hash_on",
+                r#"only used with algorithm = "consistent-hash""#,
+            ));
         }
         (Name::RoundRobin, None) => Algorithm::RoundRobin,
         (Name::WeightedRoundRobin, None) => Algorithm::WeightedRoundRobin,
@@ -121,21 +127,27 @@ pub fn parse(json: &str) -> Result<Settings, String> {
     Ok(Settings { algorithm, sticky })
 }
 
-fn check_hash_on(on: HashOn) -> Result<HashOn, String> {
+fn check_hash_on(on: HashOn) -> Result<HashOn, Error> {
     Ok(match on {
         HashOn::Header(name) if !cookie::is_token(&name) => {
-            return Err(format!("hash_on.header: invalid header name {name:?}"));
+            return Err(Error::at(
+                "hash_on.header",
+                format!("invalid header name {name:?}"),
+            ));
         }
         // Header names are case-insensitive; one spelling is enough.
         HashOn::Header(name) => HashOn::Header(name.to_ascii_lowercase()),
         HashOn::Cookie(name) if !cookie::is_token(&name) => {
-            return Err(format!("hash_on.cookie: invalid cookie name {name:?}"));
+            return Err(Error::at(
+                "hash_on.cookie",
+                format!("invalid cookie name {name:?}"),
+            ));
         }
         on => on,
     })
 }
 
-fn check_sticky(sticky: StickyConfig) -> Result<Sticky, String> {
+fn check_sticky(sticky: StickyConfig) -> Result<Sticky, Error> {
     let StickyConfig {
         cookie,
         secret,
@@ -143,17 +155,21 @@ fn check_sticky(sticky: StickyConfig) -> Result<Sticky, String> {
         secure,
     } = sticky;
     if !cookie::is_token(&cookie) {
-        return Err(format!("sticky.cookie: invalid cookie name {cookie:?}"));
+        return Err(Error::at(
+            "sticky.cookie",
+            format!("invalid cookie name {cookie:?}"),
+        ));
     }
     if let Some(secret) = &secret
         && secret.len() < MIN_SECRET
     {
-        return Err(format!(
-            "sticky.secret: at least {MIN_SECRET} characters (or leave it out to have one generated)"
+        return Err(Error::at(
+            "sticky.secret",
+            format!("at least {MIN_SECRET} characters (or leave it out to have one generated)"),
         ));
     }
     let max_age = max_age
-        .map(|text| parse_seconds(&text).map_err(|reason| format!("sticky.max_age: {reason}")))
+        .map(|text| parse_seconds(&text).map_err(|reason| Error::at("sticky.max_age", reason)))
         .transpose()?;
     Ok(Sticky {
         cookie: SetCookie {
@@ -273,7 +289,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_rejected_with_its_key() {
-        let err = |json: &str| parse(json).unwrap_err();
+        let err = |json: &str| parse(json).unwrap_err().to_string();
         assert_eq!(
             err(r#"{"algorithm": "fastest"}"#),
             "algorithm: unknown variant `fastest`, expected one of `round-robin`, \

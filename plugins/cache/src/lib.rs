@@ -89,14 +89,14 @@ pub struct Cache {
     allow_authorization: bool,
 }
 
-fn seconds(key: &str, text: &str) -> Result<u64, String> {
+fn seconds(key: &str, text: &str) -> Result<u64, config::Error> {
     config::duration_ms(text)
         .map(|ms| ms.div_ceil(1000))
-        .map_err(|reason| format!("{key}: {reason}"))
+        .map_err(|reason| config::Error::at(key, reason))
 }
 
 impl CachePolicy for Cache {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let c: Config = config::parse(json)?;
         let default_ttl = match &c.default_ttl {
             Some(t) => seconds("default_ttl", t)?,
@@ -112,9 +112,9 @@ impl CachePolicy for Cache {
                         .parse::<u16>()
                         .ok()
                         .filter(|s| (200..600).contains(s))
-                        .ok_or_else(|| format!("{key}: not a status code"))?;
+                        .ok_or_else(|| config::Error::at(&key, "not a status code"))?;
                     if code >= 500 {
-                        return Err(format!("{key}: a 5xx is never stored"));
+                        return Err(config::Error::at(key, "a 5xx is never stored"));
                     }
                     ttl.insert(code, seconds(&key, &time)?);
                 }

@@ -59,7 +59,7 @@ pub struct Headers {
 }
 
 impl Filter for Headers {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let config: Config = config::parse(json)?;
         Ok(Headers {
             request: Rewrite::validate("request", config.request)?,
@@ -91,32 +91,35 @@ impl Filter for Headers {
 portier_sdk::export_filter!(Headers);
 
 impl Rewrite {
-    fn validate(key: &str, edits: Edits) -> Result<Self, String> {
+    fn validate(key: &str, edits: Edits) -> Result<Self, config::Error> {
         let mut rewrite = Rewrite::default();
         for (i, name) in edits.remove.into_iter().enumerate() {
-            let lower =
-                check_name(&name).map_err(|reason| format!("{key}.remove[{i}]: {reason}"))?;
+            let lower = check_name(&name)
+                .map_err(|reason| config::Error::at(format!("{key}.remove[{i}]"), reason))?;
             rewrite.remove.push(lower);
         }
         for (name, value) in edits.set {
-            let lower =
-                check_name(&name).map_err(|reason| format!("{key}.set.{name}: {reason}"))?;
+            let lower = check_name(&name)
+                .map_err(|reason| config::Error::at(format!("{key}.set.{name}"), reason))?;
             if rewrite.set.iter().any(|(n, _)| *n == lower) {
-                return Err(format!(
-                    "{key}.set.{name}: header is set twice (names are case-insensitive)"
+                return Err(config::Error::at(
+                    format!("{key}.set.{name}"),
+                    "header is set twice (names are case-insensitive)",
                 ));
             }
             if rewrite.remove.contains(&lower) {
-                return Err(format!(
-                    "{key}.set.{name}: header is also listed in {key}.remove"
+                return Err(config::Error::at(
+                    format!("{key}.set.{name}"),
+                    format!("header is also listed in {key}.remove"),
                 ));
             }
             if let Some(bad) = value
                 .bytes()
                 .find(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
             {
-                return Err(format!(
-                    "{key}.set.{name}: invalid header value (control character 0x{bad:02x})"
+                return Err(config::Error::at(
+                    format!("{key}.set.{name}"),
+                    format!("invalid header value (control character 0x{bad:02x})"),
                 ));
             }
             rewrite.set.push((lower, value));
@@ -156,7 +159,7 @@ mod tests {
     use super::*;
 
     fn init(json: &str) -> Result<Headers, String> {
-        Headers::init(json)
+        Headers::init(json).map_err(|e| e.to_string())
     }
 
     #[test]

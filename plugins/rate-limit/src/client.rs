@@ -17,12 +17,10 @@ use sha2::{Digest, Sha256};
 /// The longest header value used as a key, in bytes.
 pub const MAX_HEADER_VALUE: usize = 256;
 
-/// The kv key prefix for a client known by its address `addr` (`"ip:port"`
-/// or `"[ipv6]:port"`, as the host gives it).
-pub fn by_ip(addr: &str, ipv6_prefix: u8) -> String {
-    let ip = portier_sdk::ip_of(addr);
-    match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+/// The kv key prefix for a client known by its IP address.
+pub fn by_ip(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let bits = u128::from(v6);
             let prefix = u32::from(ipv6_prefix.min(128));
             let masked = if prefix == 0 {
@@ -32,9 +30,8 @@ pub fn by_ip(addr: &str, ipv6_prefix: u8) -> String {
             };
             format!("ip:{}/{prefix}", std::net::Ipv6Addr::from(masked))
         }
-        Ok(IpAddr::V6(mapped)) => format!("ip:{}", mapped.to_canonical()),
-        Ok(IpAddr::V4(v4)) => format!("ip:{v4}"),
-        Err(_) => format!("ip:{ip}"),
+        IpAddr::V6(mapped) => format!("ip:{}", mapped.to_canonical()),
+        IpAddr::V4(v4) => format!("ip:{v4}"),
     }
 }
 
@@ -53,22 +50,25 @@ pub fn by_header(value: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn ipv4_clients_are_their_address_without_the_port() {
-        assert_eq!(by_ip("10.0.0.7:51234", 64), "ip:10.0.0.7");
-        assert_eq!(by_ip("10.0.0.7", 64), "ip:10.0.0.7");
-        assert_eq!(by_ip("[::ffff:10.0.0.7]:80", 64), "ip:10.0.0.7");
+    fn ipv4_clients_are_their_address() {
+        assert_eq!(by_ip(ip("10.0.0.7"), 64), "ip:10.0.0.7");
+        assert_eq!(by_ip(ip("::ffff:10.0.0.7"), 64), "ip:10.0.0.7");
     }
 
     #[test]
     fn ipv6_clients_are_grouped_by_prefix() {
-        let a = by_ip("[2001:db8:1:2:aaaa::1]:80", 64);
-        let b = by_ip("[2001:db8:1:2:bbbb::9]:443", 64);
+        let a = by_ip(ip("2001:db8:1:2:aaaa::1"), 64);
+        let b = by_ip(ip("2001:db8:1:2:bbbb::9"), 64);
         assert_eq!(a, "ip:2001:db8:1:2::/64");
         assert_eq!(a, b, "one /64, one client");
-        assert_ne!(a, by_ip("[2001:db8:1:3::1]:80", 64));
-        assert_eq!(by_ip("[2001:db8::1]:80", 128), "ip:2001:db8::1/128");
-        assert_eq!(by_ip("[2001:db8::1]:80", 48), "ip:2001:db8::/48");
+        assert_ne!(a, by_ip(ip("2001:db8:1:3::1"), 64));
+        assert_eq!(by_ip(ip("2001:db8::1"), 128), "ip:2001:db8::1/128");
+        assert_eq!(by_ip(ip("2001:db8::1"), 48), "ip:2001:db8::/48");
     }
 
     #[test]

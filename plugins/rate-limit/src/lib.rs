@@ -85,7 +85,7 @@ pub struct RateLimit {
 }
 
 impl Filter for RateLimit {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let Config {
             requests,
             window,
@@ -93,16 +93,17 @@ impl Filter for RateLimit {
             ipv6_prefix,
         } = config::parse(json)?;
         if ipv6_prefix > 128 {
-            return Err("ipv6_prefix: at most 128 bits".to_string());
+            return Err(config::Error::at("ipv6_prefix", "at most 128 bits"));
         }
         if requests == 0 {
-            return Err("requests: must be at least 1".to_string());
+            return Err(config::Error::at("requests", "must be at least 1"));
         }
-        let window = config::duration_ms(&window).map_err(|reason| format!("window: {reason}"))?;
+        let window =
+            config::duration_ms(&window).map_err(|reason| config::Error::at("window", reason))?;
         let key = match key {
-            Key::Header(name) => {
-                Key::Header(check_header(&name).map_err(|reason| format!("key.header: {reason}"))?)
-            }
+            Key::Header(name) => Key::Header(
+                check_header(&name).map_err(|reason| config::Error::at("key.header", reason))?,
+            ),
             Key::ClientIp => Key::ClientIp,
         };
         Ok(RateLimit {
@@ -154,7 +155,7 @@ impl RateLimit {
         {
             return key;
         }
-        client::by_ip(&request.client_addr(), self.ipv6_prefix)
+        client::by_ip(request.client_addr().ip(), self.ipv6_prefix)
     }
 
     /// 429, with when to come back.
@@ -230,7 +231,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_keyed() {
-        let err = |json: &str| RateLimit::init(json).err().unwrap();
+        let err = |json: &str| RateLimit::init(json).err().unwrap().to_string();
         assert_eq!(err(r#"{"window": "1s"}"#), "missing field `requests`");
         assert_eq!(
             err(r#"{"requests": 0, "window": "1s"}"#),

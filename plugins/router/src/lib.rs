@@ -9,6 +9,7 @@
 //! [pipeline.config]
 //! default = "web"                    # optional: no match and no default -> 404
 //! [[pipeline.config.routes]]
+//! name = "api"                       # optional: stages scope themselves to it
 //! prefix = "/api/"                   # or `path = "/health"` (exact), or neither (any path)
 //! host = "api.example.com"           # optional, case-insensitive, no port
 //! method = ["GET", "HEAD"]           # optional, one method or a list
@@ -28,8 +29,13 @@
 //!   path (`/api` -> `/`); `replace_prefix` puts another in its place. The
 //!   query string is never touched.
 //! - No match and no `default`: the router answers `404 Not Found` itself.
+//! - A route's `name` is what a stage's `routes = ["api"]` in the manifest
+//!   refers to; the router tells the host its names at init, so a stage
+//!   scoped to a name no rule has is a manifest error. A request sent to
+//!   `default` has no route name.
 //! - Checked at init, with the key in the message: every `upstream` and
-//!   `default` names an upstream of the manifest; `prefix` and `path` are not
+//!   `default` names an upstream of the manifest; names are single words
+//!   and unique; `prefix` and `path` are not
 //!   both set; `strip_prefix` / `replace_prefix` need a `prefix` and exclude
 //!   each other; paths start with `/`; unknown keys are rejected.
 
@@ -45,7 +51,7 @@ pub struct PathRouter {
 }
 
 impl Router for PathRouter {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, config::Error> {
         let config = config::parse(json)?;
         let rules = Rules::compile(config, &upstreams::names())?;
         Ok(PathRouter { rules })
@@ -64,12 +70,17 @@ impl Router for PathRouter {
         } else {
             None
         };
+        let forward = |upstream: &str, route: Option<&str>| Route::Forward {
+            upstream: upstream.to_string(),
+            route: route.map(str::to_string),
+        };
         match self.rules.decide(&path, &method, host.as_deref()) {
             Decision::Forward {
                 upstream,
+                route,
                 path: Some(new_path),
             } => match request.set_path(&new_path) {
-                Ok(()) => Route::Upstream(upstream.to_string()),
+                Ok(()) => forward(upstream, route),
                 Err(reason) => {
                     portier_sdk::log::error(format!(
                         "rewriting {path:?} to {new_path:?} failed: {reason}"
@@ -79,10 +90,15 @@ impl Router for PathRouter {
             },
             Decision::Forward {
                 upstream,
+                route,
                 path: None,
-            } => Route::Upstream(upstream.to_string()),
+            } => forward(upstream, route),
             Decision::NotFound => Route::Respond(HttpResponse::text(404, "404 Not Found\n")),
         }
+    }
+
+    fn routes(&self) -> Vec<String> {
+        self.rules.names()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use portier_sdk::config::Error;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
@@ -18,6 +19,7 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteConfig {
+    name: Option<String>,
     prefix: Option<String>,
     path: Option<String>,
     host: Option<String>,
@@ -58,9 +60,11 @@ impl<'de> Deserialize<'de> for Methods {
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision<'a> {
-    /// Forward to `upstream`, with the path rewritten when `path` is set.
+    /// Forward to `upstream` under the rule's `route` name, with the path
+    /// rewritten when `path` is set.
     Forward {
         upstream: &'a str,
+        route: Option<&'a str>,
         path: Option<String>,
     },
     /// No rule matched and there is no default.
@@ -86,6 +90,7 @@ enum Rewrite {
 
 #[derive(Debug)]
 struct Rule {
+    name: Option<String>,
     path: PathMatch,
     /// Lowercase.
     host: Option<String>,
@@ -104,19 +109,28 @@ pub struct Rules {
 
 impl Rules {
     /// Validate a config against the manifest's upstream names.
-    pub fn compile(config: Config, upstreams: &[String]) -> Result<Rules, String> {
+    pub fn compile(config: Config, upstreams: &[String]) -> Result<Rules, Error> {
         let known = |key: &str, name: &str| {
             if upstreams.iter().any(|u| u == name) {
                 Ok(())
             } else {
-                Err(format!("{key}: no upstream named {name:?}"))
+                Err(Error::at(key, format!("no upstream named {name:?}")))
             }
         };
-        let mut rules = Vec::with_capacity(config.routes.len());
+        let mut rules: Vec<Rule> = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.into_iter().enumerate() {
             let key = format!("routes[{i}]");
             known(&format!("{key}.upstream"), &route.upstream)?;
-            rules.push(Rule::compile(&key, route)?);
+            let rule = Rule::compile(&key, route)?;
+            if let Some(name) = &rule.name
+                && rules.iter().any(|r| r.name.as_ref() == Some(name))
+            {
+                return Err(Error::at(
+                    format!("{key}.name"),
+                    format!("{name:?} names an earlier route too"),
+                ));
+            }
+            rules.push(rule);
         }
         if let Some(default) = &config.default {
             known("default", default)?;
@@ -125,6 +139,11 @@ impl Rules {
             rules,
             default: config.default,
         })
+    }
+
+    /// The rules' names, in order (a stage scoped to routes names some of them).
+    pub fn names(&self) -> Vec<String> {
+        self.rules.iter().filter_map(|r| r.name.clone()).collect()
     }
 
     /// True when some rule looks at the method.
@@ -148,6 +167,7 @@ impl Rules {
                 };
                 return Decision::Forward {
                     upstream: &rule.upstream,
+                    route: rule.name.as_deref(),
                     path,
                 };
             }
@@ -155,6 +175,7 @@ impl Rules {
         match &self.default {
             Some(upstream) => Decision::Forward {
                 upstream,
+                route: None,
                 path: None,
             },
             None => Decision::NotFound,
@@ -163,10 +184,22 @@ impl Rules {
 }
 
 impl Rule {
-    fn compile(key: &str, route: RouteConfig) -> Result<Rule, String> {
+    fn compile(key: &str, route: RouteConfig) -> Result<Rule, Error> {
+        let name = match route.name {
+            Some(n) if n.is_empty() || n.contains(char::is_whitespace) => {
+                return Err(Error::at(
+                    format!("{key}.name"),
+                    format!("{n:?}: a route name is one word"),
+                ));
+            }
+            n => n,
+        };
         let path = match (route.prefix, route.path) {
             (Some(_), Some(_)) => {
-                return Err(format!("{key}.path: cannot be combined with prefix"));
+                return Err(Error::at(
+                    format!("{key}.path"),
+                    "cannot be combined with prefix",
+                ));
             }
             (Some(prefix), None) => {
                 must_be_absolute(&format!("{key}.prefix"), &prefix)?;
@@ -181,16 +214,20 @@ impl Rule {
         let has_prefix = matches!(path, PathMatch::Prefix(_));
         let rewrite = match (route.strip_prefix, route.replace_prefix) {
             (true, Some(_)) => {
-                return Err(format!(
-                    "{key}.replace_prefix: cannot be combined with strip_prefix"
+                return Err(Error::at(
+                    format!("{key}.replace_prefix"),
+                    "cannot be combined with strip_prefix",
                 ));
             }
             (true, None) if !has_prefix => {
-                return Err(format!("{key}.strip_prefix: requires prefix"));
+                return Err(Error::at(format!("{key}.strip_prefix"), "requires prefix"));
             }
             (true, None) => Rewrite::Strip,
             (false, Some(_)) if !has_prefix => {
-                return Err(format!("{key}.replace_prefix: requires prefix"));
+                return Err(Error::at(
+                    format!("{key}.replace_prefix"),
+                    "requires prefix",
+                ));
             }
             (false, Some(replacement)) => {
                 must_be_absolute(&format!("{key}.replace_prefix"), &replacement)?;
@@ -200,14 +237,20 @@ impl Rule {
         };
         let host = match route.host {
             Some(host) if host.is_empty() || host.contains(['/', ' ']) => {
-                return Err(format!("{key}.host: invalid host {host:?}"));
+                return Err(Error::at(
+                    format!("{key}.host"),
+                    format!("invalid host {host:?}"),
+                ));
             }
             Some(host) => Some(host.to_ascii_lowercase()),
             None => None,
         };
         let methods = match route.method {
             Some(Methods(methods)) if methods.is_empty() => {
-                return Err(format!("{key}.method: must name at least one method"));
+                return Err(Error::at(
+                    format!("{key}.method"),
+                    "must name at least one method",
+                ));
             }
             Some(Methods(methods)) => {
                 let mut upper = Vec::with_capacity(methods.len());
@@ -222,7 +265,10 @@ impl Rule {
                         } else {
                             String::new()
                         };
-                        return Err(format!("{key}.method{at}: invalid method {m:?}"));
+                        return Err(Error::at(
+                            format!("{key}.method{at}"),
+                            format!("invalid method {m:?}"),
+                        ));
                     }
                     upper.push(m.to_ascii_uppercase());
                 }
@@ -231,6 +277,7 @@ impl Rule {
             None => None,
         };
         Ok(Rule {
+            name,
             path,
             host,
             methods,
@@ -285,11 +332,14 @@ fn join(prefix: &str, rest: &str) -> String {
     path
 }
 
-fn must_be_absolute(key: &str, path: &str) -> Result<(), String> {
+fn must_be_absolute(key: &str, path: &str) -> Result<(), Error> {
     if path.starts_with('/') {
         Ok(())
     } else {
-        Err(format!("{key}: must start with \"/\" (got {path:?})"))
+        Err(Error::at(
+            key,
+            format!("must start with \"/\" (got {path:?})"),
+        ))
     }
 }
 
@@ -302,13 +352,14 @@ mod tests {
     }
 
     fn rules(json: &str) -> Result<Rules, String> {
-        let config: Config = portier_sdk::config::parse(json)?;
-        Rules::compile(config, &upstreams())
+        let config: Config = portier_sdk::config::parse(json).map_err(|e| e.to_string())?;
+        Rules::compile(config, &upstreams()).map_err(|e| e.to_string())
     }
 
     fn forward(upstream: &'static str, path: Option<&str>) -> Decision<'static> {
         Decision::Forward {
             upstream,
+            route: None,
             path: path.map(String::from),
         }
     }
@@ -405,6 +456,39 @@ mod tests {
         // An explicit `strip_prefix = false` is no conflict.
         rules(r#"{"routes": [{"prefix": "/a", "strip_prefix": false, "replace_prefix": "/b", "upstream": "api"}]}"#)
             .unwrap();
+    }
+
+    #[test]
+    fn route_names_are_reported_unique_and_single_words() {
+        let r = rules(
+            r#"{"routes": [{"name": "api", "prefix": "/api/", "upstream": "api"},
+                           {"prefix": "/", "upstream": "web"}], "default": "web"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.names(), ["api"]);
+        let named = r.decide("/api/x", "GET", None);
+        assert!(
+            matches!(
+                named,
+                Decision::Forward {
+                    route: Some("api"),
+                    ..
+                }
+            ),
+            "{named:?}"
+        );
+        let unnamed = r.decide("/x", "GET", None);
+        assert!(
+            matches!(unnamed, Decision::Forward { route: None, .. }),
+            "{unnamed:?}"
+        );
+        let err = rules(
+            r#"{"routes": [{"name": "a", "upstream": "api"}, {"name": "a", "upstream": "web"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err, r#"routes[1].name: "a" names an earlier route too"#);
+        let err = rules(r#"{"routes": [{"name": "my api", "upstream": "api"}]}"#).unwrap_err();
+        assert_eq!(err, r#"routes[0].name: "my api": a route name is one word"#);
     }
 
     // === matching ===

@@ -1,8 +1,9 @@
-//! The stage's configuration: the manifest's `config` table, as JSON text.
+//! The stage's configuration: the manifest's `config` table, as JSON text,
+//! handed to the role's `init` once per instance.
 //!
-//! Plugins receive the same text in their role's `init`; [`parse`] turns it
-//! into a typed struct with errors that name the failing key, which is what
-//! `portier check` shows the operator.
+//! [`parse`] turns it into a typed struct with errors that name the failing
+//! key; an [`Error`] from `init` makes the manifest error name
+//! `pipeline[N].config.<key>`, which is what `portier check` shows.
 //!
 //! ```
 //! use serde::Deserialize;
@@ -20,32 +21,104 @@
 //! }
 //!
 //! let err = portier_sdk::config::parse::<Config>(r#"{"limits": [{"per_ip": -1}]}"#).err().unwrap();
-//! assert_eq!(err, "limits[0].per_ip: invalid value: integer `-1`, expected u32");
+//! assert_eq!(err.key.as_deref(), Some("limits[0].per_ip"));
+//! assert_eq!(err.to_string(), "limits[0].per_ip: invalid value: integer `-1`, expected u32");
 //! ```
+
+use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-/// The stage's `config` table as JSON text (`"{}"` when the manifest has none).
-pub fn get() -> String {
-    crate::wit::config::get()
+/// Why `init` refused its config: the key inside the stage's `config` (as
+/// the manifest writes it, `routes[0].upstream`) and what is wrong there.
+///
+/// ```
+/// use portier_sdk::config::Error;
+///
+/// let e = Error::at("routes[0].upstream", "no upstream named \"api\"");
+/// assert_eq!(e.to_string(), "routes[0].upstream: no upstream named \"api\"");
+/// // A plain message is about the config as a whole.
+/// let whole: Error = "give at least one route".into();
+/// assert_eq!(whole.key, None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    /// The dotted key inside the stage's config; `None` for the whole config.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
 }
 
-/// Deserialize a config from JSON; an error reads `"key.path: reason"`.
+impl Error {
+    /// An error about one key of the config.
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Error {
+        Error {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    /// This error, one level down: `inner.key` under `outer`
+    /// (`Error::at("window", …).within("limits[2]")` names `limits[2].window`).
+    pub fn within(self, outer: &str) -> Error {
+        let key = match self.key {
+            Some(k) if k.starts_with('[') => format!("{outer}{k}"),
+            Some(k) => format!("{outer}.{k}"),
+            None => outer.to_string(),
+        };
+        Error {
+            key: Some(key),
+            message: self.message,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error { key: None, message }
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Error {
+        Error::from(message.to_string())
+    }
+}
+
+impl From<Error> for crate::wit::types::ConfigError {
+    fn from(e: Error) -> Self {
+        crate::wit::types::ConfigError {
+            key: e.key,
+            message: e.message,
+        }
+    }
+}
+
+/// Deserialize a config from JSON; the error names the key that failed.
 ///
 /// Use `#[serde(deny_unknown_fields)]` on config structs so a misspelled key
 /// is an error rather than silently ignored.
-pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, String> {
+pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_str(json);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let reason = reason(e.inner());
+        let message = reason(e.inner());
         if path == "." {
-            reason
+            Error::from(message)
         } else {
-            format!("{path}: {reason}")
+            Error::at(path, message)
         }
     })?;
-    de.end().map_err(|e| reason(&e))?;
+    de.end().map_err(|e| Error::from(reason(&e)))?;
     Ok(value)
 }
 
@@ -121,39 +194,38 @@ mod tests {
     fn type_error_names_the_key_path() {
         let err =
             parse::<Config>(r#"{"routes": [{"upstream": "a"}, {"upstream": 7}]}"#).unwrap_err();
-        assert_eq!(
-            err,
-            "routes[1].upstream: invalid type: integer `7`, expected a string"
-        );
+        assert_eq!(err.key.as_deref(), Some("routes[1].upstream"));
+        assert_eq!(err.message, "invalid type: integer `7`, expected a string");
     }
 
     #[test]
     fn unknown_key_is_rejected_with_its_path() {
         let err =
             parse::<Config>(r#"{"routes": [{"upstream": "a", "upstrem": "b"}]}"#).unwrap_err();
-        assert_eq!(
-            err,
-            "routes[0].upstrem: unknown field `upstrem`, expected `upstream`"
-        );
+        assert_eq!(err.key.as_deref(), Some("routes[0].upstrem"));
+        assert_eq!(err.message, "unknown field `upstrem`, expected `upstream`");
     }
 
     #[test]
     fn missing_key_names_its_parent() {
         let err = parse::<Config>(r#"{"routes": [{}]}"#).unwrap_err();
-        assert_eq!(err, "routes[0]: missing field `upstream`");
+        assert_eq!(err.to_string(), "routes[0]: missing field `upstream`");
     }
 
     #[test]
     fn top_level_errors_have_no_path() {
         let err = parse::<Config>("3").unwrap_err();
-        assert_eq!(err, "invalid type: integer `3`, expected struct Config");
+        assert_eq!(
+            err,
+            Error::from("invalid type: integer `3`, expected struct Config")
+        );
     }
 
     #[test]
     fn syntax_errors_keep_their_position() {
-        let err = parse::<Config>("{").unwrap_err();
+        let err = parse::<Config>("{").unwrap_err().message;
         assert!(err.contains("line 1 column 1"), "{err}");
-        let err = parse::<Config>("{} x").unwrap_err();
+        let err = parse::<Config>("{} x").unwrap_err().message;
         assert!(err.starts_with("trailing characters"), "{err}");
     }
 

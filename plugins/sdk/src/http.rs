@@ -1,9 +1,15 @@
 //! The request and response heads a plugin sees, and the responses it sends.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use crate::wit;
 
 /// A verified client certificate: subject, names by kind, and fingerprint.
 pub use crate::wit::types::ClientCertificate;
+
+/// The start of a request body a filter asked for: its `bytes`, and whether
+/// they are the `complete` body.
+pub use crate::wit::types::BodyPrefix;
 
 // === impl Request ===
 
@@ -76,9 +82,64 @@ impl<'a> Request<'a> {
         self.head.remove_header(name)
     }
 
-    /// The client's address as `"ip:port"` (`"[ipv6]:port"` for IPv6).
-    pub fn client_addr(&self) -> String {
-        self.head.client_addr()
+    /// The client's address: the TCP peer, or what a trusted proxy in front
+    /// reported. Key per-client state by its [`ip`](SocketAddr::ip): a
+    /// client keeps its IP when it opens a new connection from another port.
+    pub fn client_addr(&self) -> SocketAddr {
+        let wit::types::SocketAddress { ip, port } = self.head.client_addr();
+        let ip = match ip {
+            wit::types::IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            wit::types::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+            }
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// The name of the route the router chose for this request, if it has
+    /// one (`None` in stages before the router).
+    pub fn route(&self) -> Option<String> {
+        self.head.route()
+    }
+
+    /// The upstream the router chose (`None` in stages before the router).
+    pub fn upstream(&self) -> Option<String> {
+        self.head.upstream()
+    }
+
+    /// A value a stage set for this request with
+    /// [`context_set`](Request::context_set). Later stages read what earlier
+    /// ones decided (an authenticated identity, say), and a filter reads in
+    /// `on_response` what it kept in `on_request`:
+    ///
+    /// ```no_run
+    /// # use portier_sdk::{clock, Request, Response};
+    /// # fn on_request(request: &Request) {
+    /// let _ = request.context_set("timing.start", &clock::monotonic_ns().to_string());
+    /// # }
+    /// # fn on_response(request: &Request, response: &Response) {
+    /// if let Some(start) = request.context_get("timing.start").and_then(|s| s.parse::<u64>().ok()) {
+    ///     let us = (clock::monotonic_ns() - start) / 1000;
+    ///     let _ = response.set_header("server-timing", &format!("upstream;dur={}", us / 1000));
+    /// }
+    /// # }
+    /// ```
+    pub fn context_get(&self, key: &str) -> Option<String> {
+        self.head.context_get(key)
+    }
+
+    /// Keep a value for the rest of this request, for every later stage
+    /// call to read (keys are shared by all stages: prefix your plugin's
+    /// own with its name). At most 64 keys and 16 KiB per request.
+    pub fn context_set(&self, key: &str, value: &str) -> Result<(), String> {
+        self.head.context_set(key, value)
+    }
+
+    /// The first bytes of the request body, when this filter asked for them
+    /// ([`Filter::request_body`](crate::Filter::request_body)); `None` for
+    /// other stages.
+    pub fn body(&self) -> Option<BodyPrefix> {
+        self.head.body()
     }
 
     /// The certificate the client proved it holds on a mutual-TLS listener
@@ -231,30 +292,9 @@ impl From<HttpResponse> for wit::types::Response {
     }
 }
 
-/// The IP of a client address, `"ip:port"` or `"[ipv6]:port"` as
-/// [`Request::client_addr`] gives it: a client keeps the same IP when it
-/// opens a new connection from another port.
-pub fn ip_of(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((ip, _port)) if !ip.contains(':') => ip,
-        _ => addr,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_of_drops_the_port() {
-        assert_eq!(ip_of("203.0.113.7:51234"), "203.0.113.7");
-        assert_eq!(ip_of("[2001:db8::1]:443"), "2001:db8::1");
-        assert_eq!(ip_of("2001:db8::1"), "2001:db8::1");
-        assert_eq!(ip_of("203.0.113.7"), "203.0.113.7");
-    }
 
     #[test]
     fn text_sets_content_type_and_body() {

@@ -10,8 +10,13 @@
 //!   [`Request::add_response_header`] adds a header to whatever response the
 //!   request gets (a balancer's session cookie, say).
 //! - [`HttpResponse`] is a response the plugin sends instead of forwarding.
-//! - [`log`], [`clock`], [`config`], [`kv`] and [`upstreams`] are the host
-//!   capabilities, the only ones a plugin has (no files, sockets or env).
+//! - [`log`], [`clock`], [`kv`] and [`upstreams`] are the host
+//!   capabilities, the only ones a plugin has (no files, sockets or env);
+//!   [`config`] parses the stage's config that `init` receives.
+//! - Every call of one request shares its context: [`Request::route`] and
+//!   [`Request::upstream`] say what the router chose, and
+//!   [`Request::context_set`] keeps a value for later stages (an identity)
+//!   or for the filter's own `on_response`.
 //!   A balancer reads [`upstreams::healthy`] (index and weight),
 //!   [`upstreams::loads`] (plus in-flight requests and latency) or
 //!   [`upstreams::endpoints`] (everything, with addresses), and takes turns
@@ -60,10 +65,10 @@
 //! }
 //!
 //! impl Filter for ApiKey {
-//!     fn init(json: &str) -> Result<Self, String> {
+//!     fn init(json: &str) -> Result<Self, config::Error> {
 //!         let Config { header, keys } = config::parse(json)?;
 //!         if keys.is_empty() {
-//!             return Err("keys: must list at least one key".to_string());
+//!             return Err(config::Error::at("keys", "must list at least one key"));
 //!         }
 //!         Ok(ApiKey { header, keys })
 //!     }
@@ -98,8 +103,8 @@
 //!
 //! The host runs several instances of every stage. Each instance calls the
 //! role's `init` once with the stage's config (JSON text) and keeps the value
-//! it returns for every later call; an `Err` rejects the manifest, so
-//! validate everything there. State shared between instances (counters,
+//! it returns for every later call; an `Err` rejects the manifest (a
+//! [`config::Error`] names the key), so validate everything there. State shared between instances (counters,
 //! windows, sessions) belongs in [`kv`], not in the plugin value.
 //!
 //! # Native builds
@@ -119,7 +124,7 @@ pub mod kv;
 pub mod log;
 pub mod upstreams;
 
-pub use http::{ClientCertificate, HttpResponse, Request, Response, ip_of};
+pub use http::{BodyPrefix, ClientCertificate, HttpResponse, Request, Response};
 pub use roles::{Action, Balancer, CachePolicy, Filter, Route, Router};
 
 #[doc(hidden)]
@@ -139,7 +144,7 @@ pub mod wit;
 /// struct AllowAll;
 ///
 /// impl Filter for AllowAll {
-///     fn init(_config: &str) -> Result<Self, String> {
+///     fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
 ///         Ok(AllowAll)
 ///     }
 ///     fn on_request(&self, _request: &Request) -> Action {
@@ -161,7 +166,7 @@ macro_rules! export_filter {
             impl $crate::wit::filter::Guest for Export {
                 fn init(
                     config: ::std::string::String,
-                ) -> ::std::result::Result<$crate::wit::filter::FilterInfo, ::std::string::String> {
+                ) -> ::std::result::Result<$crate::wit::filter::FilterInfo, $crate::wit::types::ConfigError> {
                     $crate::__private::init(&STATE, &config, <$plugin as $crate::Filter>::init)?;
                     ::std::result::Result::Ok($crate::__private::filter_info(&STATE))
                 }
@@ -188,11 +193,11 @@ macro_rules! export_filter {
 /// struct Everything(String);
 ///
 /// impl Router for Everything {
-///     fn init(config: &str) -> Result<Self, String> {
+///     fn init(config: &str) -> Result<Self, portier_sdk::config::Error> {
 ///         Ok(Everything(portier_sdk::config::parse(config)?))
 ///     }
 ///     fn route(&self, _request: &Request) -> Route {
-///         Route::Upstream(self.0.clone())
+///         Route::upstream(self.0.clone())
 ///     }
 /// }
 ///
@@ -208,8 +213,11 @@ macro_rules! export_router {
             }
             struct Export;
             impl $crate::wit::router::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init(&STATE, &config, <$plugin as $crate::Router>::init)
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::wit::router::RouterInfo, $crate::wit::types::ConfigError> {
+                    $crate::__private::init(&STATE, &config, <$plugin as $crate::Router>::init)?;
+                    ::std::result::Result::Ok($crate::__private::router_info(&STATE))
                 }
                 fn route(request: &$crate::wit::types::RequestHead) -> $crate::wit::router::Route {
                     $crate::__private::router_route(&STATE, request)
@@ -228,7 +236,7 @@ macro_rules! export_router {
 /// struct FirstHealthy;
 ///
 /// impl Balancer for FirstHealthy {
-///     fn init(_config: &str) -> Result<Self, String> {
+///     fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
 ///         Ok(FirstHealthy)
 ///     }
 ///     fn pick(&self, _request: &Request, upstream: &str) -> Option<u32> {
@@ -248,7 +256,7 @@ macro_rules! export_balancer {
             }
             struct Export;
             impl $crate::wit::balancer::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), $crate::wit::types::ConfigError> {
                     $crate::__private::init(&STATE, &config, <$plugin as $crate::Balancer>::init)
                 }
                 fn pick(
@@ -271,7 +279,7 @@ macro_rules! export_balancer {
 /// struct GetsForAMinute;
 ///
 /// impl CachePolicy for GetsForAMinute {
-///     fn init(_config: &str) -> Result<Self, String> {
+///     fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
 ///         Ok(GetsForAMinute)
 ///     }
 ///     fn cache_key(&self, request: &Request) -> Option<String> {
@@ -294,7 +302,7 @@ macro_rules! export_cache_policy {
             }
             struct Export;
             impl $crate::wit::cache_policy::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), $crate::wit::types::ConfigError> {
                     $crate::__private::init(&STATE, &config, <$plugin as $crate::CachePolicy>::init)
                 }
                 fn cache_key(request: &$crate::wit::types::RequestHead) -> ::std::option::Option<::std::string::String> {

@@ -8,6 +8,7 @@ use std::cell::OnceCell;
 use std::sync::Once;
 use std::thread::LocalKey;
 
+use crate::config;
 use crate::http::{Request, Response};
 use crate::roles::{Action, Balancer, CachePolicy, Filter, Route, Router};
 use crate::wit;
@@ -20,12 +21,12 @@ pub type State<T> = LocalKey<OnceCell<T>>;
 pub fn init<T>(
     state: &'static State<T>,
     config: &str,
-    make: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<(), String> {
+    make: impl FnOnce(&str) -> Result<T, config::Error>,
+) -> Result<(), wit::types::ConfigError> {
     install_panic_hook();
     state.with(|cell| {
         if cell.get().is_some() {
-            return Err("init was already called on this instance".to_string());
+            return Err(config::Error::from("init was already called on this instance").into());
         }
         let plugin = make(config)?;
         // Cannot fail: the cell was empty above and wasm is single-threaded.
@@ -68,6 +69,7 @@ fn install_panic_hook() {
 pub fn filter_info<T: Filter>(state: &'static State<T>) -> wit::filter::FilterInfo {
     with(state, "init", |plugin| wit::filter::FilterInfo {
         on_response: plugin.wants_response(),
+        request_body: plugin.request_body(),
     })
 }
 
@@ -95,6 +97,13 @@ pub fn filter_on_response<T: Filter>(
     })
 }
 
+/// What `init` of the router world reports once the plugin exists.
+pub fn router_info<T: Router>(state: &'static State<T>) -> wit::router::RouterInfo {
+    with(state, "init", |plugin| wit::router::RouterInfo {
+        routes: plugin.routes(),
+    })
+}
+
 /// `route` of the router world.
 pub fn router_route<T: Router>(
     state: &'static State<T>,
@@ -102,7 +111,9 @@ pub fn router_route<T: Router>(
 ) -> wit::router::Route {
     with(state, "route", |plugin| {
         match plugin.route(&Request::from_wit(request)) {
-            Route::Upstream(name) => wit::router::Route::Upstream(name),
+            Route::Forward { upstream, route } => {
+                wit::router::Route::Forward(wit::router::Destination { upstream, route })
+            }
             Route::Respond(response) => wit::router::Route::Respond(response.into()),
         }
     })

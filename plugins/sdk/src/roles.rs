@@ -1,5 +1,6 @@
 //! The four roles a plugin can take, one trait each, and what they decide.
 
+use crate::config;
 use crate::http::{HttpResponse, Request, Response};
 
 /// What a filter decides for a request.
@@ -14,18 +15,35 @@ pub enum Action {
 /// What a router decides for a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Forward to the upstream with this name.
-    Upstream(String),
+    /// Forward to the upstream named `upstream`. `route` names the rule that
+    /// matched: stages the manifest scopes to routes (`routes = ["api"]`)
+    /// run only for requests routed under one of their names.
+    Forward {
+        /// The upstream's name.
+        upstream: String,
+        /// The route's name, one of [`Router::routes`]; `None` for an unnamed rule.
+        route: Option<String>,
+    },
     /// Answer the client now (e.g. 404 when no rule matches).
     Respond(HttpResponse),
 }
 
-/// A filter sees every request before routing and every response after the
-/// upstream: auth, rate limits, header rewriting, WAF. Export it with
-/// [`export_filter!`](crate::export_filter).
+impl Route {
+    /// Forward to `upstream` under no route name.
+    pub fn upstream(upstream: impl Into<String>) -> Route {
+        Route::Forward {
+            upstream: upstream.into(),
+            route: None,
+        }
+    }
+}
+
+/// A filter sees the requests of its routes (all of them when its stage names
+/// none) and their responses: auth, rate limits, header rewriting, WAF.
+/// Export it with [`export_filter!`](crate::export_filter).
 pub trait Filter: 'static {
     /// Build the plugin from its config (JSON text); an error rejects the manifest.
-    fn init(config: &str) -> Result<Self, String>
+    fn init(config: &str) -> Result<Self, config::Error>
     where
         Self: Sized;
 
@@ -41,25 +59,40 @@ pub trait Filter: 'static {
     fn wants_response(&self) -> bool {
         true
     }
+
+    /// How many bytes of a request's body [`on_request`](Filter::on_request)
+    /// reads through [`Request::body`]; default 0, none. The host holds each
+    /// request with a body until that much arrived (or the body ended), so
+    /// ask only for what the decision needs.
+    fn request_body(&self) -> u32 {
+        0
+    }
 }
 
 /// A router chooses the upstream for a request and may rewrite its path.
 /// Export it with [`export_router!`](crate::export_router).
 pub trait Router: 'static {
     /// Build the plugin from its config (JSON text); an error rejects the manifest.
-    fn init(config: &str) -> Result<Self, String>
+    fn init(config: &str) -> Result<Self, config::Error>
     where
         Self: Sized;
 
     /// Choose where the request goes.
     fn route(&self, request: &Request) -> Route;
+
+    /// Every route name [`route`](Router::route) may return. The host checks
+    /// the manifest's scoped stages against them, so a misspelled route
+    /// name is an error at load rather than a filter that never runs.
+    fn routes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A balancer picks one endpoint of the upstream the router chose.
 /// Export it with [`export_balancer!`](crate::export_balancer).
 pub trait Balancer: 'static {
     /// Build the plugin from its config (JSON text); an error rejects the manifest.
-    fn init(config: &str) -> Result<Self, String>
+    fn init(config: &str) -> Result<Self, config::Error>
     where
         Self: Sized;
 
@@ -72,7 +105,7 @@ pub trait Balancer: 'static {
 /// Export it with [`export_cache_policy!`](crate::export_cache_policy).
 pub trait CachePolicy: 'static {
     /// Build the plugin from its config (JSON text); an error rejects the manifest.
-    fn init(config: &str) -> Result<Self, String>
+    fn init(config: &str) -> Result<Self, config::Error>
     where
         Self: Sized;
 

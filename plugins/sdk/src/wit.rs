@@ -1,7 +1,7 @@
 //! The wit-bindgen output, quarantined: nothing outside this crate should
 //! name these items except through the SDK's macros.
 //!
-//! The shared interfaces (types, log, clock, config, kv, upstreams) are
+//! The shared interfaces (types, log, clock, kv, upstreams) are
 //! generated once, from a small inline world; each role world then maps them
 //! onto that one set of types with `with:`, so a `RequestHead` is the same
 //! Rust type whichever role the plugin implements.
@@ -16,8 +16,8 @@ wit_bindgen::generate!({
     inline: r#"
         package portier:sdk;
         world shared {
-            include portier:plugin/host@0.1.0;
-            import portier:plugin/types@0.1.0;
+            include portier:plugin/host@0.2.0;
+            import portier:plugin/types@0.2.0;
         }
     "#,
     path: "../../wit",
@@ -25,7 +25,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-pub use portier::plugin::{clock, config, kv, log, types, upstreams};
+pub use portier::plugin::{clock, kv, log, types, upstreams};
 
 /// Generates one role world on top of the shared interfaces above.
 macro_rules! role_world {
@@ -35,12 +35,11 @@ macro_rules! role_world {
                 path: "../../wit",
                 world: $world,
                 with: {
-                    "portier:plugin/types@0.1.0": crate::wit::types,
-                    "portier:plugin/log@0.1.0": crate::wit::log,
-                    "portier:plugin/clock@0.1.0": crate::wit::clock,
-                    "portier:plugin/config@0.1.0": crate::wit::config,
-                    "portier:plugin/kv@0.1.0": crate::wit::kv,
-                    "portier:plugin/upstreams@0.1.0": crate::wit::upstreams,
+                    "portier:plugin/types@0.2.0": crate::wit::types,
+                    "portier:plugin/log@0.2.0": crate::wit::log,
+                    "portier:plugin/clock@0.2.0": crate::wit::clock,
+                    "portier:plugin/kv@0.2.0": crate::wit::kv,
+                    "portier:plugin/upstreams@0.2.0": crate::wit::upstreams,
                 },
                 pub_export_macro: true,
                 export_macro_name: $export_macro,
@@ -52,25 +51,25 @@ macro_rules! role_world {
 
 role_world!(
     filter,
-    "portier:plugin/filter@0.1.0",
+    "portier:plugin/filter@0.2.0",
     "export_world",
     "portier_sdk::wit::filter"
 );
 role_world!(
     router,
-    "portier:plugin/router@0.1.0",
+    "portier:plugin/router@0.2.0",
     "export_world",
     "portier_sdk::wit::router"
 );
 role_world!(
     balancer,
-    "portier:plugin/balancer@0.1.0",
+    "portier:plugin/balancer@0.2.0",
     "export_world",
     "portier_sdk::wit::balancer"
 );
 role_world!(
     cache_policy,
-    "portier:plugin/cache-policy@0.1.0",
+    "portier:plugin/cache-policy@0.2.0",
     "export_world",
     "portier_sdk::wit::cache_policy"
 );

@@ -8,7 +8,7 @@ use portier_sdk::{Action, Filter, Request};
 struct Noop;
 
 impl Filter for Noop {
-    fn init(_config: &str) -> Result<Self, String> {
+    fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
         Ok(Noop)
     }
 

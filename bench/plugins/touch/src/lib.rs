@@ -22,7 +22,7 @@ struct Touch {
 }
 
 impl Filter for Touch {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, portier_sdk::config::Error> {
         config::parse(json)
     }
 

@@ -74,7 +74,7 @@ fn attempt(
 }
 
 impl Filter for Abuse {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, portier_sdk::config::Error> {
         config::parse(json)
     }
 

@@ -57,7 +57,7 @@ struct Misbehave {
 }
 
 impl Filter for Misbehave {
-    fn init(json: &str) -> Result<Self, String> {
+    fn init(json: &str) -> Result<Self, portier_sdk::config::Error> {
         let Config {
             mode,
             wants_response,
@@ -65,7 +65,7 @@ impl Filter for Misbehave {
         if let Mode::StartOnce = mode
             && kv::increment("starts", 1, None).map_err(|e| e.message().to_owned())? > 1
         {
-            return Err("refusing to start again".to_owned());
+            return Err("refusing to start again".into());
         }
         Ok(Misbehave {
             mode,

@@ -12,7 +12,7 @@ use portier_sdk::{Action, Filter, HttpResponse, Request};
 struct NetProbe;
 
 impl Filter for NetProbe {
-    fn init(_config: &str) -> Result<Self, String> {
+    fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
         Ok(NetProbe)
     }
 

@@ -11,7 +11,7 @@ use portier_sdk::{CachePolicy, Request, Response};
 struct OwnCache;
 
 impl CachePolicy for OwnCache {
-    fn init(_config: &str) -> Result<Self, String> {
+    fn init(_config: &str) -> Result<Self, portier_sdk::config::Error> {
         Ok(OwnCache)
     }
 
