@@ -19,6 +19,7 @@ fn main() {
         "api-key",
         "rate-limit",
         "cache",
+        "forward-auth",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod ingress;
 pub mod kv;
 pub mod manifest;
+pub mod outbound;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;

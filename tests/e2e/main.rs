@@ -15,6 +15,7 @@ mod capabilities;
 mod edge;
 mod failures;
 mod forwarding;
+mod gateway;
 mod grpc;
 mod http2;
 mod lifecycle;

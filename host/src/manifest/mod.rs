@@ -202,6 +202,8 @@ pub struct Grants {
     pub dirs: Vec<(String, PathBuf)>,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// Upstreams the stage may send requests of its own to (`outbound`).
+    pub upstreams: Vec<String>,
 }
 
 /// A stage whose calls fail at `failure_ratio` or more within `window`
@@ -709,6 +711,7 @@ impl Validator<'_> {
         Ok(Grants {
             dirs,
             env: raw.env.into_iter().collect(),
+            upstreams: raw.upstreams,
         })
     }
 
@@ -777,6 +780,16 @@ impl Validator<'_> {
         }
         if upstreams.is_empty() {
             return Err(self.err("upstreams", "at least one upstream is required"));
+        }
+        for s in stages {
+            for (j, name) in s.grants.upstreams.iter().enumerate() {
+                if !upstreams.iter().any(|u| &u.name == name) {
+                    return Err(self.err(
+                        format!("{}.grants.upstreams[{j}]", s.key()),
+                        format!("no upstream named {name:?}"),
+                    ));
+                }
+            }
         }
         if router.is_none() && upstreams.len() > 1 {
             return Err(self.err(

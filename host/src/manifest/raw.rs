@@ -266,12 +266,14 @@ pub struct RawStage {
     pub config: Option<toml::Table>,
 }
 
-/// `grants = { dirs = { "/rules" = "rules" }, env = { MODE = "strict" } }`.
+/// `grants = { dirs = { "/rules" = "rules" }, env = { MODE = "strict" }, upstreams = ["auth"] }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGrants {
     #[serde(default)]
     pub dirs: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub upstreams: Vec<String>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
 }

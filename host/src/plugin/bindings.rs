@@ -13,6 +13,8 @@ wasmtime::component::bindgen!({
         // kv becomes a network call with a shared backend (Redis): async now,
         // so that backend is a change of implementation, not of contract.
         "portier:plugin/kv": async | trappable,
+        // A plugin's own HTTP request waits on the network.
+        "portier:plugin/outbound": async | trappable,
         default: trappable,
     },
     with: {

@@ -30,13 +30,14 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 6] = [
+static BUILTINS: [Builtin; 7] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
     builtin!("api-key", "api_key", Role::Filter),
     builtin!("rate-limit", "rate_limit", Role::Filter),
     builtin!("cache", Role::CachePolicy),
+    builtin!("forward-auth", "forward_auth", Role::Filter),
 ];
 
 /// The built-in plugin with this name.

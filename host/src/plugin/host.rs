@@ -11,7 +11,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result, StoreLimits};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::portier::plugin::{clock, kv, log, types, upstreams};
+use super::bindings::portier::plugin::{clock, kv, log, outbound, types, upstreams};
 use super::heads::{self, HeaderLimits, RequestHead, ResponseHead};
 use super::report::{self, LogBudget};
 use crate::kv::Namespace;
@@ -51,6 +51,8 @@ pub struct StageState {
     pub(super) shared: StageShared,
     /// Epoch ticks the current call may still run for (see `Stage::budget`).
     pub(super) ticks_left: u64,
+    /// Requests the current call sent through `outbound`.
+    pub(super) outbound_sent: u32,
 }
 
 impl StageState {
@@ -72,6 +74,7 @@ impl StageState {
             shared,
             ticks_left: 0,
             exclude: 0,
+            outbound_sent: 0,
         })
     }
 }
@@ -408,6 +411,49 @@ impl kv::Host for StageState {
             .kv
             .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms))
             .map_err(|e| e.to_string()))
+    }
+}
+
+// === impl outbound ===
+
+impl outbound::Host for StageState {
+    async fn send(
+        &mut self,
+        upstream: String,
+        request: outbound::OutboundRequest,
+    ) -> Result<Result<types::Response, outbound::OutboundError>> {
+        use crate::outbound::{self as out, OutboundError as E};
+        use outbound::OutboundError as W;
+        let up = match self.shared.upstreams.get(&upstream) {
+            Some(up) if self.shared.grants.upstreams.contains(&upstream) => up.clone(),
+            _ => return Ok(Err(W::NotGranted)),
+        };
+        if self.outbound_sent >= out::MAX_PER_CALL {
+            return Ok(Err(W::BudgetExhausted));
+        }
+        self.outbound_sent += 1;
+        let request = out::OutboundRequest {
+            method: request.method,
+            path: request.path,
+            headers: request.headers,
+            body: request.body,
+            timeout: request
+                .timeout_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
+        };
+        Ok(
+            match out::send(&up, request, self.shared.header_limits).await {
+                Ok(r) => Ok(types::Response {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body.to_vec(),
+                }),
+                Err(E::Invalid(why)) => Err(W::Invalid(why)),
+                Err(E::Unavailable(why)) => Err(W::Unavailable(why)),
+                Err(E::Timeout) => Err(W::Timeout),
+                Err(E::TooLarge) => Err(W::TooLarge),
+            },
+        )
     }
 }
 

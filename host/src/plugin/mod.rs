@@ -754,6 +754,7 @@ impl Stage {
             .max(1) as u64;
         store.data_mut().ticks_left = ticks;
         store.data_mut().exclude = 0;
+        store.data_mut().outbound_sent = 0;
         store.set_epoch_deadline(1);
     }
 

@@ -12,7 +12,9 @@
 //! - [`HttpResponse`] is a response the plugin sends instead of forwarding.
 //! - [`log`], [`clock`], [`kv`] and [`upstreams`] are the host
 //!   capabilities, the only ones a plugin has (no files, sockets or env);
-//!   [`config`] parses the stage's config that `init` receives.
+//!   [`config`] parses the stage's config that `init` receives, and
+//!   [`outbound`] sends requests of the plugin's own to the upstreams the
+//!   manifest granted its stage (forward auth, token introspection).
 //! - Every call of one request shares its context: [`Request::route`] and
 //!   [`Request::upstream`] say what the router chose, and
 //!   [`Request::context_set`] keeps a value for later stages (an identity)
@@ -122,6 +124,7 @@ pub mod clock;
 pub mod config;
 pub mod kv;
 pub mod log;
+pub mod outbound;
 pub mod upstreams;
 
 pub use http::{BodyPrefix, ClientCertificate, HttpResponse, Request, Response};
