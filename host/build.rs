@@ -20,6 +20,7 @@ fn main() {
         "rate-limit",
         "cache",
         "forward-auth",
+        "jwt",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

@@ -106,6 +106,18 @@ async fn measure(
     pipeline_toml: &str,
     response: Response,
 ) -> Option<Row> {
+    measure_with(runtime, case, pipeline_toml, response, None).await
+}
+
+/// [`measure`], each request also carrying `header` (put back before every
+/// request: a stage may remove it, as the jwt filter removes the token).
+async fn measure_with(
+    runtime: &Runtime,
+    case: &'static str,
+    pipeline_toml: &str,
+    response: Response,
+    header: Option<(http::HeaderName, http::HeaderValue)>,
+) -> Option<Row> {
     if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1)
         && !case.contains(&only)
     {
@@ -125,6 +137,9 @@ async fn measure(
     .await
     .unwrap_or_else(|e| panic!("{case}: {e}"));
     let mut h = head();
+    if let Some((name, value)) = &header {
+        h.parts.headers.insert(name.clone(), value.clone());
+    }
     let mut times = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         // The upstream's answer would arrive from the network: made before the clock starts.
@@ -172,6 +187,9 @@ async fn measure(
         }
         // Keep the head comparable between iterations (the router rewrites the path).
         h.parts.uri = "/api/users?id=7".parse().unwrap();
+        if let Some((name, value)) = &header {
+            h.parts.headers.insert(name.clone(), value.clone());
+        }
     }
     times.sort();
     Some(Row {
@@ -203,6 +221,7 @@ fn main() {
         let five_touches_respond =
             touches("config = { read = \"x-a\", set = \"x-b\", respond_set = \"x-c\" }");
         let request_only = Response::No;
+        let (jwt_stage, bearer) = jwt_es256();
         vec![
             measure(&runtime, "empty pipeline (host only)", &up1, request_only).await,
             measure(
@@ -279,6 +298,23 @@ fn main() {
                 Response::Stages { on_response: true },
             )
             .await,
+            measure_with(
+                &runtime,
+                "one stage: jwt, ES256, a client's token (verified once, then cached)",
+                &format!("{up1}{jwt_stage}"),
+                request_only,
+                Some(bearer.clone()),
+            )
+            .await,
+            measure_with(
+                &runtime,
+                "one stage: jwt, ES256, every token's signature checked (cache_size = 0)",
+                &format!("{up1}{jwt_stage}cache_size = 0\n"),
+                request_only,
+                Some(bearer),
+            )
+            .await,
+            es256_native(),
         ]
     });
     let mut table = String::from("| case | median | p99 |\n|---|---:|---:|\n");
@@ -294,6 +330,74 @@ fn main() {
     if let Some(path) = out {
         std::fs::write(&path, &table).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
+}
+
+/// The built-in jwt filter with a fresh ES256 key (its `[pipeline.config]`
+/// open last, for a case to add to), and an `authorization` header with a
+/// token it signed.
+fn jwt_es256() -> (String, (http::HeaderName, http::HeaderValue)) {
+    let key = rcgen::KeyPair::generate().expect("an ES256 key");
+    let stage = format!(
+        "[[pipeline]]\nplugin = \"jwt\"\n[pipeline.config]\naudience = \"api\"\n\
+         keys = [{{ alg = \"ES256\", pem = \"\"\"{}\"\"\" }}]\n\
+         forward_claims = {{ sub = \"x-user\" }}\n",
+        key.public_key_pem()
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub": "alice", "aud": "api", "exp": exp, "scope": "read"});
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &signing,
+    )
+    .unwrap();
+    (
+        stage,
+        (
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        ),
+    )
+}
+
+/// The reference for the row above: one ES256 signature check by ring in
+/// native code, the host's `crypto.verify`, with no plugin around it.
+fn es256_native() -> Option<Row> {
+    let case = "reference: one ES256 signature check in native code (ring), no plugin";
+    if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1)
+        && !case.contains(&only)
+    {
+        return None;
+    }
+    use ring::signature::{self, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+    let message = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9";
+    let sig = pair.sign(&rng, message).unwrap();
+    let public = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_FIXED,
+        pair.public_key().as_ref().to_vec(),
+    );
+    let mut times = Vec::with_capacity(2000);
+    for _ in 0..2200 {
+        let t = Instant::now();
+        public.verify(message, sig.as_ref()).unwrap();
+        times.push(t.elapsed());
+    }
+    times.drain(..200);
+    times.sort();
+    Some(Row {
+        case,
+        median: times[times.len() / 2],
+        p99: times[times.len() * 99 / 100],
+    })
 }
 
 fn micros(d: Duration) -> f64 {

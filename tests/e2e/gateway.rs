@@ -17,6 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
 use crate::support::{Backend, Portier, check, free_addr};
 
 /// A forward-auth service: `authorization: Bearer good` is alice (200 with
@@ -242,4 +245,377 @@ fn a_grant_naming_no_upstream_is_rejected() {
         .assert_rejected_at("pipeline[1].grants.upstreams[0]")
         .to_string();
     assert!(stderr.contains(r#"no upstream named "auht""#), "{stderr}");
+}
+
+// === jwt ===
+
+/// A test-only RSA key (generating one per test would be slow).
+const RSA_PRIVATE: &str = r#"-----BEGIN PRIVATE KEY-----
+MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDI+7DZkgmHhg/w
+MJw0Egb0kcVt1Vy+bXaSdXYs9c3sniP71G5PfVJ4DddzVd4Se4/aaShoQppW0zf1
+NHwVv35G2JngxaahdTeoTvppzqcPmBOz+VJ8lLGqmDaL/JxOx34h6uAMcH8rRMRr
+2ubeyIJza2uBcwPPdu3Qhk+nubnA0GRJAQbO86zUmQ/t17WvoZKzjApjq8hlPJIR
+P20w1iOWaNt7Z4Dls1wTqe0qbVBo72S8Morhq5I5mQl3lPi+uLJosU0GKOXLF/S8
+hlR8pk+0us2dKwor++YZjohlKoe5Dketg4ENjYcz+vHjGCIqE5GS6J+3My7pevM3
+AC/+FpQ7AgMBAAECggEAS7q6mmBygsQ7AS/vy5b3U/QRRh9dAMvSH8Fus+Yyn3O+
+70bOAdmg12evxN+X+7LfM1boSNC/wvN3ZEdQcgljlWJMKOuQq8m1HRAVPwUE4dVV
+pzzMnfCROUx9USXv56c3maQco9NHt5ADyvgCgfNfZAoXygECcIvJdAcHwJU0rrer
+ws0yYVYbZRdDjWX7CgEadjKfLL4ePhHAdyskYC3TchDr8fIy1H+XlZOWsuqESkXS
+gww/SQaIHIgDwV/jKOHqqWrfQZpqBg3gDAyBe+uMfy7MvSK4L8Q7eL6TFkHOgqtD
+UUrC3fiWNt4ZioLq36MR4iwyHFNeIK2Tj8JQBL0mMQKBgQDvTeclzH8mQYTziKyp
+vi7m81qzM/souqj/pyAVfWWh5ByGqO9Cx/wsi/rX57kobnEVBArVq3pRpDSLlvTX
+ofh38LrbZ8FP2qZtDdRdTMuKpYZsT9ZfFRRDi4pdgVKjyqJagjZdWRuQk68Ddwzd
+Syljf8oavhDbGx0ncaM7r2wY5wKBgQDXAVpOqj+lnw5MfZ49L6CHeVA9i5GTNA/t
+d7+j4kZmdBKBNET7DkkGtrzJBGgng6AevLVreBtjGCNyZbLYrmUBJYetTnAXJbWp
+AJvOVkN4letV9hv9O08avQTvuliDyKrvwU82EUFXOwJCjathtKjvjKjqG27kfGio
+co2+Q5+bjQKBgQCSa0UJ8KS/oIkbhT24IkCKWM3fJef/1K4Atp4/59jehDccAZNb
+dgeKrh9OKV82KNUR+cYzVFdkSqdH3ZZztYvUvztlcYdrN6pqwXJ1n75OV9b2wKa2
+yKv8ZA3GBpGs3BgYbuGaniHqhSIpaZc6c3mggpkDYdXoah+deb9Zjo0CcwKBgQCu
+ROpt2JC+La3pUehwr6nuJOZk/DuClTBTyjwLGdz2Lh7RmwxOccW/K17ZkDjbzlR6
+lXp3IWMRbv9MOiI8fx5fT4wpbOpt2KLl2RhwpnsJwnp9sn39Q5ValtrpdKFKL9xd
+eNI7gMD1c17hkvLWvxgvElPXbWT0zeIGptM85JL6AQKBgE8SfcLzyOGHCEKq5F02
+Hl/wOWItnaxkOapMMoSD6dy2T8e+LDGl++C66tuCsCtXo2kAiQRoZmUD1wMhVWDB
+DFhHtAofgWNbVaHlH6BSwIMTkjAp1TMZcJ1W3PBic74hfpdtemmYqpWvQtAWwsJM
+XY0kRXYxfnPMbA3ZG5UB9M5s
+-----END PRIVATE KEY-----"#;
+const RSA_PUBLIC: &str = r#"-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyPuw2ZIJh4YP8DCcNBIG
+9JHFbdVcvm12knV2LPXN7J4j+9RuT31SeA3Xc1XeEnuP2mkoaEKaVtM39TR8Fb9+
+RtiZ4MWmoXU3qE76ac6nD5gTs/lSfJSxqpg2i/ycTsd+IergDHB/K0TEa9rm3siC
+c2trgXMDz3bt0IZPp7m5wNBkSQEGzvOs1JkP7de1r6GSs4wKY6vIZTySET9tMNYj
+lmjbe2eA5bNcE6ntKm1QaO9kvDKK4auSOZkJd5T4vriyaLFNBijlyxf0vIZUfKZP
+tLrNnSsKK/vmGY6IZSqHuQ5HrYOBDY2HM/rx4xgiKhORkuiftzMu6XrzNwAv/haU
+OwIDAQAB
+-----END PUBLIC KEY-----"#;
+const SECRET: &str = "a shared secret of at least 32 bytes!";
+
+/// Keys made in the test: ES256 and EdDSA pairs, with the RSA pair above.
+struct Keys {
+    ec: rcgen::KeyPair,
+    ed: rcgen::KeyPair,
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rsa.pem"), RSA_PUBLIC).unwrap();
+        Keys {
+            ec: rcgen::KeyPair::generate().unwrap(),
+            ed: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+            dir,
+        }
+    }
+
+    /// A JWKS document with the EC key as `kid` and the RSA key (as `n`
+    /// and `e`) as `rsa-` `kid`.
+    fn write_jwks(&self, kid: &str) {
+        let point = self.ec.public_key_raw();
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+        let mut rsa = serde_json::to_value(
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap(),
+        )
+        .unwrap();
+        rsa["kid"] = json!(format!("rsa-{kid}"));
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+            "x": b64url(&point[1..33]), "y": b64url(&point[33..65]),
+        }, rsa]});
+        std::fs::write(self.dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    }
+
+    fn sign(&self, alg: Algorithm, kid: Option<&str>, claims: serde_json::Value) -> String {
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(self.ec.serialize_pem().as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(self.ed.serialize_pem().as_bytes()),
+            Algorithm::RS256 | Algorithm::PS256 => {
+                EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes())
+            }
+            _ => Ok(EncodingKey::from_secret(SECRET.as_bytes())),
+        }
+        .unwrap();
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Upstream `app`, an admin listener, a router naming `api` and `admin`,
+/// then `stages`.
+fn gateway(app: SocketAddr, stages: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{app}"]
+
+[[pipeline]]
+plugin = "router"
+[pipeline.config]
+default = "app"
+routes = [
+    {{ name = "api", prefix = "/api/", upstream = "app" }},
+    {{ name = "admin", prefix = "/admin/", upstream = "app" }},
+]
+
+{stages}
+"#,
+        listen = free_addr(),
+        admin = free_addr(),
+    )
+}
+
+fn jwt_stage(keys: &Keys, routes: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[pipeline]]
+plugin = "jwt"
+name = "jwt{n}"
+{routes}
+grants = {{ dirs = {{ "/keys" = "{dir}" }} }}
+[pipeline.config]
+issuer = "https://auth.test"
+audience = "api"
+realm = "api"
+keys = [
+    {{ alg = "ES256", kid = "ec", pem = {ec} }},
+    {{ alg = "EdDSA", pem = {ed} }},
+    {{ alg = "RS256", pem_file = "/keys/rsa.pem" }},
+    {{ alg = "PS256", pem_file = "/keys/rsa.pem" }},
+    {{ alg = "HS256", secret = "{SECRET}" }},
+]
+forward_claims = {{ sub = "x-user", email = "x-user-email" }}
+{extra}
+"#,
+        n = routes.len(),
+        dir = keys.dir.path().display(),
+        ec = toml_string(&keys.ec.public_key_pem()),
+        ed = toml_string(&keys.ed.public_key_pem()),
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"\"\"{s}\"\"\"")
+}
+
+fn claims(extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({"iss": "https://auth.test", "aud": "api", "sub": "alice",
+                       "email": "alice@example.com", "exp": now() + 600, "scope": "read"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+#[tokio::test]
+async fn jwt_accepts_tokens_of_each_algorithm_and_passes_claims_on() {
+    let app = Backend::new("app").start().await;
+    let keys = Keys::new();
+    let proxy = Portier::start(&gateway(app.addr(), &jwt_stage(&keys, "", ""))).await;
+    let client = proxy.client();
+    for (alg, kid) in [
+        (Algorithm::ES256, Some("ec")),
+        (Algorithm::EdDSA, None),
+        (Algorithm::RS256, None),
+        (Algorithm::PS256, None),
+        (Algorithm::HS256, None),
+    ] {
+        let token = keys.sign(alg, kid, claims(json!({})));
+        let reply = client
+            .get_with(
+                "/api/orders",
+                &[
+                    ("authorization", &format!("Bearer {token}")),
+                    ("x-user", "mallory"),
+                ],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{alg:?}: {}", reply.text());
+        let echo = reply.echo();
+        assert_eq!(echo.header_all("x-user"), ["alice"], "{alg:?}");
+        assert_eq!(echo.header("x-user-email"), Some("alice@example.com"));
+        // The token itself stays at the proxy.
+        assert_eq!(echo.header("authorization"), None);
+    }
+}
+
+#[tokio::test]
+async fn jwt_refuses_with_rfc_6750_challenges() {
+    let app = Backend::new("app").start().await;
+    let keys = Keys::new();
+    let proxy = Portier::start(&gateway(
+        app.addr(),
+        &jwt_stage(&keys, "", r#"require = { scopes = ["read"] }"#),
+    ))
+    .await;
+    let client = proxy.client();
+    let ask = |token: Option<String>| {
+        let client = client.clone();
+        async move {
+            match token {
+                Some(t) => {
+                    client
+                        .get_with("/api/x", &[("authorization", &format!("Bearer {t}"))])
+                        .await
+                }
+                None => client.get("/api/x").await,
+            }
+        }
+    };
+    let reply = ask(None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="api""#)
+    );
+    let invalid = [
+        (claims(json!({"exp": now() - 600})), "the token expired"),
+        (claims(json!({"iss": "https://evil.test"})), "wrong issuer"),
+        (claims(json!({"aud": "other"})), "wrong audience"),
+        (
+            claims(json!({"nbf": now() + 600})),
+            "the token is not valid yet",
+        ),
+    ];
+    for (c, why) in invalid {
+        let reply = ask(Some(keys.sign(Algorithm::ES256, Some("ec"), c))).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{why}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(
+                format!(r#"Bearer realm="api", error="invalid_token", error_description="{why}""#)
+                    .as_str()
+            )
+        );
+    }
+    // Signed by a key the proxy does not have.
+    let stranger = Keys::new();
+    let reply = ask(Some(stranger.sign(
+        Algorithm::ES256,
+        Some("ec"),
+        claims(json!({})),
+    )))
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap()
+            .contains("bad signature")
+    );
+    // Valid, but without the scope.
+    let reply = ask(Some(keys.sign(
+        Algorithm::HS256,
+        None,
+        claims(json!({"scope": "write"})),
+    )))
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="read""#)
+    );
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn jwt_per_route_requirements_and_an_open_route() {
+    let app = Backend::new("app").start().await;
+    let keys = Keys::new();
+    let stages = format!(
+        "{}{}",
+        jwt_stage(
+            &keys,
+            r#"routes = ["api"]"#,
+            r#"require = { scopes = ["read"] }"#
+        ),
+        jwt_stage(
+            &keys,
+            r#"routes = ["admin"]"#,
+            r#"require = { scopes = ["admin"] }"#
+        ),
+    );
+    let proxy = Portier::start(&gateway(app.addr(), &stages)).await;
+    let client = proxy.client();
+    let reader = keys.sign(
+        Algorithm::ES256,
+        Some("ec"),
+        claims(json!({"scope": "read"})),
+    );
+    let bearer = format!("Bearer {reader}");
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(
+        client.get_with("/api/x", &auth).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get_with("/admin/x", &auth).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Unnamed routes are scoped by neither stage.
+    assert_eq!(client.get("/public").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_jwks_file_is_read_again_on_reload() {
+    let app = Backend::new("app").start().await;
+    let keys = Keys::new();
+    keys.write_jwks("old");
+    let stage = format!(
+        r#"
+[[pipeline]]
+plugin = "jwt"
+grants = {{ dirs = {{ "/keys" = "{}" }} }}
+config = {{ jwks_file = "/keys/jwks.json", audience = "api" }}
+"#,
+        keys.dir.path().display()
+    );
+    let proxy = Portier::start(&gateway(app.addr(), &stage)).await;
+    let client = proxy.client();
+    let token = keys.sign(Algorithm::ES256, Some("new"), claims(json!({})));
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(
+        client.get_with("/api/x", &auth).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The key is rotated under a new id; a reload reads the file again.
+    keys.write_jwks("new");
+    assert_eq!(proxy.reload().await.status, StatusCode::OK);
+    assert_eq!(
+        client.get_with("/api/x", &auth).await.status,
+        StatusCode::OK
+    );
+    // An RSA key of the JWKS, given as its modulus and exponent.
+    let token = keys.sign(Algorithm::RS256, Some("rsa-new"), claims(json!({})));
+    let bearer = format!("Bearer {token}");
+    let reply = client
+        .get_with("/api/x", &[("authorization", bearer.as_str())])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }

@@ -30,7 +30,7 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 7] = [
+static BUILTINS: [Builtin; 8] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
@@ -38,6 +38,7 @@ static BUILTINS: [Builtin; 7] = [
     builtin!("rate-limit", "rate_limit", Role::Filter),
     builtin!("cache", Role::CachePolicy),
     builtin!("forward-auth", "forward_auth", Role::Filter),
+    builtin!("jwt", Role::Filter),
 ];
 
 /// The built-in plugin with this name.

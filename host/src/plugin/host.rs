@@ -11,7 +11,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result, StoreLimits};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::portier::plugin::{clock, kv, log, outbound, types, upstreams};
+use super::bindings::portier::plugin::{clock, crypto, kv, log, outbound, types, upstreams};
 use super::heads::{self, HeaderLimits, RequestHead, ResponseHead};
 use super::report::{self, LogBudget};
 use crate::kv::Namespace;
@@ -411,6 +411,35 @@ impl kv::Host for StageState {
             .kv
             .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms))
             .map_err(|e| e.to_string()))
+    }
+}
+
+// === impl crypto ===
+
+impl crypto::Host for StageState {
+    fn verify(
+        &mut self,
+        algorithm: crypto::SignatureAlgorithm,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool> {
+        use crypto::SignatureAlgorithm as A;
+        use ring::signature as sig;
+        let alg: &dyn sig::VerificationAlgorithm = match algorithm {
+            A::EcdsaP256Sha256 => &sig::ECDSA_P256_SHA256_FIXED,
+            A::EcdsaP384Sha384 => &sig::ECDSA_P384_SHA384_FIXED,
+            A::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+            A::RsaPkcs1Sha384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+            A::RsaPkcs1Sha512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+            A::RsaPssSha256 => &sig::RSA_PSS_2048_8192_SHA256,
+            A::RsaPssSha384 => &sig::RSA_PSS_2048_8192_SHA384,
+            A::RsaPssSha512 => &sig::RSA_PSS_2048_8192_SHA512,
+            A::Ed25519 => &sig::ED25519,
+        };
+        Ok(sig::UnparsedPublicKey::new(alg, &public_key)
+            .verify(&message, &signature)
+            .is_ok())
     }
 }
 

@@ -14,7 +14,8 @@
 //!   capabilities, the only ones a plugin has (no files, sockets or env);
 //!   [`config`] parses the stage's config that `init` receives, and
 //!   [`outbound`] sends requests of the plugin's own to the upstreams the
-//!   manifest granted its stage (forward auth, token introspection).
+//!   manifest granted its stage (forward auth, token introspection);
+//!   [`crypto`] checks signatures in the host's native code.
 //! - Every call of one request shares its context: [`Request::route`] and
 //!   [`Request::upstream`] say what the router chose, and
 //!   [`Request::context_set`] keeps a value for later stages (an identity)
@@ -122,6 +123,7 @@ mod roles;
 
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod kv;
 pub mod log;
 pub mod outbound;

@@ -1,7 +1,7 @@
 //! The wit-bindgen output, quarantined: nothing outside this crate should
 //! name these items except through the SDK's macros.
 //!
-//! The shared interfaces (types, log, clock, kv, upstreams, outbound) are
+//! The shared interfaces (types, log, clock, kv, upstreams, outbound, crypto) are
 //! generated once, from a small inline world; each role world then maps them
 //! onto that one set of types with `with:`, so a `RequestHead` is the same
 //! Rust type whichever role the plugin implements.
@@ -25,7 +25,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-pub use portier::plugin::{clock, kv, log, outbound, types, upstreams};
+pub use portier::plugin::{clock, crypto, kv, log, outbound, types, upstreams};
 
 /// Generates one role world on top of the shared interfaces above.
 macro_rules! role_world {
@@ -41,6 +41,7 @@ macro_rules! role_world {
                     "portier:plugin/kv@0.2.0": crate::wit::kv,
                     "portier:plugin/upstreams@0.2.0": crate::wit::upstreams,
                     "portier:plugin/outbound@0.2.0": crate::wit::outbound,
+                    "portier:plugin/crypto@0.2.0": crate::wit::crypto,
                 },
                 pub_export_macro: true,
                 export_macro_name: $export_macro,
