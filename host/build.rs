@@ -21,6 +21,7 @@ fn main() {
         "cache",
         "forward-auth",
         "jwt",
+        "cors",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

@@ -619,3 +619,191 @@ config = {{ jwks_file = "/keys/jwks.json", audience = "api" }}
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
+
+// === api-key identities ===
+
+#[tokio::test]
+async fn api_keys_name_their_client_for_the_upstream_and_the_rate_limit() {
+    let app = Backend::new("app").start().await;
+    // The digest of "k-billing-0001", as `printf %s KEY | sha256sum` prints it.
+    let digest = crate::support::body::sha256(b"k-billing-0001");
+    let stages = format!(
+        r#"
+[[pipeline]]
+plugin = "api-key"
+[pipeline.config]
+identity_header = "x-api-client"
+keys = [{{ sha256 = "{digest}", identity = "billing" }}, {{ key = "k-ci-000000001", identity = "ci" }}]
+
+[[pipeline]]
+plugin = "rate-limit"
+config = {{ requests = 2, window = "1m", key = "identity" }}
+"#
+    );
+    let proxy = Portier::start(&gateway(app.addr(), &stages)).await;
+    let client = proxy.client();
+    let billing = [("x-api-key", "k-billing-0001"), ("x-api-client", "admin")];
+    let reply = client.get_with("/x", &billing).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let echo = reply.echo();
+    assert_eq!(echo.header_all("x-api-client"), ["billing"]);
+    assert_eq!(echo.header("x-api-key"), None);
+    // Each identity has its own budget, whatever address it comes from.
+    assert_eq!(client.get_with("/x", &billing).await.status, StatusCode::OK);
+    assert_eq!(
+        client.get_with("/x", &billing).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let ci = [("x-api-key", "k-ci-000000001")];
+    assert_eq!(client.get_with("/x", &ci).await.status, StatusCode::OK);
+    assert_eq!(
+        client
+            .get_with("/x", &[("x-api-key", "k-billing-0002")])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+// === cors ===
+
+fn cors(app: SocketAddr, config: &str) -> String {
+    gateway(
+        app,
+        &format!("[[pipeline]]\nplugin = \"cors\"\n[pipeline.config]\n{config}\n"),
+    )
+}
+
+#[tokio::test]
+async fn cors_answers_browser_preflights_at_the_proxy() {
+    let app = Backend::new("app").start().await;
+    let proxy = Portier::start(&cors(
+        app.addr(),
+        r#"origins = ["https://app.example.com", "https://*.example.org"]
+methods = ["GET", "POST", "PUT", "DELETE"]
+headers = ["authorization", "x-requested-with"]
+expose_headers = ["x-request-id"]
+credentials = true
+max_age = "10m""#,
+    ))
+    .await;
+    let client = proxy.client();
+    // What Chrome sends before a credentialed PUT with JSON.
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        client
+            .request(http::Method::OPTIONS, "/api/orders/7")
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .header("sec-fetch-mode", "cors")
+            .header("sec-fetch-site", "cross-site")
+            .header("user-agent", "Mozilla/5.0 Chrome/131.0")
+            .body(crate::support::body::empty())
+            .unwrap()
+    };
+    let reply = client
+        .send(preflight(
+            "https://app.example.com",
+            "PUT",
+            "authorization,content-type",
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, POST, PUT, DELETE")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(reply.header("access-control-max-age"), Some("600"));
+    assert!(reply.header("vary").unwrap().contains("origin"));
+    // A subdomain of the wildcard origin.
+    let reply = client
+        .send(preflight(
+            "https://shop.example.org",
+            "DELETE",
+            "x-requested-with",
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    // Refused: no CORS header at all, so the browser stops there.
+    for (origin, method, headers) in [
+        ("https://evil.example.net", "PUT", ""),
+        ("https://app.example.com", "PATCH", ""),
+        ("https://app.example.com", "PUT", "x-secret"),
+    ] {
+        let reply = client.send(preflight(origin, method, headers)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{origin} {method} {headers}"
+        );
+        assert_eq!(reply.header("access-control-allow-origin"), None);
+    }
+    // No preflight ever reached the upstream.
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn cors_headers_on_responses_for_allowed_origins_only() {
+    let app = Backend::new("app")
+        .response_header("access-control-allow-origin", "*")
+        .start()
+        .await;
+    let proxy = Portier::start(&cors(
+        app.addr(),
+        r#"origins = ["https://app.example.com"]
+expose_headers = ["x-request-id"]
+credentials = true"#,
+    ))
+    .await;
+    let client = proxy.client();
+    let reply = client
+        .get_with("/api/x", &[("origin", "https://app.example.com")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // The upstream's own `*` is replaced by the policy's answer.
+    assert_eq!(
+        reply.header_all("access-control-allow-origin"),
+        ["https://app.example.com"]
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        reply.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert!(
+        reply
+            .header_all("vary")
+            .iter()
+            .any(|v| v.contains("origin"))
+    );
+    // Another origin gets the response, but no CORS header.
+    let reply = client
+        .get_with("/api/x", &[("origin", "https://evil.example.net")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    // A request without Origin (same-origin, curl) is untouched.
+    let reply = client.get("/api/x").await;
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    // A plain OPTIONS (no preflight) goes to the upstream.
+    let plain = client
+        .request(http::Method::OPTIONS, "/api/x")
+        .body(crate::support::body::empty())
+        .unwrap();
+    assert_eq!(client.send(plain).await.echo().method, "OPTIONS");
+}

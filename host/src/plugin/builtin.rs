@@ -30,7 +30,7 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 8] = [
+static BUILTINS: [Builtin; 9] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
@@ -39,6 +39,7 @@ static BUILTINS: [Builtin; 8] = [
     builtin!("cache", Role::CachePolicy),
     builtin!("forward-auth", "forward_auth", Role::Filter),
     builtin!("jwt", Role::Filter),
+    builtin!("cors", Role::Filter),
 ];
 
 /// The built-in plugin with this name.

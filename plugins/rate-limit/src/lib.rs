@@ -10,6 +10,7 @@
 //! plugin = "rate-limit"
 //! config = { requests = 100, window = "60s" }                        # per client IP
 //! # config = { requests = 100, window = "1m", key = { header = "x-api-key" } }
+//! # config = { requests = 100, window = "1m", key = "identity" }  # per user, after an auth stage
 //! ```
 //!
 //! Behaviour:
@@ -20,7 +21,9 @@
 //!   64) or `{ header = "name" }` (the header's value, hashed; requests
 //!   without it, or with one over 256 bytes, are counted by client IP).
 //!   Each header value has its own budget: it limits key holders, not key
-//!   guessing (a `client-ip` stage before it does that).
+//!   guessing (a `client-ip` stage before it does that). `"identity"` counts
+//!   by the identity an earlier auth stage kept in the request's context
+//!   (jwt, api-key, basic-auth, forward-auth), by IP when there is none.
 //! - Sliding window, approximated with two fixed-window counters in `kv`:
 //!   the previous window's count, weighted by how much of it the sliding
 //!   window still covers, plus the current one's. No burst of twice the limit
@@ -71,6 +74,10 @@ enum Key {
     ClientIp,
     /// A request header's value (e.g. an API key), else the client's IP.
     Header(String),
+    /// The identity an auth stage before this one established (the
+    /// request context's `identity`: jwt's subject, an API key's client),
+    /// else the client's IP.
+    Identity,
 }
 
 /// The rate-limit filter.
@@ -105,6 +112,7 @@ impl Filter for RateLimit {
                 check_header(&name).map_err(|reason| config::Error::at("key.header", reason))?,
             ),
             Key::ClientIp => Key::ClientIp,
+            Key::Identity => Key::Identity,
         };
         Ok(RateLimit {
             limit: u64::from(requests),
@@ -150,9 +158,12 @@ portier_sdk::export_filter!(RateLimit);
 impl RateLimit {
     /// The kv key prefix of this request's client (see `client`).
     fn client(&self, request: &Request) -> String {
-        if let Key::Header(name) = &self.key
-            && let Some(key) = request.header(name).as_deref().and_then(client::by_header)
-        {
+        let by = match &self.key {
+            Key::Header(name) => request.header(name),
+            Key::Identity => request.context_get("identity"),
+            Key::ClientIp => None,
+        };
+        if let Some(key) = by.as_deref().and_then(client::by_header) {
             return key;
         }
         client::by_ip(request.client_addr().ip(), self.ipv6_prefix)
@@ -247,7 +258,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"requests": 1, "window": "1s", "key": "ip"}"#),
-            "key: unknown variant `ip`, expected `client-ip` or `header`"
+            "key: unknown variant `ip`, expected one of `client-ip`, `header`, `identity`"
         );
         assert_eq!(
             err(r#"{"requests": 1, "window": "1s", "ipv6_prefix": 129}"#),
