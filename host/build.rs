@@ -22,6 +22,7 @@ fn main() {
         "forward-auth",
         "jwt",
         "cors",
+        "basic-auth",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

@@ -15,6 +15,7 @@ pub mod ingress;
 pub mod kv;
 pub mod manifest;
 pub mod outbound;
+pub mod password;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;

@@ -807,3 +807,102 @@ credentials = true"#,
         .unwrap();
     assert_eq!(client.send(plain).await.echo().method, "OPTIONS");
 }
+
+// === basic-auth ===
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_checks_htpasswd_files_as_nginx_users_keep_them() {
+    let app = Backend::new("app").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // bcrypt at htpasswd -B's cost, MD5-crypt (htpasswd's default), {SHA}.
+    let bcrypt = bcrypt::hash("alice-pass", 10)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!(
+            "# made by htpasswd\nalice:{bcrypt}\nbob:$apr1$saltsalt$E5Rr3dOVSFY9DZAksLuwO/\ncarol:{{SHA}}V7KtmQRNM3GXwMOf04I1aP+B5Io=\n"
+        ),
+    )
+    .unwrap();
+    let stage = format!(
+        r#"
+[[pipeline]]
+plugin = "basic-auth"
+routes = ["admin"]
+grants = {{ dirs = {{ "/auth" = "{}" }} }}
+config = {{ realm = "Staff only", htpasswd_file = "/auth/htpasswd", identity_header = "x-user" }}
+"#,
+        dir.path().display()
+    );
+    let proxy = Portier::start(&gateway(app.addr(), &stage)).await;
+    let client = proxy.client();
+    for (user, password) in [
+        ("alice", "alice-pass"),
+        ("bob", "p@ssw0rd"),
+        ("carol", "p@ssw0rd"),
+    ] {
+        let auth = basic(user, password);
+        // Twice: the second is answered from the instance's cache.
+        for _ in 0..2 {
+            let reply = client
+                .get_with("/admin/x", &[("authorization", &auth), ("x-user", "root")])
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{user}: {}", reply.text());
+            let echo = reply.echo();
+            assert_eq!(echo.header_all("x-user"), [user]);
+            assert_eq!(echo.header("authorization"), None);
+        }
+    }
+    // A bcrypt check (tens of milliseconds) is the host's time, not the
+    // stage's 10 ms call budget: nothing above failed, nothing was quarantined.
+    for (user, password) in [("alice", "wrong"), ("dave", "p@ssw0rd"), ("bob", "")] {
+        let reply = client
+            .get_with("/admin/x", &[("authorization", &basic(user, password))])
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{user}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(r#"Basic realm="Staff only", charset="UTF-8""#)
+        );
+    }
+    assert_eq!(
+        client.get("/admin/x").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Outside its route, no login.
+    assert_eq!(client.get("/public").await.status, StatusCode::OK);
+    assert_eq!(app.requests(), 7);
+}
+
+#[test]
+fn a_plain_text_htpasswd_entry_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        "alice:{SHA}V7KtmQRNM3GXwMOf04I1aP+B5Io=\nbob:secret\n",
+    )
+    .unwrap();
+    let manifest = gateway(
+        "127.0.0.1:3001".parse().unwrap(),
+        &format!(
+            "[[pipeline]]\nplugin = \"basic-auth\"\ngrants = {{ dirs = {{ \"/auth\" = \"{}\" }} }}\nconfig = {{ htpasswd_file = \"/auth/htpasswd\" }}\n",
+            dir.path().display()
+        ),
+    );
+    let stderr = check(&manifest)
+        .assert_rejected_at("pipeline[1].config.htpasswd_file")
+        .to_string();
+    assert!(
+        stderr.contains("line 2: user \"bob\": unsupported hash"),
+        "{stderr}"
+    );
+}

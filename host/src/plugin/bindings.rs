@@ -15,6 +15,8 @@ wasmtime::component::bindgen!({
         "portier:plugin/kv": async | trappable,
         // A plugin's own HTTP request waits on the network.
         "portier:plugin/outbound": async | trappable,
+        // Password hashing is slow on purpose: it runs on a blocking thread.
+        "portier:plugin/crypto.verify-password": async | trappable,
         default: trappable,
     },
     with: {

@@ -30,7 +30,7 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 9] = [
+static BUILTINS: [Builtin; 10] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
@@ -40,6 +40,7 @@ static BUILTINS: [Builtin; 9] = [
     builtin!("forward-auth", "forward_auth", Role::Filter),
     builtin!("jwt", Role::Filter),
     builtin!("cors", Role::Filter),
+    builtin!("basic-auth", "basic_auth", Role::Filter),
 ];
 
 /// The built-in plugin with this name.

@@ -441,6 +441,17 @@ impl crypto::Host for StageState {
             .verify(&message, &signature)
             .is_ok())
     }
+
+    async fn verify_password(
+        &mut self,
+        password: String,
+        hash: String,
+    ) -> Result<Result<bool, String>> {
+        // Off the worker: a bcrypt check would stall every connection on it.
+        let checked =
+            tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash)).await?;
+        Ok(checked.map_err(|e| e.to_string()))
+    }
 }
 
 // === impl outbound ===

@@ -1,7 +1,9 @@
-//! Signature checks done by the host in native code: ECDSA (P-256, P-384),
-//! RSA (PKCS#1 v1.5 and PSS, 2048 to 8192 bits) and Ed25519, as JWS signs.
-//! A check that costs wasm a millisecond or more costs the host tens of
-//! microseconds, which matters when every request carries a token.
+//! Checks done by the host in native code: signatures — ECDSA (P-256,
+//! P-384), RSA (PKCS#1 v1.5 and PSS, 2048 to 8192 bits) and Ed25519, as JWS
+//! signs — and password hashes as htpasswd files store them. A signature
+//! check that costs wasm a millisecond or more costs the host tens of
+//! microseconds, which matters when every request carries a token; a
+//! password check runs on one of the host's blocking threads.
 //!
 //! ```no_run
 //! use portier_sdk::crypto::{self, SignatureAlgorithm};
@@ -25,4 +27,14 @@ pub fn verify(
     signature: &[u8],
 ) -> bool {
     crate::wit::crypto::verify(algorithm, public_key, message, signature)
+}
+
+/// Whether `password` matches `hash` as password files store it: bcrypt
+/// (`$2y$`…), Argon2 (`$argon2id$`…), SHA-crypt (`$5$`, `$6$`), MD5-crypt
+/// (`$apr1$`, `$1$`) or `{SHA}`. Slow on purpose (bcrypt takes tens of
+/// milliseconds), so the host runs it off its event loop and does not
+/// charge the wait to the stage's `call_timeout`. `Err` names a scheme the
+/// host does not check, or a malformed hash.
+pub fn verify_password(password: &str, hash: &str) -> Result<bool, String> {
+    crate::wit::crypto::verify_password(password, hash)
 }
