@@ -23,6 +23,7 @@ fn main() {
         "jwt",
         "cors",
         "basic-auth",
+        "waf",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(p).display());
     }

@@ -906,3 +906,87 @@ fn a_plain_text_htpasswd_entry_is_refused_with_its_line() {
         "{stderr}"
     );
 }
+
+// === waf ===
+
+#[tokio::test]
+async fn waf_blocks_attacks_in_every_part_and_lets_ordinary_requests_through() {
+    let app = Backend::new("app").start().await;
+    let proxy = Portier::start(&gateway(
+        app.addr(),
+        r#"
+[[pipeline]]
+plugin = "waf"
+[pipeline.config]
+log_only = ["913100"]
+"#,
+    ))
+    .await;
+    let client = proxy.client();
+    // Attacks: in the query, the path, a header, a form and a JSON body.
+    let query = client
+        .get("/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--")
+        .await;
+    assert_eq!(query.status, StatusCode::FORBIDDEN);
+    assert_eq!(query.text(), "403 Forbidden\n");
+    assert_eq!(
+        client.get("/.git/config").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let referer = client
+        .get_with(
+            "/",
+            &[("referer", "https://x.test/?q=<script>alert(1)</script>")],
+        )
+        .await;
+    assert_eq!(referer.status, StatusCode::FORBIDDEN);
+    let post = |content_type: &'static str, body: &'static str| {
+        client
+            .request(http::Method::POST, "/api/comments")
+            .header("content-type", content_type)
+            .body(crate::support::body::full(body))
+            .unwrap()
+    };
+    let form = client
+        .send(post(
+            "application/x-www-form-urlencoded",
+            "name=x&comment=%3Cimg+src%3Dx+onerror%3Dalert(1)%3E",
+        ))
+        .await;
+    assert_eq!(form.status, StatusCode::FORBIDDEN);
+    let json = client
+        .send(post(
+            "application/json",
+            r#"{"host": "127.0.0.1; cat /etc/passwd"}"#,
+        ))
+        .await;
+    assert_eq!(json.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.requests(), 0);
+    proxy
+        .wait_for_log_line("the block logged with its rule", |l| {
+            l.contains("blocked by rule 942100")
+        })
+        .await;
+    // Ordinary traffic, bodies included, reaches the upstream whole.
+    for path in [
+        "/search?q=O%27Reilly+books",
+        "/docs/select-a-plan",
+        "/api/users/42",
+    ] {
+        assert_eq!(client.get(path).await.status, StatusCode::OK, "{path}");
+    }
+    let body = r#"{"name": "Alice O'Neil", "note": "ring twice; the cat food goes inside"}"#;
+    let reply = client.send(post("application/json", body)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echo().body_len, body.len() as u64);
+    // A log-only rule lets the scanner through and says so.
+    let scanner = client
+        .get_with("/", &[("user-agent", "sqlmap/1.7.2")])
+        .await;
+    assert_eq!(scanner.status, StatusCode::OK);
+    proxy
+        .wait_for_log_line("the log-only match", |l| {
+            l.contains("rule 913100") && l.contains("log only")
+        })
+        .await;
+}

@@ -30,7 +30,7 @@ macro_rules! builtin {
     };
 }
 
-static BUILTINS: [Builtin; 10] = [
+static BUILTINS: [Builtin; 11] = [
     builtin!("router", Role::Router),
     builtin!("balancer", Role::Balancer),
     builtin!("headers", Role::Filter),
@@ -41,6 +41,7 @@ static BUILTINS: [Builtin; 10] = [
     builtin!("jwt", Role::Filter),
     builtin!("cors", Role::Filter),
     builtin!("basic-auth", "basic_auth", Role::Filter),
+    builtin!("waf", Role::Filter),
 ];
 
 /// The built-in plugin with this name.
