@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod builtin;
 pub mod cache;
 pub mod clock;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod password;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;
+pub mod role;
 pub mod server;
 pub mod tls;
 pub mod tunnel;

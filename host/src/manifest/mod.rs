@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::plugin::builtin;
+use crate::builtin;
+use crate::role::Role;
 pub use cache::Cache;
 use raw::{RawManifest, RawStage};
 pub use server::{Http2, Limits, Server, Timeouts};
@@ -92,47 +93,6 @@ impl fmt::Debug for Admin {
 
 /// The shortest admin token accepted.
 const MIN_TOKEN_LEN: usize = 16;
-
-/// The role a stage plays, i.e. the WIT world its plugin implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `world filter`: on-request / on-response.
-    Filter,
-    /// `world router`: chooses the upstream.
-    Router,
-    /// `world balancer`: chooses the endpoint.
-    Balancer,
-    /// `world cache-policy`: cache key and storability.
-    CachePolicy,
-}
-
-impl Role {
-    /// The manifest (and WIT world) spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Filter => "filter",
-            Role::Router => "router",
-            Role::Balancer => "balancer",
-            Role::CachePolicy => "cache-policy",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "filter" => Role::Filter,
-            "router" => Role::Router,
-            "balancer" => Role::Balancer,
-            "cache-policy" => Role::CachePolicy,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What happens to a request when its stage fails (trap, timeout, OOM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

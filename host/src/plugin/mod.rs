@@ -7,7 +7,6 @@
 //! - call: a head pushed into one instance's resource table and taken back.
 
 mod bindings;
-pub mod builtin;
 pub mod heads;
 mod health;
 mod host;
@@ -28,7 +27,8 @@ use wasmtime::{
 };
 
 use crate::kv::Kv;
-use crate::manifest::{self, ManifestError, PluginSource, Role};
+use crate::manifest::{self, ManifestError, PluginSource};
+use crate::role::Role;
 use crate::upstream::Upstreams;
 use bindings::balancer::{Balancer, BalancerPre};
 use bindings::cache_policy::{CachePolicy, CachePolicyPre};

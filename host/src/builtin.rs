@@ -2,8 +2,9 @@
 //!
 //! `build.rs` compiles the `plugins/` workspace to `wasm32-wasip2`; the
 //! components are embedded here so a single binary is a complete proxy.
+//! The manifest finds them by name; the sandbox loads their bytes.
 
-use crate::manifest::Role;
+use crate::role::Role;
 
 /// A built-in plugin.
 #[derive(Debug)]
