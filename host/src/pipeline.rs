@@ -25,8 +25,10 @@ use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_p
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
 use crate::manifest::{FailurePolicy, Manifest, ManifestError, Server};
 use crate::plugin::heads::{BodyPrefix, HeaderLimits, RequestHead, ResponseHead};
-use crate::plugin::{FilterAction, PluginResponse, RouteDecision, Runtime, Stage, StageError};
-use crate::role::Role;
+use crate::plugin::{
+    BalancerWorld, CachePolicyWorld, FilterAction, PluginResponse, RouteDecision, Runtime, Stage,
+    StageError, Step,
+};
 use crate::upstream::conn::UpstreamBody;
 use crate::upstream::endpoint::Outcome as Health;
 use crate::upstream::{Registry, Upstream, Upstreams, bit};
@@ -35,7 +37,7 @@ use crate::upstream::{Registry, Upstream, Upstreams, bit};
 pub struct Pipeline {
     /// Counts reloads: 1 for the first pipeline of a process.
     pub generation: u64,
-    stages: Vec<Stage>,
+    stages: Vec<Step>,
     upstreams: Arc<Upstreams>,
     server: Server,
     ingress: Ingress,
@@ -143,8 +145,10 @@ impl Pipeline {
         check_scopes(&manifest.file, &stages)?;
         let body_prefix = stages
             .iter()
-            .filter(|s| s.role == Role::Filter)
-            .map(|s| s.request_body() as usize)
+            .filter_map(|s| match s {
+                Step::Filter(f) => Some(f.request_body() as usize),
+                _ => None,
+            })
             .max()
             .unwrap_or(0);
         // Certificates are read before the registry changes: a bad file
@@ -160,7 +164,7 @@ impl Pipeline {
         registry.commit(&upstreams).await;
         let cache = stages
             .iter()
-            .any(|s| s.role == Role::CachePolicy)
+            .any(|s| matches!(s, Step::CachePolicy(_)))
             .then(|| caches.store_for(&manifest.cache));
         let server = manifest.server.clone();
         Ok(Pipeline {
@@ -192,7 +196,7 @@ impl Pipeline {
     }
 
     /// The stages, in order.
-    pub fn stages(&self) -> &[Stage] {
+    pub fn stages(&self) -> &[Step] {
         &self.stages
     }
 
@@ -208,7 +212,7 @@ impl Pipeline {
             .iter()
             .map(|s| {
                 serde_json::json!({
-                    "name": s.name, "role": s.role.as_str(),
+                    "name": s.name(), "role": s.role().as_str(),
                     "failures": s.failures(), "quarantined": s.quarantined(),
                 })
             })
@@ -488,7 +492,8 @@ impl Pipeline {
             let mut asked = Response::new(());
             *asked.status_mut() = merged.status;
             *asked.headers_mut() = merged.headers.clone();
-            let (head, _, ttl) = self.stages[miss.stage]
+            let (head, _, ttl) = self
+                .cache_policy(miss.stage)
                 .storable(
                     head,
                     ResponseHead {
@@ -540,7 +545,8 @@ impl Pipeline {
         (key, flight): (String, Option<Flight>),
         store: &Arc<Store>,
     ) -> (RequestHead, http::response::Parts, ProxyBody) {
-        let (head, resp, ttl) = self.stages[stage]
+        let (head, resp, ttl) = self
+            .cache_policy(stage)
             .storable(head, ResponseHead { parts })
             .await;
         let parts = resp.parts;
@@ -741,7 +747,7 @@ impl Pipeline {
         balancer: Option<usize>,
         added: &mut Option<Box<http::HeaderMap>>,
     ) -> Option<(Request<ProxyBody>, usize)> {
-        let (req, picked) = match balancer.map(|b| &self.stages[b]) {
+        let (req, picked) = match balancer.map(|b| self.balancer_stage(b)) {
             None => (req, None),
             Some(stage) => {
                 let (parts, body) = req.into_parts();
@@ -768,6 +774,24 @@ impl Pipeline {
         up.budget()
             .withdraw(retry.budget, retry.min_per_second)
             .then_some((req, next))
+    }
+
+    /// The cache-policy stage at `i`, an index the request stages recorded
+    /// from a `Step::CachePolicy`.
+    fn cache_policy(&self, i: usize) -> &Stage<CachePolicyWorld> {
+        match &self.stages[i] {
+            Step::CachePolicy(s) => s,
+            _ => unreachable!("stage {i} was recorded as the cache policy"),
+        }
+    }
+
+    /// The balancer stage at `i`, an index the request stages recorded
+    /// from a `Step::Balancer`.
+    fn balancer_stage(&self, i: usize) -> &Stage<BalancerWorld> {
+        match &self.stages[i] {
+            Step::Balancer(s) => s,
+            _ => unreachable!("stage {i} was recorded as the balancer"),
+        }
     }
 
     /// Ingress checks, and a declared body over the limit refused before
@@ -810,12 +834,12 @@ impl Pipeline {
                 continue;
             }
             // A failed call was logged where it happened; here only the policy matters.
-            let failed = |_: StageError| match stage.policy {
+            let failed = |_: StageError| match stage.policy() {
                 FailurePolicy::Open => None,
                 FailurePolicy::Closed => Some(Outcome::Fail(Fault::Plugin)),
             };
-            let outcome = match stage.role {
-                Role::Filter => {
+            let outcome = match stage {
+                Step::Filter(stage) => {
                     let (h, r) = stage.on_request(head).await;
                     head = h;
                     match r {
@@ -824,7 +848,7 @@ impl Pipeline {
                         Err(e) => failed(e),
                     }
                 }
-                Role::Router => {
+                Step::Router(stage) => {
                     let (h, r) = stage.route(head).await;
                     head = h;
                     match r {
@@ -847,7 +871,7 @@ impl Pipeline {
                         Err(e) => failed(e),
                     }
                 }
-                Role::Balancer => {
+                Step::Balancer(stage) => {
                     let Some(up) = upstream
                         .clone()
                         .or_else(|| self.upstreams.single().cloned())
@@ -871,7 +895,7 @@ impl Pipeline {
                         Err(e) => failed(e),
                     }
                 }
-                Role::CachePolicy => {
+                Step::CachePolicy(stage) => {
                     let Some(store) = &self.cache else { continue };
                     let (h, r) = stage.cache_key(head).await;
                     head = h;
@@ -964,6 +988,7 @@ impl Pipeline {
         reached: usize,
     ) -> (ResponseHead, ProxyBody) {
         for stage in self.stages[..reached].iter().rev() {
+            let Step::Filter(stage) = stage else { continue };
             if !(stage.sees_responses() && stage.applies_to(head.route.as_deref())) {
                 continue;
             }
@@ -982,12 +1007,11 @@ impl Pipeline {
 /// Every route a stage is scoped to must be one the router declared at
 /// init: a misspelled name would otherwise be a stage (an auth check, say)
 /// that silently never runs.
-fn check_scopes(file: &std::path::Path, stages: &[Stage]) -> Result<(), ManifestError> {
-    let Some((r, router)) = stages
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.role == Role::Router)
-    else {
+fn check_scopes(file: &std::path::Path, stages: &[Step]) -> Result<(), ManifestError> {
+    let Some((r, router)) = stages.iter().enumerate().find_map(|(i, s)| match s {
+        Step::Router(router) => Some((i, router)),
+        _ => None,
+    }) else {
         return Ok(());
     };
     let declared = router.routes();

@@ -12,6 +12,7 @@ mod health;
 mod host;
 pub mod report;
 mod wasi;
+mod worlds;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,15 +31,12 @@ use crate::kv::Kv;
 use crate::manifest::{self, ManifestError, PluginSource};
 use crate::role::Role;
 use crate::upstream::Upstreams;
-use bindings::balancer::{Balancer, BalancerPre};
-use bindings::cache_policy::{CachePolicy, CachePolicyPre};
-use bindings::filter::{Filter, FilterPre};
-use bindings::router::{Router, RouterPre};
 use heads::{HeaderLimits, RequestHead, ResponseHead};
 use health::StageHealth;
 use host::{StageShared, StageState};
 
 pub use bindings::portier::plugin::types::Response as PluginResponse;
+pub use worlds::{BalancerWorld, CachePolicyWorld, FilterWorld, RouterWorld, World};
 
 /// How often the epoch ticks: the granularity of call deadlines.
 const EPOCH_TICK: Duration = crate::clock::TICK;
@@ -155,7 +153,7 @@ impl Runtime {
         spec: &manifest::Stage,
         upstreams: Arc<Upstreams>,
         header_limits: HeaderLimits,
-    ) -> Result<Stage, ManifestError> {
+    ) -> Result<Step, ManifestError> {
         let err = |key: String, reason: String| ManifestError {
             file: manifest.to_owned(),
             key,
@@ -183,21 +181,49 @@ impl Runtime {
                 format!("imports something portier does not grant: {e:#}"),
             )
         })?;
-        let not_world = |e: wasmtime::Error| {
+        let loaded = match spec.role {
+            Role::Filter => Step::Filter(
+                self.start::<FilterWorld>(manifest, spec, pre, upstreams, header_limits)
+                    .await?,
+            ),
+            Role::Router => Step::Router(
+                self.start::<RouterWorld>(manifest, spec, pre, upstreams, header_limits)
+                    .await?,
+            ),
+            Role::Balancer => Step::Balancer(
+                self.start::<BalancerWorld>(manifest, spec, pre, upstreams, header_limits)
+                    .await?,
+            ),
+            Role::CachePolicy => Step::CachePolicy(
+                self.start::<CachePolicyWorld>(manifest, spec, pre, upstreams, header_limits)
+                    .await?,
+            ),
+        };
+        Ok(loaded)
+    }
+
+    /// Check a linked component against world `W`, and start its stage.
+    async fn start<W: World>(
+        &self,
+        manifest: &Path,
+        spec: &manifest::Stage,
+        pre: wasmtime::component::InstancePre<StageState>,
+        upstreams: Arc<Upstreams>,
+        header_limits: HeaderLimits,
+    ) -> Result<Stage<W>, ManifestError> {
+        let err = |key: String, reason: String| ManifestError {
+            file: manifest.to_owned(),
+            key,
+            reason,
+        };
+        let pre = W::pre(pre).map_err(|e| {
             err(
-                plugin_key.clone(),
+                format!("{}.plugin", spec.key()),
                 format!("does not implement world `{}`: {e:#}", spec.role),
             )
-        };
-        let pre = match spec.role {
-            Role::Filter => RolePre::Filter(FilterPre::new(pre).map_err(not_world)?),
-            Role::Router => RolePre::Router(RouterPre::new(pre).map_err(not_world)?),
-            Role::Balancer => RolePre::Balancer(BalancerPre::new(pre).map_err(not_world)?),
-            Role::CachePolicy => RolePre::CachePolicy(CachePolicyPre::new(pre).map_err(not_world)?),
-        };
+        })?;
         let stage = Stage {
             name: spec.name.clone(),
-            role: spec.role,
             policy: spec.on_error,
             scope: spec.routes.clone(),
             isolation: spec.isolation,
@@ -310,24 +336,10 @@ fn spawn_epoch_ticker(engine: &Engine) {
     });
 }
 
-enum RolePre {
-    Filter(FilterPre<StageState>),
-    Router(RouterPre<StageState>),
-    Balancer(BalancerPre<StageState>),
-    CachePolicy(CachePolicyPre<StageState>),
-}
-
-enum RoleInstance {
-    Filter(Filter),
-    Router(Router),
-    Balancer(Balancer),
-    CachePolicy(CachePolicy),
-}
-
 /// A ready instance: its own store, so a trap discards only this one.
-struct Instance {
+struct Instance<E> {
     store: Store<StageState>,
-    role: RoleInstance,
+    exports: E,
     _slot: Slot,
 }
 
@@ -367,12 +379,10 @@ pub enum RouteDecision {
     Respond(PluginResponse),
 }
 
-/// A loaded stage of one pipeline generation.
-pub struct Stage {
+/// A loaded stage of one pipeline generation, whose plugin implements world `W`.
+pub struct Stage<W: World> {
     /// Stage name.
     pub name: String,
-    /// Its role.
-    pub role: Role,
     /// Its failure policy.
     pub policy: manifest::FailurePolicy,
     /// The routes it applies to (`None`: every request).
@@ -381,9 +391,9 @@ pub struct Stage {
     call_timeout: Duration,
     memory_limit: usize,
     engine: Engine,
-    pre: RolePre,
+    pre: W::Pre,
     shared: StageShared,
-    idle: ArrayQueue<Instance>,
+    idle: ArrayQueue<Instance<W::Exports>>,
     /// `max_instances` permits; each live instance holds one.
     slots: Arc<Semaphore>,
     max_instances: usize,
@@ -402,7 +412,7 @@ pub struct Stage {
 macro_rules! with_instance {
     // Take an instance, lend it `$heads`, run `$call`, take the heads back,
     // and return the instance to the pool unless the call failed.
-    ($self:ident, $variant:ident($b:ident), [$($head:ident),*], |$store:ident, $($res:ident),*| $call:expr) => {{
+    ($self:ident, [$($head:ident),*], |$b:ident, $store:ident, $($res:ident),*| $call:expr) => {{
         let mut inst = match $self.take().await {
             Ok(i) => i,
             Err(e) => return ($($head,)* Err(e)),
@@ -416,14 +426,12 @@ macro_rules! with_instance {
             return ($($head,)* Err($self.fail(e)));
         }
         $(let $res = table.push($head).expect("checked: the table has room");)*
-        let out = match &inst.role {
-            RoleInstance::$variant($b) => {
-                let $store = &mut inst.store;
-                // The guest gets borrows; the host keeps ownership to take the heads back.
-                $(let $res = Resource::new_borrow($res.rep());)*
-                $call.await
-            }
-            _ => Err(wasmtime::Error::msg("stage role mismatch")),
+        let out = {
+            let $b = &inst.exports;
+            let $store = &mut inst.store;
+            // The guest gets borrows; the host keeps ownership to take the heads back.
+            $(let $res = Resource::new_borrow($res.rep());)*
+            $call.await
         };
         let table = &mut inst.store.data_mut().table;
         $(let $head = table.delete($res).expect("the host's resource is still in the table");)*
@@ -431,14 +439,14 @@ macro_rules! with_instance {
     }};
 }
 
-impl Stage {
+impl Stage<FilterWorld> {
     /// Run a filter's `on-request`.
     pub async fn on_request(
         &self,
         head: RequestHead,
     ) -> (RequestHead, Result<FilterAction, StageError>) {
-        let (head, out) = with_instance!(self, Filter(f), [head], |store, req| f
-            .call_on_request(store, req));
+        let (head, out) =
+            with_instance!(self, [head], |f, store, req| f.call_on_request(store, req));
         let out = out.and_then(|a| match a {
             bindings::filter::Action::Continue => Ok(FilterAction::Continue),
             bindings::filter::Action::Respond(r) => self.checked(r).map(FilterAction::Respond),
@@ -452,17 +460,29 @@ impl Stage {
         req: RequestHead,
         resp: ResponseHead,
     ) -> (RequestHead, ResponseHead, Result<(), StageError>) {
-        with_instance!(self, Filter(f), [req, resp], |store, r, s| f
+        with_instance!(self, [req, resp], |f, store, r, s| f
             .call_on_response(store, r, s))
     }
 
+    /// Whether this filter's `on-response` is to be called: it said at
+    /// `init` it has response work.
+    pub fn sees_responses(&self) -> bool {
+        self.wants_response.load(Relaxed)
+    }
+
+    /// The bytes of request bodies the filter asked for at `init` (0: none).
+    pub fn request_body(&self) -> u32 {
+        self.shared.request_body.load(Relaxed)
+    }
+}
+
+impl Stage<RouterWorld> {
     /// Run a router's `route`.
     pub async fn route(
         &self,
         head: RequestHead,
     ) -> (RequestHead, Result<RouteDecision, StageError>) {
-        let (head, out) = with_instance!(self, Router(r), [head], |store, req| r
-            .call_route(store, req));
+        let (head, out) = with_instance!(self, [head], |r, store, req| r.call_route(store, req));
         let out = out.and_then(|d| match d {
             bindings::router::Route::Forward(d) => {
                 self.route_named(d.route)
@@ -476,62 +496,9 @@ impl Stage {
         (head, out)
     }
 
-    /// Run a balancer's `pick`.
-    pub async fn pick(
-        &self,
-        head: RequestHead,
-        upstream: &str,
-    ) -> (RequestHead, Result<Option<u32>, StageError>) {
-        let exclude = head.tried;
-        with_instance!(self, Balancer(b), [head], |store, req| {
-            store.data_mut().exclude = exclude;
-            b.call_pick(store, req, upstream)
-        })
-    }
-
-    /// Run a cache policy's `cache-key`: the key to look the request up
-    /// under, or `None` to bypass the cache.
-    pub async fn cache_key(
-        &self,
-        head: RequestHead,
-    ) -> (RequestHead, Result<Option<String>, StageError>) {
-        with_instance!(self, CachePolicy(c), [head], |store, req| c
-            .call_cache_key(store, req))
-    }
-
-    /// Run a cache policy's `storable`: how long (seconds) the response may
-    /// be stored, or `None` not to store it.
-    pub async fn storable(
-        &self,
-        req: RequestHead,
-        resp: ResponseHead,
-    ) -> (RequestHead, ResponseHead, Result<Option<u32>, StageError>) {
-        with_instance!(self, CachePolicy(c), [req, resp], |store, r, s| c
-            .call_storable(store, r, s))
-    }
-
-    /// Whether the stage runs for a request routed under `route`.
-    pub fn applies_to(&self, route: Option<&str>) -> bool {
-        match &self.scope {
-            None => true,
-            Some(names) => route.is_some_and(|r| names.iter().any(|n| n == r)),
-        }
-    }
-
-    /// The routes the manifest scoped the stage to (`None`: every request).
-    pub fn scope(&self) -> Option<&[String]> {
-        self.scope.as_deref()
-    }
-
-    /// The route names a router said at `init` it may choose (none for
-    /// other roles).
+    /// The route names the router said at `init` it may choose.
     pub fn routes(&self) -> &[String] {
         self.routes.get().map_or(&[], Vec::as_slice)
-    }
-
-    /// The bytes of request bodies a filter asked for at `init` (0: none).
-    pub fn request_body(&self) -> u32 {
-        self.shared.request_body.load(Relaxed)
     }
 
     /// A route name a router returned must be one it declared: scoping is
@@ -545,11 +512,57 @@ impl Stage {
             r => Ok(r),
         }
     }
+}
 
-    /// Whether this stage's `on-response` is to be called: a filter that said
-    /// at `init` it has response work.
-    pub fn sees_responses(&self) -> bool {
-        self.role == Role::Filter && self.wants_response.load(Relaxed)
+impl Stage<BalancerWorld> {
+    /// Run a balancer's `pick`.
+    pub async fn pick(
+        &self,
+        head: RequestHead,
+        upstream: &str,
+    ) -> (RequestHead, Result<Option<u32>, StageError>) {
+        let exclude = head.tried;
+        with_instance!(self, [head], |b, store, req| {
+            store.data_mut().exclude = exclude;
+            b.call_pick(store, req, upstream)
+        })
+    }
+}
+
+impl Stage<CachePolicyWorld> {
+    /// Run a cache policy's `cache-key`: the key to look the request up
+    /// under, or `None` to bypass the cache.
+    pub async fn cache_key(
+        &self,
+        head: RequestHead,
+    ) -> (RequestHead, Result<Option<String>, StageError>) {
+        with_instance!(self, [head], |c, store, req| c.call_cache_key(store, req))
+    }
+
+    /// Run a cache policy's `storable`: how long (seconds) the response may
+    /// be stored, or `None` not to store it.
+    pub async fn storable(
+        &self,
+        req: RequestHead,
+        resp: ResponseHead,
+    ) -> (RequestHead, ResponseHead, Result<Option<u32>, StageError>) {
+        with_instance!(self, [req, resp], |c, store, r, s| c
+            .call_storable(store, r, s))
+    }
+}
+
+impl<W: World> Stage<W> {
+    /// Whether the stage runs for a request routed under `route`.
+    pub fn applies_to(&self, route: Option<&str>) -> bool {
+        match &self.scope {
+            None => true,
+            Some(names) => route.is_some_and(|r| names.iter().any(|n| n == r)),
+        }
+    }
+
+    /// The routes the manifest scoped the stage to (`None`: every request).
+    pub fn scope(&self) -> Option<&[String]> {
+        self.scope.as_deref()
     }
 
     /// Whether the stage is quarantined right now.
@@ -562,7 +575,7 @@ impl Stage {
         self.health.failures()
     }
 
-    async fn take(&self) -> Result<Instance, StageError> {
+    async fn take(&self) -> Result<Instance<W::Exports>, StageError> {
         if self.health.quarantined() {
             return Err(StageError::Quarantined);
         }
@@ -637,13 +650,13 @@ impl Stage {
             matches!(e, StageError::Contract(_)) && !self.breach_logged.swap(true, Relaxed);
         match self.failure_log.failed(&line) {
             report::Report::Log { folded } if folded > 0 => {
-                tracing::error!(stage = %self.name, role = %self.role, error = %line, repeats_folded = folded, "plugin call failed")
+                tracing::error!(stage = %self.name, role = %W::ROLE, error = %line, repeats_folded = folded, "plugin call failed")
             }
             report::Report::Log { .. } => {
-                tracing::error!(stage = %self.name, role = %self.role, error = %line, "plugin call failed")
+                tracing::error!(stage = %self.name, role = %W::ROLE, error = %line, "plugin call failed")
             }
             report::Report::Fold if first_breach => {
-                tracing::error!(stage = %self.name, role = %self.role, error = %line, "plugin call failed")
+                tracing::error!(stage = %self.name, role = %W::ROLE, error = %line, "plugin call failed")
             }
             report::Report::Fold => {}
         }
@@ -658,7 +671,7 @@ impl Stage {
 
     /// After a successful call: keep the instance for the next request, unless
     /// the stage wants isolation or the pool is full (load has dropped).
-    fn put_back(&self, inst: Instance) {
+    fn put_back(&self, inst: Instance<W::Exports>) {
         if self.isolation == manifest::Isolation::Pooled && self.idle.push(inst).is_ok() {
             self.freed.notify_one();
         }
@@ -666,7 +679,7 @@ impl Stage {
     }
 
     /// A new instance with its `init` run.
-    async fn start_instance(&self, slot: Slot) -> Result<Instance, StageError> {
+    async fn start_instance(&self, slot: Slot) -> Result<Instance<W::Exports>, StageError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .memories(MAX_MEMORIES)
@@ -698,43 +711,22 @@ impl Stage {
         });
         self.arm_deadline(&mut store);
         let config = &*self.shared.config_json;
-        let (role, init) = match &self.pre {
-            RolePre::Filter(p) => {
-                let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await.map(|r| {
-                    r.map(|info| {
-                        self.wants_response.store(info.on_response, Relaxed);
-                        self.shared
-                            .request_body
-                            .store(info.request_body.min(MAX_REQUEST_BODY), Relaxed);
-                    })
-                });
-                (RoleInstance::Filter(i), r)
-            }
-            RolePre::Router(p) => {
-                let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await.map(|r| {
-                    r.map(|info| {
-                        let _ = self.routes.set(info.routes);
-                    })
-                });
-                (RoleInstance::Router(i), r)
-            }
-            RolePre::Balancer(p) => {
-                let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await;
-                (RoleInstance::Balancer(i), r)
-            }
-            RolePre::CachePolicy(p) => {
-                let i = p.instantiate_async(&mut store).await.map_err(start)?;
-                let r = i.call_init(&mut store, config).await;
-                (RoleInstance::CachePolicy(i), r)
-            }
-        };
+        let (exports, init) = W::start(&self.pre, &mut store, config)
+            .await
+            .map_err(start)?;
+        let init = init.map(|r| {
+            r.map(|info| {
+                self.wants_response.store(info.on_response, Relaxed);
+                self.shared
+                    .request_body
+                    .store(info.request_body.min(MAX_REQUEST_BODY), Relaxed);
+                let _ = self.routes.set(info.routes);
+            })
+        });
         match init {
             Ok(Ok(())) => Ok(Instance {
                 store,
-                role,
+                exports,
                 _slot: slot,
             }),
             Ok(Err(refused)) => Err(StageError::Refused {
@@ -758,7 +750,11 @@ impl Stage {
         store.set_epoch_deadline(1);
     }
 
-    fn finish<R>(&self, inst: Instance, out: wasmtime::Result<R>) -> Result<R, StageError> {
+    fn finish<R>(
+        &self,
+        inst: Instance<W::Exports>,
+        out: wasmtime::Result<R>,
+    ) -> Result<R, StageError> {
         match out {
             Ok(r) => {
                 self.health.record_success();
@@ -771,6 +767,77 @@ impl Stage {
                 Err(self.fail(classify(e, self.call_timeout)))
             }
         }
+    }
+}
+
+/// A stage of a pipeline, by the world its plugin implements.
+pub enum Step {
+    /// A filter.
+    Filter(Stage<FilterWorld>),
+    /// The router.
+    Router(Stage<RouterWorld>),
+    /// A balancer.
+    Balancer(Stage<BalancerWorld>),
+    /// A cache policy.
+    CachePolicy(Stage<CachePolicyWorld>),
+}
+
+/// `$e` on the stage inside a [`Step`], whatever its world.
+macro_rules! each {
+    ($step:expr, $s:ident => $e:expr) => {
+        match $step {
+            Step::Filter($s) => $e,
+            Step::Router($s) => $e,
+            Step::Balancer($s) => $e,
+            Step::CachePolicy($s) => $e,
+        }
+    };
+}
+
+impl Step {
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        each!(self, s => &s.name)
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        match self {
+            Step::Filter(_) => Role::Filter,
+            Step::Router(_) => Role::Router,
+            Step::Balancer(_) => Role::Balancer,
+            Step::CachePolicy(_) => Role::CachePolicy,
+        }
+    }
+
+    /// Its failure policy.
+    pub fn policy(&self) -> manifest::FailurePolicy {
+        each!(self, s => s.policy)
+    }
+
+    /// Whether it runs for a request routed under `route`.
+    pub fn applies_to(&self, route: Option<&str>) -> bool {
+        each!(self, s => s.applies_to(route))
+    }
+
+    /// The routes the manifest scoped it to.
+    pub fn scope(&self) -> Option<&[String]> {
+        each!(self, s => s.scope())
+    }
+
+    /// Whether it is quarantined right now.
+    pub fn quarantined(&self) -> bool {
+        each!(self, s => s.quarantined())
+    }
+
+    /// How many of its calls have failed.
+    pub fn failures(&self) -> u64 {
+        each!(self, s => s.failures())
+    }
+
+    /// Whether a filter's `on-response` is to be called for requests it saw.
+    pub fn sees_responses(&self) -> bool {
+        matches!(self, Step::Filter(f) if f.sees_responses())
     }
 }
 
