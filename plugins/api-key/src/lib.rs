@@ -102,9 +102,10 @@ impl Filter for ApiKey {
             realm,
             identity_header,
         } = config::parse(json)?;
-        let header = check_header(&header).map_err(|reason| config::Error::at("header", reason))?;
+        let header =
+            config::header_name(&header).map_err(|reason| config::Error::at("header", reason))?;
         let identity_header = identity_header
-            .map(|h| check_header(&h).map_err(|r| config::Error::at("identity_header", r)))
+            .map(|h| config::header_name(&h).map_err(|r| config::Error::at("identity_header", r)))
             .transpose()?;
         if keys.is_empty() {
             return Err(config::Error::at("keys", "must list at least one key"));
@@ -224,15 +225,6 @@ fn from_hex(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(text, 16).ok()?;
     }
     Some(out)
-}
-
-/// The lowercased name, if it is an HTTP token.
-fn check_header(name: &str) -> Result<String, String> {
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 fn check_key(key: &str) -> Result<(), String> {

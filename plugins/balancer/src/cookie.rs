@@ -19,12 +19,6 @@ pub fn find<'a>(headers: &'a [String], name: &str) -> Option<&'a str> {
         })
 }
 
-/// Whether `name` may be a cookie (or header) name: an HTTP token.
-pub fn is_token(name: &str) -> bool {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    !name.is_empty() && name.bytes().all(tchar)
-}
-
 /// How the balancer's cookie is set: its name and attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetCookie {
@@ -80,12 +74,12 @@ mod tests {
 
     #[test]
     fn tokens() {
-        assert!(is_token("portier-sticky"));
-        assert!(is_token("X-User_1"));
-        assert!(!is_token(""));
-        assert!(!is_token("a b"));
-        assert!(!is_token("a=b"));
-        assert!(!is_token("a;b"));
+        assert!(portier_sdk::config::is_token("portier-sticky"));
+        assert!(portier_sdk::config::is_token("X-User_1"));
+        assert!(!portier_sdk::config::is_token(""));
+        assert!(!portier_sdk::config::is_token("a b"));
+        assert!(!portier_sdk::config::is_token("a=b"));
+        assert!(!portier_sdk::config::is_token("a;b"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use portier_sdk::config::{self, Error};
 use serde::Deserialize;
 
-use crate::cookie::{self, SetCookie};
+use crate::cookie::SetCookie;
 
 /// The config table as written in the manifest.
 #[derive(Deserialize)]
@@ -129,7 +129,7 @@ pub fn parse(json: &str) -> Result<Settings, Error> {
 
 fn check_hash_on(on: HashOn) -> Result<HashOn, Error> {
     Ok(match on {
-        HashOn::Header(name) if !cookie::is_token(&name) => {
+        HashOn::Header(name) if !config::is_token(&name) => {
             return Err(Error::at(
                 "hash_on.header",
                 format!("invalid header name {name:?}"),
@@ -137,7 +137,7 @@ fn check_hash_on(on: HashOn) -> Result<HashOn, Error> {
         }
         // Header names are case-insensitive; one spelling is enough.
         HashOn::Header(name) => HashOn::Header(name.to_ascii_lowercase()),
-        HashOn::Cookie(name) if !cookie::is_token(&name) => {
+        HashOn::Cookie(name) if !config::is_token(&name) => {
             return Err(Error::at(
                 "hash_on.cookie",
                 format!("invalid cookie name {name:?}"),
@@ -154,7 +154,7 @@ fn check_sticky(sticky: StickyConfig) -> Result<Sticky, Error> {
         max_age,
         secure,
     } = sticky;
-    if !cookie::is_token(&cookie) {
+    if !config::is_token(&cookie) {
         return Err(Error::at(
             "sticky.cookie",
             format!("invalid cookie name {cookie:?}"),

@@ -76,7 +76,7 @@ impl Policy {
             ));
         }
         let token = |key: &str, names: &[String]| -> Result<(), Error> {
-            match names.iter().position(|n| !is_token(n)) {
+            match names.iter().position(|n| !config::is_token(n)) {
                 Some(i) => Err(Error::at(
                     format!("{key}[{i}]"),
                     format!("{:?} is not a valid name", names[i]),
@@ -241,12 +241,6 @@ fn safelisted(h: &str) -> bool {
         "range",
     ]
     .contains(&h)
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

@@ -141,11 +141,7 @@ impl Rewrite {
 
 /// The lowercased name, if it is an HTTP token the plugin may edit.
 fn check_name(name: &str) -> Result<String, String> {
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    let lower = name.to_ascii_lowercase();
+    let lower = config::header_name(name)?;
     if lower == "content-length" || lower == "transfer-encoding" {
         return Err(format!(
             "{lower} cannot be edited: the proxy owns message framing"

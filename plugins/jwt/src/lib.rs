@@ -192,14 +192,14 @@ impl Filter for Jwt {
             }
             (Some(h), None) if h.eq_ignore_ascii_case("authorization") => Source::Bearer,
             (Some(h), None) => {
-                Source::Header(token_name(&h).map_err(|e| config::Error::at("header", e))?)
+                Source::Header(config::header_name(&h).map_err(|e| config::Error::at("header", e))?)
             }
             (None, Some(c)) => Source::Cookie(c),
             (None, None) => Source::Bearer,
         };
         let mut forward_claims = Vec::new();
         for (claim, header) in c.forward_claims {
-            let h = token_name(&header)
+            let h = config::header_name(&header)
                 .map_err(|e| config::Error::at(format!("forward_claims.{claim}"), e))?;
             forward_claims.push((claim, h));
         }
@@ -415,15 +415,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The lower-cased name, if it is an HTTP token.
-fn token_name(name: &str) -> Result<String, String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(tchar) {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 portier_sdk::export_filter!(Jwt);

@@ -109,7 +109,8 @@ impl Filter for RateLimit {
             config::duration_ms(&window).map_err(|reason| config::Error::at("window", reason))?;
         let key = match key {
             Key::Header(name) => Key::Header(
-                check_header(&name).map_err(|reason| config::Error::at("key.header", reason))?,
+                config::header_name(&name)
+                    .map_err(|reason| config::Error::at("key.header", reason))?,
             ),
             Key::ClientIp => Key::ClientIp,
             Key::Identity => Key::Identity,
@@ -211,15 +212,6 @@ impl RateLimit {
         }
         Ok(verdict)
     }
-}
-
-/// The lowercased name, if it is an HTTP token.
-fn check_header(name: &str) -> Result<String, String> {
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -122,6 +122,27 @@ pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, Error> {
     Ok(value)
 }
 
+/// Whether `name` is an HTTP token (RFC 9110 §5.6.2): what header names,
+/// methods and cookie names are made of.
+pub fn is_token(name: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty() && name.bytes().all(tchar)
+}
+
+/// A header name from a config, lower-cased (header names are
+/// case-insensitive), or why it is not one.
+///
+/// ```
+/// assert_eq!(portier_sdk::config::header_name("X-User"), Ok("x-user".to_string()));
+/// assert_eq!(portier_sdk::config::header_name("x user"), Err(r#"invalid header name "x user""#.to_string()));
+/// ```
+pub fn header_name(name: &str) -> Result<String, String> {
+    if !is_token(name) {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 /// A duration written in a config, `"500ms"`, `"60s"`, `"1m"`, `"1h"` or
 /// `"1d"`, in milliseconds (never 0), as the manifest writes durations.
 pub fn duration_ms(text: &str) -> Result<u64, String> {
@@ -227,6 +248,14 @@ mod tests {
         assert!(err.contains("line 1 column 1"), "{err}");
         let err = parse::<Config>("{} x").unwrap_err().message;
         assert!(err.starts_with("trailing characters"), "{err}");
+    }
+
+    #[test]
+    fn header_names_are_tokens_lower_cased() {
+        assert_eq!(header_name("X-User"), Ok("x-user".to_string()));
+        assert!(header_name("x user").is_err());
+        assert!(header_name("").is_err());
+        assert!(is_token("PUT") && !is_token("G T") && !is_token(""));
     }
 
     #[test]
