@@ -172,7 +172,7 @@ async fn measure_with(
             _ => None,
         };
         let elapsed = t.elapsed();
-        if let Some((resp, _)) = &answered
+        if let Some((resp, _, _)) = &answered
             && let Response::Stages { on_response: true } = response
         {
             assert_eq!(

@@ -2,6 +2,9 @@
 //!
 //! - `GET /status`: the active pipeline generation, its stages (failures,
 //!   quarantine) and upstream endpoints (health, in-flight, latency), as JSON.
+//! - `GET /metrics`: counters, histograms and the pipeline's state in
+//!   OpenMetrics or Prometheus' text format, as `Accept` asks (see
+//!   `crate::metrics`).
 //! - `GET /healthz`: 200 while the process serves.
 //! - `POST /reload`: rebuild from the manifest; 200 with the new generation,
 //!   or 422 with the `FILE: KEY: REASON` that kept the old one serving.
@@ -61,6 +64,15 @@ async fn handle(
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (content_type, body) =
+                crate::metrics::scrape(reloader.current().load_full(), accept);
+            reply(StatusCode::OK, content_type, body)
+        }
         (&Method::GET, "/status") => {
             let body = reloader.current().load().status().to_string();
             reply(StatusCode::OK, "application/json", body)
@@ -79,6 +91,59 @@ async fn handle(
         },
         (&Method::POST, "/cache/purge") => purge(req, reloader).await,
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// `POST /reload` on the admin listener `admin` describes, as `portier
+/// reload` does: the new generation, or why the instance kept its pipeline.
+pub async fn ask_reload(admin: &Admin) -> Result<u64, String> {
+    use http_body_util::BodyExt;
+    let addr = admin.listen;
+    // A listener on every address is reached on loopback.
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], addr.port()))
+        }
+        _ => addr,
+    };
+    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| {
+        format!("cannot reach the admin listener at {target}: {e} (is portier running?)")
+    })?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("admin listener at {target}: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = Request::post("/reload").header(header::HOST, target.to_string());
+    if let Some(token) = &admin.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("admin listener at {target}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("admin listener at {target}: {e}"))?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match (status, json["generation"].as_u64(), json["error"].as_str()) {
+        (StatusCode::OK, Some(g), _) => Ok(g),
+        (_, _, Some(why)) => Err(format!(
+            "reload rejected, the running pipeline keeps serving: {why}"
+        )),
+        _ => Err(format!(
+            "admin listener at {target} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
     }
 }
 

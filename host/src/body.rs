@@ -12,20 +12,20 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode, Uri};
+
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::access::Finish;
 use crate::plugin::heads::BodyPrefix;
 use crate::server::Busy;
 use crate::upstream::conn::UpstreamBody;
@@ -101,14 +101,23 @@ pub enum Cut {
 }
 
 /// What became of a watched body, readable by whoever handles the error it
-/// caused (a failed upstream request, for a client's body).
+/// caused (a failed upstream request, for a client's body), and how much of
+/// it was read (the access log's `bytes_in`).
 #[derive(Debug, Default)]
-pub struct BodyOutcome(AtomicU8);
+pub struct BodyOutcome {
+    cut: AtomicU8,
+    bytes: AtomicU64,
+}
 
 impl BodyOutcome {
+    /// Bytes of data read from it so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+
     /// Why the body was cut off, if it was.
     pub fn cut(&self) -> Option<Cut> {
-        match self.0.load(Relaxed) {
+        match self.cut.load(Relaxed) {
             1 => Some(Cut::TooLarge),
             2 => Some(Cut::Stalled),
             3 => Some(Cut::Broken),
@@ -117,7 +126,7 @@ impl BodyOutcome {
     }
 
     fn set(&self, cut: Cut) {
-        self.0.store(cut as u8, Relaxed);
+        self.cut.store(cut as u8, Relaxed);
     }
 }
 
@@ -331,6 +340,9 @@ where
                 this.waiting_since = None;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    if let Some(o) = &this.outcome {
+                        o.bytes.store(this.seen, Relaxed);
+                    }
                     if this.seen > this.limit {
                         return this.cut(Cut::TooLarge);
                     }
@@ -368,44 +380,26 @@ where
     }
 }
 
-/// What the access log says about one request.
-#[derive(Debug)]
-pub struct AccessRecord {
-    /// When the request arrived.
-    pub start: Instant,
-    /// The client.
-    pub client: SocketAddr,
-    /// Method as received.
-    pub method: Method,
-    /// Target as received (before any rewrite).
-    pub uri: Uri,
-    /// Status sent.
-    pub status: StatusCode,
-    /// The endpoint that served it, if one did.
-    pub upstream: Option<http::uri::Authority>,
-}
-
-/// A response body that counts bytes and writes the access log line when the
-/// body finishes or is dropped (client gone): the line has the real duration
-/// and size, not the time to first byte.
+/// A response body that counts bytes and, when it finishes or is dropped
+/// (client gone), finishes its request: metrics and the access log line.
 #[derive(Debug)]
 pub struct Logged {
     inner: ProxyBody,
     bytes: u64,
-    /// Boxed: the response moves through hyper several times, and with the
-    /// access log off this is one word, not two hundred bytes.
-    record: Option<Box<AccessRecord>>,
+    /// Boxed: the response moves through hyper several times; one word
+    /// here, not three hundred bytes.
+    finish: Option<Box<Finish>>,
     /// The request counts as in flight on its connection until this drops.
     busy: Option<Busy>,
 }
 
 impl Logged {
-    /// Wrap a body; `record` of `None` disables the log line.
-    pub fn new(inner: ProxyBody, record: Option<AccessRecord>) -> Logged {
+    /// Wrap a body; `finish` of `None` counts and logs nothing.
+    pub fn new(inner: ProxyBody, finish: Option<Box<Finish>>) -> Logged {
         Logged {
             inner,
             bytes: 0,
-            record: record.map(Box::new),
+            finish,
             busy: None,
         }
     }
@@ -448,19 +442,9 @@ impl Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let Some(r) = self.record.take() else { return };
-        let complete = self.inner.is_end_stream();
-        tracing::info!(
-            target: "portier::access",
-            client = %r.client,
-            method = %r.method,
-            path = %r.uri,
-            status = r.status.as_u16(),
-            duration_ms = format_args!("{:.3}", r.start.elapsed().as_secs_f64() * 1000.0),
-            upstream = r.upstream.as_ref().map_or("-", |a| a.as_str()),
-            bytes = self.bytes,
-            complete,
-        );
+        if let Some(f) = self.finish.take() {
+            f.done(self.bytes, self.inner.is_end_stream());
+        }
     }
 }
 

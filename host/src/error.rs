@@ -15,7 +15,9 @@ pub enum Fault {
     Refused(Rejection),
     /// The client's request body was too large, stalled or malformed.
     ClientBody(Cut),
-    /// The upstream refused, reset, or sent garbage.
+    /// No connection to the upstream could be made.
+    UpstreamConnect,
+    /// The upstream reset the request, or sent garbage.
     Upstream,
     /// The upstream did not answer in time.
     UpstreamTimeout,
@@ -38,7 +40,7 @@ impl Fault {
             Fault::ClientBody(Cut::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Fault::ClientBody(Cut::Stalled) => StatusCode::REQUEST_TIMEOUT,
             Fault::ClientBody(Cut::Broken) => StatusCode::BAD_REQUEST,
-            Fault::Upstream => StatusCode::BAD_GATEWAY,
+            Fault::Upstream | Fault::UpstreamConnect => StatusCode::BAD_GATEWAY,
             Fault::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Fault::NoEndpoint | Fault::Plugin | Fault::LocalResources => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -66,9 +68,11 @@ impl Fault {
             Fault::Refused(_) | Fault::ClientBody(Cut::Broken) | Fault::PluginContract => INTERNAL,
             Fault::ClientBody(Cut::TooLarge) => RESOURCE_EXHAUSTED,
             Fault::ClientBody(Cut::Stalled) | Fault::UpstreamTimeout => DEADLINE_EXCEEDED,
-            Fault::Upstream | Fault::NoEndpoint | Fault::LocalResources | Fault::Plugin => {
-                UNAVAILABLE
-            }
+            Fault::Upstream
+            | Fault::UpstreamConnect
+            | Fault::NoEndpoint
+            | Fault::LocalResources
+            | Fault::Plugin => UNAVAILABLE,
         }
     }
 }

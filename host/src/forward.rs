@@ -46,7 +46,8 @@ impl Failure {
     /// The answer the client gets if no retry saves the request.
     pub fn fault(self) -> Fault {
         match self {
-            Failure::Connect | Failure::Reset => Fault::Upstream,
+            Failure::Connect => Fault::UpstreamConnect,
+            Failure::Reset => Fault::Upstream,
             Failure::Timeout => Fault::UpstreamTimeout,
             Failure::Busy => Fault::NoEndpoint,
             Failure::Local => Fault::LocalResources,
@@ -117,6 +118,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
     };
     match result {
         Err(_elapsed) => {
+            up.metrics.failures[2].inc();
             tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream timed out");
             Attempt::Failed(Failure::Timeout)
         }
@@ -125,11 +127,14 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
             Attempt::NotSent(*req, Failure::Reset)
         }
         Ok(Err(SendError::Failed(e))) => {
+            up.metrics.failures[1].inc();
             tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream failed");
             Attempt::Failed(Failure::Reset)
         }
         Ok(Ok(mut resp)) => {
-            endpoint.record_latency(sent.elapsed());
+            let took = sent.elapsed();
+            endpoint.record_latency(took);
+            up.metrics.response.observe(took.as_secs_f64());
             strip_hop_by_hop(resp.headers_mut());
             let version = resp.version();
             append_via(resp.headers_mut(), version);
@@ -144,6 +149,7 @@ pub async fn attempt(up: &Upstream, index: usize, mut req: Request<ProxyBody>) -
 /// What a failed connection attempt (`None`: the deadline passed) means
 /// for the request, logged once.
 fn connect_failure(up: &Upstream, endpoint: &EndpointState, e: Option<ConnectError>) -> Failure {
+    up.metrics.failures[0].inc();
     let Some(e) = e else {
         tracing::warn!(upstream = %up.name, endpoint = %endpoint.address, "upstream connect timed out");
         return Failure::Connect;

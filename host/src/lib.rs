@@ -5,6 +5,7 @@
 //! `docs/architecture.md` for the request's path through these modules.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod builtin;
@@ -14,7 +15,9 @@ pub mod error;
 pub mod forward;
 pub mod ingress;
 pub mod kv;
+pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod outbound;
 pub mod password;
 pub mod pipeline;
@@ -23,5 +26,6 @@ pub mod reload;
 pub mod role;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;
 pub mod upstream;

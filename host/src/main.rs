@@ -1,4 +1,5 @@
-//! The `portier` command: `run` a manifest, or `check` it.
+//! The `portier` command: `run` a manifest, `check` it, or `reload` the
+//! instance serving it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,13 @@ enum Command {
         /// The pipeline manifest (TOML).
         manifest: PathBuf,
     },
+    /// Tell the running instance serving a manifest to reload it, through
+    /// the admin listener its `[admin]` names; exit 1 with the reason if
+    /// the new manifest is rejected (the old pipeline keeps serving).
+    Reload {
+        /// The manifest the instance serves.
+        manifest: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,10 +58,14 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    portier::logging::init(match cli.log_format {
+        LogFormat::Text => portier::logging::Format::Text,
+        LogFormat::Json => portier::logging::Format::Json,
+    });
     let result = match &cli.command {
         Command::Check { manifest } => check(manifest),
         Command::Run { manifest, watch } => run(manifest, *watch),
+        Command::Reload { manifest } => reload(manifest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,20 +73,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTIER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -104,8 +102,24 @@ fn check(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+fn reload(path: &Path) -> anyhow::Result<()> {
+    let Some(admin) = Manifest::load_admin(path)? else {
+        anyhow::bail!(
+            "{}: no [admin] listener to ask; add one, or send the process SIGHUP",
+            path.display()
+        );
+    };
+    let generation = control_runtime()?
+        .block_on(portier::admin::ask_reload(&admin))
+        .map_err(anyhow::Error::msg)?;
+    println!("reloaded: generation {generation}");
+    Ok(())
+}
+
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
+    portier::logging::set_access_log(&manifest.server.access_log)
+        .with_context(|| format!("{}: server.access_log", path.display()))?;
     control_runtime()?.block_on(async move {
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         // Upstream connections, health and load outlive every reload.
@@ -113,6 +127,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         // So do the cache's stored responses, while `[cache]` is unchanged.
         let caches = Arc::new(portier::cache::Stores::default());
         let pipeline = Pipeline::build(&manifest, &wasm, &registry, &caches, 1).await?;
+        portier::metrics::get().generation.set(1);
         raise_open_file_limit();
         let listeners = server::bind(&server::addresses(&manifest.server))?;
         let admin = match manifest.admin.clone() {
@@ -133,6 +148,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
             current.clone(),
         ));
         tokio::spawn(reloader.clone().on_sighup());
+        tokio::spawn(portier::logging::reopen_on_sigusr1());
         if watch {
             tokio::spawn(reloader.clone().watch(Duration::from_secs(1)));
         }

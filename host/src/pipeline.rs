@@ -17,21 +17,24 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{AccessRecord, BodyOutcome, Logged, ProxyBody, Watched};
+use crate::access::{Finish, Flags};
+use crate::body::{BodyOutcome, Logged, ProxyBody, Watched};
 use crate::cache::record::Recording;
 use crate::cache::{Entry, Flight, Lookup, Store, Stores, Verdict};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
-use crate::manifest::{FailurePolicy, Manifest, ManifestError, Server};
+use crate::manifest::{AccessLog, FailurePolicy, Manifest, ManifestError, Server};
 use crate::plugin::heads::{BodyPrefix, HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{
     BalancerWorld, CachePolicyWorld, FilterAction, PluginResponse, RouteDecision, Runtime, Stage,
     StageError, Step,
 };
+use crate::trace::{RequestId, TRACEPARENT, TraceContext};
 use crate::upstream::conn::UpstreamBody;
 use crate::upstream::endpoint::Outcome as Health;
 use crate::upstream::{Registry, Upstream, Upstreams, bit};
+use tracing::Instrument as _;
 
 /// A complete, immutable pipeline built from one manifest.
 pub struct Pipeline {
@@ -195,6 +198,11 @@ impl Pipeline {
         &self.server
     }
 
+    /// This generation's upstreams.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     /// The stages, in order.
     pub fn stages(&self) -> &[Step] {
         &self.stages
@@ -238,30 +246,44 @@ impl Pipeline {
     ) -> Response<Logged> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let record = self
-            .server
-            .access_log
-            .then(|| (parts.method.clone(), parts.uri.clone()));
-        let log = |client, status, upstream| {
-            record.map(|(method, uri)| AccessRecord {
-                start,
-                client,
-                method,
-                uri,
-                status,
-                upstream,
-            })
-        };
+        let log = self.server.access_log != AccessLog::Off;
+        let mut finish = Box::new(Finish::new(log, start, peer, &parts));
         let client = match self.admit(&mut parts, peer, scheme) {
             Ok(client) => client,
             Err(fault) => {
                 let (parts, body) = error_response(fault, is_grpc(&parts.headers));
-                return Response::from_parts(
-                    parts,
-                    Logged::new(body, log(peer, fault.status(), None)),
-                );
+                finish.status = parts.status;
+                finish.flags.insert(Flags::of(fault));
+                return Response::from_parts(parts, Logged::new(body, Some(finish)));
             }
         };
+        finish.client = client;
+        // Who the request is, across hops and in every log line of it.
+        let trace = TraceContext::of(&parts.headers);
+        if self.server.traceparent {
+            parts.headers.insert(&TRACEPARENT, trace.traceparent());
+        }
+        let config = &self.server.request_id;
+        let id = RequestId::of(&parts.headers, &trace, config);
+        if let Some(name) = config.header.as_ref().filter(|_| config.upstream) {
+            parts.headers.insert(name, id.header_value().clone());
+        }
+        let span = tracing::info_span!("request", id = %id);
+        finish.request_id = Some(id);
+        finish.trace_id = trace.trace_id;
+        self.serve(parts, body, client, finish)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Pipeline::handle`] once the request is admitted and named.
+    async fn serve(
+        self: &Arc<Self>,
+        parts: http::request::Parts,
+        body: Incoming,
+        client: SocketAddr,
+        mut finish: Box<Finish>,
+    ) -> Response<Logged> {
         let mut prefix = None;
         let (body, outcome) = if body.is_end_stream() {
             (ProxyBody::full(bytes::Bytes::new()), None)
@@ -289,10 +311,13 @@ impl Pipeline {
                 want => watched.read_prefix(want).await.map(|p| prefix = Some(p)),
             };
             if let Err(cut) = read {
-                let (parts, body) = error_response(Fault::ClientBody(cut), is_grpc(&parts.headers));
-                let record = log(client, parts.status, None);
-                return Response::from_parts(parts, Logged::new(body, record));
+                let fault = Fault::ClientBody(cut);
+                let (parts, body) = error_response(fault, is_grpc(&parts.headers));
+                finish.status = parts.status;
+                finish.flags.insert(Flags::of(fault));
+                return Response::from_parts(parts, Logged::new(body, Some(finish)));
             }
+            finish.body_in = Some(outcome.clone());
             (ProxyBody::Streamed(watched), Some(outcome))
         };
         let mut head = RequestHead::new(parts, client);
@@ -300,11 +325,11 @@ impl Pipeline {
             head.context_mut().body = prefix;
         }
         let (mut head, mut decision) = self.request_stages(head).await;
+        self.note_decision(&decision, &mut finish);
         let mut added = head.response_headers.take();
         // Taken before the head may move on: an upgrade goes its own way.
         let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
 
-        let mut served_by = None;
         // gRPC clients get the proxy's own errors as gRPC statuses.
         let grpc = is_grpc(&head.parts.headers);
         // A cache miss on a GET: its response may be stored (never a HEAD's:
@@ -332,9 +357,12 @@ impl Pipeline {
                     && let Some(stale) = m.stale.clone() =>
             {
                 self.refresh_in_background(up, i, &head, client, decision.balancer, m);
+                finish.flags.insert(Flags::CACHE_HIT);
                 cached_response(&stale, &head.parts.headers)
             }
             Outcome::Forward(up, i) => {
+                finish.upstream = Some(up.clone());
+                let asked = Instant::now();
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy (so does the cache policy asked whether to
                 // store); without such stages the head moves as is.
@@ -365,7 +393,8 @@ impl Pipeline {
                     }
                 };
                 // The endpoint that answered, or the last one tried.
-                served_by = Some(up.endpoints[last].state.address.clone());
+                finish.endpoint = Some(up.endpoints[last].state.address.clone());
+                finish.upstream_time = Some(asked.elapsed());
                 match forwarded {
                     Ok(resp) => {
                         let (p, b) = resp.into_parts();
@@ -386,14 +415,18 @@ impl Pipeline {
                     // answers instead.
                     Err(_) if let Some(entry) = stale_for_error(miss.as_ref(), &self.cache) => {
                         verdict = Some(Verdict::Stale);
+                        finish.flags.insert(Flags::CACHE_HIT);
                         cached_response(&entry, &head.parts.headers)
                     }
-                    // A request body the client broke or overfilled is the
-                    // client's fault, not the upstream's.
-                    Err(fault) => match outcome.and_then(|o| o.cut()) {
-                        Some(cut) => error_response(Fault::ClientBody(cut), grpc),
-                        None => error_response(fault, grpc),
-                    },
+                    Err(fault) => {
+                        // A request body the client broke or overfilled is
+                        // the client's fault, not the upstream's.
+                        let fault = outcome
+                            .and_then(|o| o.cut())
+                            .map_or(fault, Fault::ClientBody);
+                        finish.flags.insert(Flags::of(fault));
+                        error_response(fault, grpc)
+                    }
                 }
             }
             Outcome::Respond(r) => plugin_response(r, self.header_limits),
@@ -408,7 +441,8 @@ impl Pipeline {
                 .insert(name.clone(), verdict.unwrap_or(step.verdict).header_value());
         }
 
-        let (mut resp, body) = self
+        finish.route.clone_from(&head.route);
+        let (mut resp, body, failed) = self
             .response_stages(
                 head,
                 ResponseHead { parts: resp_parts },
@@ -416,13 +450,41 @@ impl Pipeline {
                 decision.reached,
             )
             .await;
+        if let Some(i) = failed {
+            finish.stage = Some(self.stages[i].name().to_owned());
+            finish.flags.insert(Flags::of(Fault::Plugin));
+        }
         if let Some(added) = added {
             for (name, value) in added.iter() {
                 resp.parts.headers.append(name, value.clone());
             }
         }
-        let record = log(client, resp.parts.status, served_by);
-        Response::from_parts(resp.parts, Logged::new(body, record))
+        let config = &self.server.request_id;
+        if let (true, Some(name), Some(id)) = (config.response, &config.header, &finish.request_id)
+        {
+            resp.parts.headers.insert(name, id.header_value().clone());
+        }
+        finish.status = resp.parts.status;
+        Response::from_parts(resp.parts, Logged::new(body, Some(finish)))
+    }
+
+    /// What the request stages decided, as the access log and the metrics
+    /// tell it: the stage that answered or failed, and why.
+    fn note_decision(&self, decision: &Decision, finish: &mut Finish) {
+        let stage = self.stages.get(decision.reached);
+        let flags = match &decision.outcome {
+            Outcome::Forward(..) => return,
+            Outcome::Respond(r) => {
+                if let Some(s) = stage {
+                    s.metrics().answered(r.status);
+                }
+                Flags::STAGE_ANSWERED
+            }
+            Outcome::Cached(_) => Flags::CACHE_HIT,
+            Outcome::Fail(fault) => Flags::of(*fault),
+        };
+        finish.flags.insert(flags);
+        finish.stage = stage.map(|s| s.name().to_owned());
     }
 
     /// Refresh a stale entry served under `stale_while_revalidate`: the
@@ -636,6 +698,7 @@ impl Pipeline {
                         return (Ok(resp), index);
                     };
                     tracing::debug!(upstream = %up.name, status, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
+                    up.metrics.retries.inc();
                     req = again;
                     index = next;
                     attempt += 1;
@@ -674,6 +737,7 @@ impl Pipeline {
                 return (Err(failure.fault()), index);
             };
             tracing::debug!(upstream = %up.name, ?failure, from = %up.endpoints[index].state.address, to = %up.endpoints[next].state.address, "retrying on another endpoint");
+            up.metrics.retries.inc();
             req = again;
             index = next;
             attempt += 1;
@@ -986,8 +1050,8 @@ impl Pipeline {
         mut resp: ResponseHead,
         body: ProxyBody,
         reached: usize,
-    ) -> (ResponseHead, ProxyBody) {
-        for stage in self.stages[..reached].iter().rev() {
+    ) -> (ResponseHead, ProxyBody, Option<usize>) {
+        for (i, stage) in self.stages[..reached].iter().enumerate().rev() {
             let Step::Filter(stage) = stage else { continue };
             if !(stage.sees_responses() && stage.applies_to(head.route.as_deref())) {
                 continue;
@@ -997,10 +1061,10 @@ impl Pipeline {
             resp = r;
             if let (Err(_), FailurePolicy::Closed) = (out, stage.policy) {
                 let (p, b) = error_response(Fault::Plugin, is_grpc(&head.parts.headers));
-                return (ResponseHead { parts: p }, b);
+                return (ResponseHead { parts: p }, b, Some(i));
             }
         }
-        (resp, body)
+        (resp, body, None)
     }
 }
 

@@ -72,17 +72,30 @@ impl Reloader {
                 tracing::warn!("listen addresses (plain, TLS and redirect), workers and the admin listener change only on restart; keeping the current ones");
             }
             let generation = self.current.load().generation + 1;
-            Pipeline::build(&m, &self.wasm, &self.registry, &self.caches, generation).await
+            let access_log =
+                crate::logging::prepare_access_log(&m.server.access_log).map_err(|e| {
+                    ManifestError {
+                        file: self.path.clone(),
+                        key: "server.access_log".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            let pipeline =
+                Pipeline::build(&m, &self.wasm, &self.registry, &self.caches, generation).await?;
+            access_log.install();
+            Ok(pipeline)
         }
         .await;
         match result {
             Ok(p) => {
                 let generation = p.generation;
                 self.current.store(Arc::new(p));
+                crate::metrics::reloaded(Ok(generation));
                 tracing::info!(generation, "reloaded the pipeline");
                 Ok(generation)
             }
             Err(e) => {
+                crate::metrics::reloaded(Err(()));
                 tracing::error!(error = %e, "reload rejected; the running pipeline keeps serving");
                 Err(e)
             }

@@ -433,9 +433,11 @@ async fn hop_by_hop_response_headers_are_not_returned() {
 }
 
 /// The access line the proxy must write for one request that `client` sent
-/// and `backend` answered with `reply`.
+/// to `proxy` and `backend` (of upstream `app`) answered with `reply`,
+/// without its volatile values ([`AccessLine::without_volatile`]).
 async fn expected_line(
     client: &Client,
+    proxy: &Portier,
     path: &str,
     reply: &Reply,
     upstream: Option<&RunningBackend>,
@@ -447,17 +449,20 @@ async fn expected_line(
         status: reply.status.as_u16(),
         // Compared apart: only its unit and order of magnitude are known.
         duration_ms: 0.0,
-        upstream: upstream.map(RunningBackend::addr),
-        bytes: reply.body.len() as u64,
+        endpoint: upstream.map(RunningBackend::addr),
+        bytes_out: reply.body.len() as u64,
+        bytes_in: 0,
         complete: true,
-    }
-}
-
-/// `line` without its duration, for comparison with [`expected_line`].
-fn without_duration(line: &AccessLine) -> AccessLine {
-    AccessLine {
-        duration_ms: 0.0,
-        ..line.clone()
+        protocol: "HTTP/1.1".into(),
+        host: Some(proxy.addr().to_string()),
+        user_agent: None,
+        route: None,
+        upstream: upstream.map(|_| "app".into()),
+        upstream_ms: upstream.map(|_| 0.0),
+        stage: None,
+        flags: "-".into(),
+        request_id: String::new(),
+        trace_id: String::new(),
     }
 }
 
@@ -473,14 +478,17 @@ async fn access_log_fields_in(format: &str) {
     let path = format!("/logged/{format}-path?x=1&y=%20");
     let reply = client.get(&path).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let expected = expected_line(&client, &path, &reply, Some(&backend)).await;
+    let expected = expected_line(&client, &proxy, &path, &reply, Some(&backend)).await;
     // Stopping the proxy flushes every line it will ever write.
     drop(client);
     proxy.stop().await;
 
     let lines = proxy.access_lines();
     assert_eq!(lines.len(), 1, "one line per request:\n{}", proxy.logs());
-    assert_eq!(without_duration(&lines[0]), expected);
+    assert_eq!(lines[0].without_volatile(), expected);
+    // The id is the trace's when the client sent no traceparent.
+    assert_eq!(lines[0].request_id, lines[0].trace_id);
+    assert_eq!(lines[0].trace_id.len(), 32);
     // In milliseconds, from the request's arrival to the end of its body.
     let duration = lines[0].duration_ms;
     assert!(
@@ -529,25 +537,76 @@ config = {{ routes = [ {{ prefix = "/app/", upstream = "app" }}, {{ prefix = "/d
     let client = proxy.client();
 
     let mut expected = Vec::new();
-    for (path, status, upstream) in [
-        ("/app/1", StatusCode::OK, Some(backend.addr())),
-        ("/dead/1", StatusCode::BAD_GATEWAY, Some(nowhere)),
-        ("/app/2", StatusCode::OK, Some(backend.addr())),
-        ("/dead/2", StatusCode::SERVICE_UNAVAILABLE, None),
-        ("/elsewhere", StatusCode::NOT_FOUND, None),
-        ("/app/3?q=1", StatusCode::OK, Some(backend.addr())),
+    // Each request's endpoint (the one tried, also when it failed), its
+    // upstream, the stage that answered and the proxy's reason.
+    for (path, status, endpoint, upstream, stage, flags) in [
+        (
+            "/app/1",
+            StatusCode::OK,
+            Some(backend.addr()),
+            Some("app"),
+            None,
+            "-",
+        ),
+        (
+            "/dead/1",
+            StatusCode::BAD_GATEWAY,
+            Some(nowhere),
+            Some("dead"),
+            None,
+            "UF",
+        ),
+        (
+            "/app/2",
+            StatusCode::OK,
+            Some(backend.addr()),
+            Some("app"),
+            None,
+            "-",
+        ),
+        (
+            "/dead/2",
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            None,
+            None,
+            "UH",
+        ),
+        (
+            "/elsewhere",
+            StatusCode::NOT_FOUND,
+            None,
+            None,
+            Some("router"),
+            "PA",
+        ),
+        (
+            "/app/3?q=1",
+            StatusCode::OK,
+            Some(backend.addr()),
+            Some("app"),
+            None,
+            "-",
+        ),
     ] {
         let reply = client.get(path).await;
         assert_eq!(reply.status, status, "{path}: {}", reply.text());
-        let mut line = expected_line(&client, path, &reply, None).await;
-        // The endpoint tried, also when it failed.
-        line.upstream = upstream;
+        let mut line = expected_line(&client, &proxy, path, &reply, None).await;
+        line.endpoint = endpoint;
+        line.upstream = upstream.map(str::to_owned);
+        line.upstream_ms = endpoint.map(|_| 0.0);
+        line.stage = stage.map(str::to_owned);
+        line.flags = flags.to_owned();
         expected.push(line);
     }
     drop(client);
     proxy.stop().await;
 
-    let lines: Vec<AccessLine> = proxy.access_lines().iter().map(without_duration).collect();
+    let lines: Vec<AccessLine> = proxy
+        .access_lines()
+        .iter()
+        .map(AccessLine::without_volatile)
+        .collect();
     // One connection, one request at a time: the lines come in request order.
     assert_eq!(lines, expected, "\n{}", proxy.logs());
     assert_eq!(backend.requests(), 3);
@@ -588,9 +647,10 @@ async fn access_log_marks_a_response_the_client_abandoned_as_incomplete() {
     let line = AccessLine::parse(&line).expect("parsed above");
     assert_eq!(line.client, client_addr);
     assert_eq!(line.status, 200);
-    assert_eq!(line.upstream, Some(backend.addr()));
+    assert_eq!(line.endpoint, Some(backend.addr()));
+    assert_eq!(line.flags, "DC");
     assert_eq!(
-        line.bytes,
+        line.bytes_out,
         HELD_FIRST.len() as u64,
         "bytes sent before the client left"
     );

@@ -125,7 +125,7 @@ async fn upstream_that_stops_mid_body_is_cut_off_and_logged() {
     proxy.stop().await;
     let lines = proxy.access_lines();
     assert_eq!(lines.len(), 1, "{}", proxy.logs());
-    assert_eq!(lines[0].bytes, HELD_FIRST.len() as u64);
+    assert_eq!(lines[0].bytes_out, HELD_FIRST.len() as u64);
     assert!(!lines[0].complete, "{:?}", lines[0]);
     assert_eq!(
         proxy
@@ -163,7 +163,7 @@ async fn client_that_stops_reading_is_cut_off_after_the_write_timeout() {
         .expect("gave up in time");
     let line = AccessLine::parse(&line).unwrap();
     assert!(!line.complete);
-    assert!(line.bytes < len, "{line:?}");
+    assert!(line.bytes_out < len, "{line:?}");
     // What the client can still read ends short of the body.
     let mut received = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut received)).await;

@@ -21,6 +21,7 @@ mod http2;
 mod lifecycle;
 mod limits;
 mod manifest_errors;
+mod observability;
 mod policy_plugins;
 mod quickstart;
 mod reload;

@@ -104,9 +104,52 @@ fn ensure_components() -> Result<(), String> {
     )
 }
 
+/// Real peers the end-to-end tests start: `redis-server` (the Redis kv
+/// backend) and Prometheus' `promtool` (which checks `/metrics` with
+/// Prometheus' own parser). Installed from Debian when missing.
+const PACKAGES: &[(&str, &str)] = &[("redis-server", "redis-server"), ("promtool", "prometheus")];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn ensure_packages() -> Result<(), String> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // As root (CI, containers) apt-get runs directly; otherwise through sudo.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut c = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run("apt-get update", &mut apt(&["update", "-q"]))?;
+    run(
+        &format!("installing {} (apt-get)", missing.join(" ")),
+        apt(&["install", "-y", "-q", "--no-install-recommends"]).args(&missing),
+    )
+}
+
 fn test() -> Result<(), String> {
     ensure_wasm_target()?;
     ensure_components()?;
+    ensure_packages()?;
     // Style and lints first: they fail in seconds, the tests in minutes.
     for (manifest, _) in WORKSPACES {
         run(

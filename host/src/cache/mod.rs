@@ -516,23 +516,45 @@ impl Store {
 
     /// `/status`: counters since the store was made, and what it holds.
     pub fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.stats()).unwrap_or_default()
+    }
+
+    /// The store's counters and size now (`/status` and `/metrics`).
+    pub fn stats(&self) -> CacheStats {
         // Evictions and expiries are applied lazily; count them first.
         self.entries.run_pending_tasks();
         let s = &self.stats;
-        serde_json::json!({
-            "hits": s.hits.load(Relaxed),
-            "misses": s.misses.load(Relaxed),
-            "bypasses": s.bypasses.load(Relaxed),
-            "stale": s.stale.load(Relaxed),
-            "revalidated": s.revalidated.load(Relaxed),
-            "stored": s.stored.load(Relaxed),
-            "too_large": s.too_large.load(Relaxed),
-            "evictions": s.evictions.load(Relaxed),
-            "entries": self.entries.entry_count(),
-            "bytes": self.entries.weighted_size(),
-            "max_bytes": self.config.max_size,
-        })
+        CacheStats {
+            hits: s.hits.load(Relaxed),
+            misses: s.misses.load(Relaxed),
+            bypasses: s.bypasses.load(Relaxed),
+            stale: s.stale.load(Relaxed),
+            revalidated: s.revalidated.load(Relaxed),
+            stored: s.stored.load(Relaxed),
+            too_large: s.too_large.load(Relaxed),
+            evictions: s.evictions.load(Relaxed),
+            entries: self.entries.entry_count(),
+            bytes: self.entries.weighted_size(),
+            max_bytes: self.config.max_size,
+        }
     }
+}
+
+/// A snapshot of a store's counters (since it was made) and size.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bypasses: u64,
+    pub stale: u64,
+    pub revalidated: u64,
+    pub stored: u64,
+    pub too_large: u64,
+    pub evictions: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 /// The `stale-while-revalidate=N` and `stale-if-error=N` of a response's

@@ -6,6 +6,8 @@
 //! happen when the pipeline is built, with the same error type.
 
 mod cache;
+mod env;
+mod observe;
 mod raw;
 mod server;
 mod tls;
@@ -21,6 +23,7 @@ use std::time::Duration;
 use crate::builtin;
 use crate::role::Role;
 pub use cache::Cache;
+pub use observe::{AccessLog, RequestIdConfig};
 use raw::{RawManifest, RawStage};
 pub use server::{Http2, Limits, Server, Timeouts};
 pub use tls::{Certificate, ClientAuth, Tls};
@@ -228,6 +231,34 @@ impl Manifest {
         Manifest::parse(file, &text)
     }
 
+    /// Only the `[admin]` of the manifest at `file` (`portier reload` asks
+    /// the running instance, which reports what is wrong with the rest).
+    pub fn load_admin(file: &Path) -> Result<Option<Admin>, ManifestError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ManifestError {
+            file: file.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut table = table(file, &text)?;
+        let Some(admin) = table.remove("admin") else {
+            return Ok(None);
+        };
+        let raw: raw::RawAdmin = serde_path_to_error::deserialize(admin).map_err(|e| {
+            let (key, reason) = shape_error(e);
+            ManifestError {
+                file: file.to_owned(),
+                key: if key.is_empty() {
+                    "admin".into()
+                } else {
+                    format!("admin.{key}")
+                },
+                reason,
+            }
+        })?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_owned();
+        Validator { file, base: &base }.admin(raw).map(Some)
+    }
+
     /// Validate manifest text; `file` names it in errors and anchors relative paths.
     pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         let err = |key: String, reason: String| ManifestError {
@@ -235,12 +266,7 @@ impl Manifest {
             key,
             reason,
         };
-        let value: toml::Table = toml::from_str(text).map_err(|e| {
-            err(
-                String::new(),
-                format!("invalid TOML: {}", e.message().trim()),
-            )
-        })?;
+        let value = table(file, text)?;
         let raw: RawManifest = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
                 let (key, reason) = shape_error(e);
@@ -265,6 +291,24 @@ impl Manifest {
         m.includes = includes;
         Ok(m)
     }
+}
+
+/// A manifest file's TOML, with `${VAR}`s replaced from the environment.
+fn table(file: &Path, text: &str) -> Result<toml::Table, ManifestError> {
+    let err = |key: String, reason: String| ManifestError {
+        file: file.to_owned(),
+        key,
+        reason,
+    };
+    let mut value: toml::Table = toml::from_str(text).map_err(|e| {
+        err(
+            String::new(),
+            format!("invalid TOML: {}", e.message().trim()),
+        )
+    })?;
+    env::substitute(&mut value, &|name| std::env::var(name).ok())
+        .map_err(|(key, reason)| err(key, reason))?;
+    Ok(value)
 }
 
 /// The key and reason of a manifest whose shape is wrong. A missing field
@@ -298,12 +342,7 @@ fn load_include(path: &Path) -> Result<Vec<(PathBuf, usize, Upstream)>, Manifest
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(String::new(), format!("cannot read: {e}")))?;
-    let value: toml::Table = toml::from_str(&text).map_err(|e| {
-        err(
-            String::new(),
-            format!("invalid TOML: {}", e.message().trim()),
-        )
-    })?;
+    let value = table(path, &text)?;
     let raw: raw::RawInclude = serde_path_to_error::deserialize(toml::Value::Table(value))
         .map_err(|e| {
             let (key, reason) = shape_error(e);

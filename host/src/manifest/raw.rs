@@ -26,7 +26,9 @@ pub struct RawManifest {
 pub struct RawServer {
     pub listen: Option<OneOrMany>,
     pub workers: Option<usize>,
-    pub access_log: Option<bool>,
+    pub access_log: Option<RawAccessLog>,
+    pub request_id: Option<RawRequestId>,
+    pub traceparent: Option<bool>,
     pub cache_dir: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub merge_slashes: Option<bool>,
@@ -34,6 +36,24 @@ pub struct RawServer {
     pub timeouts: Option<RawTimeouts>,
     pub http2: Option<RawHttp2>,
     pub tls: Option<RawTls>,
+}
+
+/// `access_log = true | false | "path/to/access.log"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "true, false, or the path of a file")]
+pub enum RawAccessLog {
+    On(bool),
+    File(String),
+}
+
+/// `[server.request_id]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    pub header: Option<String>,
+    pub trust: Option<bool>,
+    pub upstream: Option<bool>,
+    pub response: Option<bool>,
 }
 
 /// `[server.http2]`: HTTP/2 from clients.

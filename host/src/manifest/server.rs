@@ -19,8 +19,13 @@ pub struct Server {
     /// Worker threads, each an event loop with its own listening sockets
     /// (default: one per CPU).
     pub workers: usize,
-    /// Whether to write an access-log line per request.
-    pub access_log: bool,
+    /// Where the access log goes, if anywhere.
+    pub access_log: super::AccessLog,
+    /// The request id's header and where it goes.
+    pub request_id: super::RequestIdConfig,
+    /// Propagate W3C `traceparent` to upstreams (starting a trace when the
+    /// client sent none).
+    pub traceparent: bool,
     /// Where compiled plugins are cached; `None` means the user cache dir.
     pub cache_dir: Option<PathBuf>,
     /// Peers whose X-Forwarded-* / Forwarded headers are believed.
@@ -190,7 +195,9 @@ impl Validator<'_> {
             workers: raw
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            access_log: raw.access_log.unwrap_or(true),
+            access_log: self.access_log(raw.access_log)?,
+            request_id: self.request_id(raw.request_id)?,
+            traceparent: raw.traceparent.unwrap_or(true),
             cache_dir: raw.cache_dir.map(|d| self.base.join(d)),
             trusted_proxies,
             merge_slashes: raw.merge_slashes.unwrap_or(true),

@@ -24,7 +24,7 @@ fn minimal_manifest_gets_defaults() {
         m.server.listen,
         vec!["127.0.0.1:3000".parse::<SocketAddr>().unwrap()]
     );
-    assert!(m.server.access_log);
+    assert_eq!(m.server.access_log, super::AccessLog::Process);
     let u = &m.upstreams[0];
     assert_eq!(
         (u.timeout, u.connect_timeout),

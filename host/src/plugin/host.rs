@@ -368,9 +368,15 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
     ms.map(Duration::from_millis)
 }
 
+/// Count a kv operation in `/metrics` and give the plugin its result.
+fn counted<T>(op: &'static str, r: Result<T, crate::kv::KvError>) -> Result<T, String> {
+    crate::metrics::kv("memory", op, r.is_err());
+    r.map_err(|e| e.to_string())
+}
+
 impl kv::Host for StageState {
     async fn get(&mut self, key: String) -> Result<Result<Option<Vec<u8>>, String>> {
-        Ok(self.shared.kv.get(&key).map_err(|e| e.to_string()))
+        Ok(counted("get", self.shared.kv.get(&key)))
     }
     async fn set(
         &mut self,
@@ -378,14 +384,10 @@ impl kv::Host for StageState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<Result<(), String>> {
-        Ok(self
-            .shared
-            .kv
-            .set(&key, value, ttl(ttl_ms))
-            .map_err(|e| e.to_string()))
+        Ok(counted("set", self.shared.kv.set(&key, value, ttl(ttl_ms))))
     }
     async fn delete(&mut self, key: String) -> Result<Result<bool, String>> {
-        Ok(self.shared.kv.delete(&key).map_err(|e| e.to_string()))
+        Ok(counted("delete", self.shared.kv.delete(&key)))
     }
     async fn increment(
         &mut self,
@@ -393,11 +395,10 @@ impl kv::Host for StageState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<Result<i64, String>> {
-        Ok(self
-            .shared
-            .kv
-            .increment(&key, delta, ttl(ttl_ms))
-            .map_err(|e| e.to_string()))
+        Ok(counted(
+            "increment",
+            self.shared.kv.increment(&key, delta, ttl(ttl_ms)),
+        ))
     }
     async fn compare_and_swap(
         &mut self,
@@ -406,11 +407,12 @@ impl kv::Host for StageState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<Result<bool, String>> {
-        Ok(self
-            .shared
-            .kv
-            .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms))
-            .map_err(|e| e.to_string()))
+        Ok(counted(
+            "compare_and_swap",
+            self.shared
+                .kv
+                .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms)),
+        ))
     }
 }
 

@@ -29,6 +29,7 @@ use wasmtime::{
 
 use crate::kv::Kv;
 use crate::manifest::{self, ManifestError, PluginSource};
+use crate::metrics::StageMetrics;
 use crate::role::Role;
 use crate::upstream::Upstreams;
 use heads::{HeaderLimits, RequestHead, ResponseHead};
@@ -102,6 +103,21 @@ pub enum StageError {
     /// whole budget.
     #[error("all {0} instances of the stage stayed busy")]
     Busy(usize),
+}
+
+impl StageError {
+    /// A word for the failure's kind (the `kind` label of
+    /// `portier_stage_failures_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageError::Timeout(_) => "timeout",
+            StageError::Trap { .. } => "trap",
+            StageError::Contract(_) => "contract",
+            StageError::Start(_) | StageError::Refused { .. } => "start",
+            StageError::Quarantined => "quarantined",
+            StageError::Busy(_) => "busy",
+        }
+    }
 }
 
 /// Process-wide wasm state: one per `portier` process, shared by every pipeline generation.
@@ -250,6 +266,7 @@ impl Runtime {
             wants_response: AtomicBool::new(true),
             routes: std::sync::OnceLock::new(),
             breach_logged: AtomicBool::new(false),
+            metrics: StageMetrics::new(&spec.name),
         };
         // Start one instance now: this runs the plugin's `init`, so bad config
         // rejects the manifest instead of failing the first request.
@@ -407,6 +424,8 @@ pub struct Stage<W: World> {
     routes: std::sync::OnceLock<Vec<String>>,
     /// Whether a contract breach has been logged (it is logged once).
     breach_logged: AtomicBool,
+    /// Its series in `/metrics`.
+    metrics: StageMetrics,
 }
 
 macro_rules! with_instance {
@@ -426,6 +445,7 @@ macro_rules! with_instance {
             return ($($head,)* Err($self.fail(e)));
         }
         $(let $res = table.push($head).expect("checked: the table has room");)*
+        let started = std::time::Instant::now();
         let out = {
             let $b = &inst.exports;
             let $store = &mut inst.store;
@@ -433,6 +453,7 @@ macro_rules! with_instance {
             $(let $res = Resource::new_borrow($res.rep());)*
             $call.await
         };
+        $self.metrics.calls.observe(started.elapsed().as_secs_f64());
         let table = &mut inst.store.data_mut().table;
         $(let $head = table.delete($res).expect("the host's resource is still in the table");)*
         ($($head,)* $self.finish(inst, out))
@@ -577,6 +598,7 @@ impl<W: World> Stage<W> {
 
     async fn take(&self) -> Result<Instance<W::Exports>, StageError> {
         if self.health.quarantined() {
+            self.metrics.failed("quarantined");
             return Err(StageError::Quarantined);
         }
         let mut deadline = None;
@@ -612,6 +634,7 @@ impl<W: World> Stage<W> {
             // but it does not count towards quarantine.
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 let e = StageError::Busy(self.max_instances);
+                self.metrics.failed(e.kind());
                 if let report::Report::Log { .. } = self.failure_log.failed(&e.to_string()) {
                     tracing::warn!(stage = %self.name, error = %e, "plugin call not made");
                 }
@@ -645,6 +668,10 @@ impl<W: World> Stage<W> {
     /// one line, repeats folded, the backtrace at debug level.
     fn fail(&self, e: StageError) -> StageError {
         let quarantine = self.health.record_failure();
+        self.metrics.failed(e.kind());
+        if quarantine.is_some() {
+            self.metrics.quarantines.inc();
+        }
         let line = e.to_string();
         let first_breach =
             matches!(e, StageError::Contract(_)) && !self.breach_logged.swap(true, Relaxed);
@@ -795,6 +822,11 @@ macro_rules! each {
 }
 
 impl Step {
+    /// The stage's series in `/metrics`.
+    pub fn metrics(&self) -> &StageMetrics {
+        each!(self, s => &s.metrics)
+    }
+
     /// The stage's name.
     pub fn name(&self) -> &str {
         each!(self, s => &s.name)

@@ -48,12 +48,14 @@ impl Activity {
     /// A request started.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Relaxed);
+        crate::metrics::get().requests_in_flight.inc();
         Busy(self.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        crate::metrics::get().requests_in_flight.dec();
         self.0.finished_at.store(clock::now_ms(), Relaxed);
         self.0.finished.fetch_add(1, Relaxed);
         self.0.in_flight.fetch_sub(1, Relaxed);

@@ -87,6 +87,9 @@ impl Connections {
                     .is_ok()
                 {
                     admitted.counted = true;
+                    let m = crate::metrics::get();
+                    m.connections.inc();
+                    m.connections_open.inc();
                     return Some(admitted);
                 }
                 continue;
@@ -112,6 +115,7 @@ impl Drop for Admitted {
             }
         }
         if self.counted {
+            crate::metrics::get().connections_open.dec();
             self.connections.open.fetch_sub(1, Relaxed);
             self.connections.freed.notify_waiters();
         }

@@ -53,6 +53,8 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     /// TLS to the endpoints, built from `config.tls`.
     pub connector: Option<Arc<crate::tls::UpstreamConnector>>,
+    /// Its series in `/metrics`.
+    pub metrics: crate::metrics::UpstreamMetrics,
     shared: Arc<Shared>,
 }
 

@@ -140,6 +140,7 @@ impl Registry {
                     config: u.clone(),
                     endpoints,
                     connector,
+                    metrics: crate::metrics::UpstreamMetrics::new(&u.name),
                     shared: entry.map(|en| en.shared.clone()).unwrap_or_default(),
                 }
             })

@@ -20,12 +20,35 @@ pub struct AccessLine {
     pub status: u16,
     /// How long the request took, to the end of the response body.
     pub duration_ms: f64,
-    /// The endpoint that served it; `None` (`-`) when the proxy or a plugin answered.
-    pub upstream: Option<SocketAddr>,
+    /// The endpoint that served it, or the last one tried; `None` (`-`)
+    /// when none was.
+    pub endpoint: Option<SocketAddr>,
     /// Response-body bytes sent.
-    pub bytes: u64,
+    pub bytes_out: u64,
+    /// Request-body bytes read.
+    pub bytes_in: u64,
     /// Whether the whole response body was sent.
     pub complete: bool,
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub protocol: String,
+    /// The Host asked for.
+    pub host: Option<String>,
+    /// The client's User-Agent.
+    pub user_agent: Option<String>,
+    /// The route the router chose.
+    pub route: Option<String>,
+    /// The upstream asked, by name.
+    pub upstream: Option<String>,
+    /// Milliseconds from the first attempt upstream to the response head.
+    pub upstream_ms: Option<f64>,
+    /// The stage that answered or failed the request.
+    pub stage: Option<String>,
+    /// The proxy's reasons (`UF`, `PA`...), `-` when none.
+    pub flags: String,
+    /// The request's id.
+    pub request_id: String,
+    /// The W3C trace id (32 hex digits).
+    pub trace_id: String,
 }
 
 impl AccessLine {
@@ -58,25 +81,56 @@ impl AccessLine {
             duration_ms: field("duration_ms")
                 .parse()
                 .unwrap_or_else(|e| panic!("access line's duration_ms ({e}): {line}")),
-            upstream: match field("upstream") {
+            endpoint: match field("endpoint") {
                 "-" => None,
                 address => Some(address.parse().unwrap_or_else(|e| {
-                    panic!("access line's upstream is not ip:port or - ({e}): {line}")
+                    panic!("access line's endpoint is not ip:port or - ({e}): {line}")
                 })),
             },
-            bytes: parsed("bytes"),
+            bytes_out: parsed("bytes_out"),
+            bytes_in: parsed("bytes_in"),
             complete: match field("complete") {
                 "true" => true,
                 "false" => false,
                 other => panic!("access line's complete is {other:?}: {line}"),
             },
+            protocol: field("protocol").to_owned(),
+            host: optional(field("host")),
+            user_agent: optional(field("user_agent")),
+            route: optional(field("route")),
+            upstream: optional(field("upstream")),
+            upstream_ms: optional(field("upstream_ms")).map(|ms| {
+                ms.parse()
+                    .unwrap_or_else(|e| panic!("access line's upstream_ms ({e}): {line}"))
+            }),
+            stage: optional(field("stage")),
+            flags: field("flags").to_owned(),
+            request_id: field("request_id").to_owned(),
+            trace_id: field("trace_id").to_owned(),
         })
+    }
+
+    /// The line without the values no test can predict (durations, ids),
+    /// for comparing whole lines.
+    pub fn without_volatile(&self) -> AccessLine {
+        AccessLine {
+            duration_ms: 0.0,
+            upstream_ms: self.upstream_ms.map(|_| 0.0),
+            request_id: String::new(),
+            trace_id: String::new(),
+            ..self.clone()
+        }
     }
 
     /// Every access line in `logs`, in order.
     pub fn all(logs: &str) -> Vec<AccessLine> {
         logs.lines().filter_map(AccessLine::parse).collect()
     }
+}
+
+/// `-` is how the log writes "none".
+fn optional(v: &str) -> Option<String> {
+    (v != "-").then(|| v.to_owned())
 }
 
 /// `key=value` pairs after `portier::access:` in the text format; values

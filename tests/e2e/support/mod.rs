@@ -28,7 +28,9 @@ pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Echo, Reply};
 pub use manifest::{endpoint, endpoints, one_upstream, one_upstream_with_admin};
 pub use plugins::test_plugin;
-pub use proxy::{Launch, Portier, check, check_file, free_addr, plugin_path, run_expecting_exit};
+pub use proxy::{
+    Launch, Portier, check, check_file, free_addr, plugin_path, run_command, run_expecting_exit,
+};
 
 use std::net::SocketAddr;
 use std::process::{Child, ExitStatus};

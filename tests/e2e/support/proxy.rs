@@ -550,14 +550,25 @@ pub fn run_expecting_exit(manifest: &str) -> Checked {
     run_to_exit("run", &path)
 }
 
+/// Run `portier COMMAND PATH` with these environment variables to its exit
+/// (bounded by a timeout).
+pub fn run_command(command: &str, path: &Path, env: &[(&str, &str)]) -> Checked {
+    run_to_exit_with(command, path, env)
+}
+
 /// Run `portier COMMAND PATH` to its exit (bounded by a timeout).
 fn run_to_exit(command: &str, path: &Path) -> Checked {
+    run_to_exit_with(command, path, &[])
+}
+
+fn run_to_exit_with(command: &str, path: &Path, env: &[(&str, &str)]) -> Checked {
     let out = tempfile::tempdir().expect("temp dir");
     let stdout_path = out.path().join("stdout.log");
     let stderr_path = out.path().join("stderr.log");
     let mut child = portier_command()
         .arg(command)
         .arg(path)
+        .envs(env.iter().copied())
         .stdout(File::create(&stdout_path).expect("stdout.log"))
         .stderr(File::create(&stderr_path).expect("stderr.log"))
         .spawn()

@@ -1,0 +1,215 @@
+//! The process log: its filter, its format, and where the access log goes.
+//!
+//! - The filter follows the `RUST_LOG` convention (`info`,
+//!   `portier=debug,portier::access=off`...); `PORTIER_LOG` is an alias that
+//!   wins when both are set. The default is `info`, which includes the
+//!   access log (target `portier::access`).
+//! - Lines go to standard output, as text or JSON (`--log-format`).
+//! - With `server.access_log = "FILE"` the access lines are appended to that
+//!   file instead; SIGUSR1 reopens it (logrotate's `postrotate`), and a
+//!   reload that names another file switches to it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::manifest::AccessLog;
+
+/// The target of access log lines.
+pub const ACCESS_TARGET: &str = "portier::access";
+
+/// Line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `key=value` text, one line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Install the process's subscriber. Call once, first thing.
+pub fn init(format: Format) {
+    let directives = std::env::var("PORTIER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring the log filter {directives:?} ({e}); using \"info\"");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Writers)
+        .with_ansi(ansi);
+    match format {
+        Format::Text => builder.init(),
+        Format::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// The access log file, when the manifest names one.
+struct AccessFile {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+static ACCESS: Mutex<AccessFile> = Mutex::new(AccessFile {
+    path: None,
+    file: None,
+});
+
+/// Whether access lines go to a file (read on every line: no lock otherwise).
+static TO_FILE: AtomicBool = AtomicBool::new(false);
+
+fn access() -> MutexGuard<'static, AccessFile> {
+    ACCESS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Send access lines where `log` says (at start and on every reload).
+/// A file that cannot be opened is an error, and nothing changes.
+pub fn set_access_log(log: &AccessLog) -> io::Result<()> {
+    prepare_access_log(log)?.install();
+    Ok(())
+}
+
+/// An access log destination, opened but not yet in use: a reload opens
+/// the new file before it builds the pipeline, and installs it after.
+#[derive(Debug)]
+pub struct PreparedAccessLog {
+    to: Option<(PathBuf, Option<File>)>,
+}
+
+/// Open what `log` names (a file already open at that path is kept).
+pub fn prepare_access_log(log: &AccessLog) -> io::Result<PreparedAccessLog> {
+    let to = match log {
+        AccessLog::File(path) => {
+            let open_now = {
+                let a = access();
+                a.path.as_deref() == Some(path.as_path()) && a.file.is_some()
+            };
+            let file = if open_now {
+                None
+            } else {
+                Some(open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+                })?)
+            };
+            Some((path.clone(), file))
+        }
+        AccessLog::Off | AccessLog::Process => None,
+    };
+    Ok(PreparedAccessLog { to })
+}
+
+impl PreparedAccessLog {
+    /// Make it where access lines go.
+    pub fn install(self) {
+        let mut a = access();
+        match self.to {
+            Some((path, file)) => {
+                if let Some(f) = file {
+                    a.file = Some(f);
+                }
+                a.path = Some(path);
+                TO_FILE.store(true, Relaxed);
+            }
+            None => {
+                a.path = None;
+                a.file = None;
+                TO_FILE.store(false, Relaxed);
+            }
+        }
+    }
+}
+
+/// Reopen the access log file at its path (after logrotate moved it).
+pub fn reopen_access_log() {
+    let mut a = access();
+    let Some(path) = a.path.clone() else { return };
+    match open(&path) {
+        Ok(f) => {
+            a.file = Some(f);
+            drop(a);
+            tracing::info!(file = %path.display(), "access log reopened");
+        }
+        Err(e) => {
+            drop(a);
+            // The old file (renamed) keeps receiving lines: nothing is lost.
+            tracing::error!(file = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file");
+        }
+    }
+}
+
+/// Reopen the access log on every SIGUSR1, forever.
+pub async fn reopen_on_sigusr1() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("cannot listen for SIGUSR1; the access log is not reopened by signal");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        reopen_access_log();
+    }
+}
+
+/// Where each line goes: access lines to the access file when there is
+/// one, everything else to standard output.
+struct Writers;
+
+/// One line's destination.
+enum LineWriter {
+    Stdout(io::Stdout),
+    Access,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LineWriter::Stdout(s) => s.write(buf),
+            LineWriter::Access => match &mut access().file {
+                Some(f) => f.write(buf),
+                None => io::stdout().write(buf),
+            },
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        // A line is written whole under one lock: lines never interleave.
+        match self {
+            LineWriter::Stdout(s) => s.write_all(buf),
+            LineWriter::Access => match &mut access().file {
+                Some(f) => f.write_all(buf),
+                None => io::stdout().write_all(buf),
+            },
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LineWriter::Stdout(s) => s.flush(),
+            LineWriter::Access => Ok(()),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Writers {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter::Stdout(io::stdout())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
+        if meta.target() == ACCESS_TARGET && TO_FILE.load(Relaxed) {
+            LineWriter::Access
+        } else {
+            LineWriter::Stdout(io::stdout())
+        }
+    }
+}
