@@ -22,6 +22,7 @@
 //! | `LR` | this process ran out of a local resource reaching the upstream | 503 |
 //! | `PF` | a plugin failed and its stage is fail-closed | 503 |
 //! | `PC` | a plugin broke the contract (unknown upstream...) | 500 |
+//! | `KV` | the shared kv backend was down and the stage's `kv.outage` is `closed` | 503 |
 //! | `PA` | a stage answered the request itself (a 401, a 429...) | any |
 //! | `CH` | answered from the response cache | any |
 //! | `DC` | the response did not reach its end (the client left, or the upstream's body broke) | any |
@@ -44,8 +45,8 @@ use crate::upstream::Upstream;
 pub struct Flags(u16);
 
 impl Flags {
-    const NAMES: [&'static str; 14] = [
-        "IR", "BL", "BT", "BB", "UF", "UR", "UT", "UH", "LR", "PF", "PC", "PA", "CH", "DC",
+    const NAMES: [&'static str; 15] = [
+        "IR", "BL", "BT", "BB", "UF", "UR", "UT", "UH", "LR", "PF", "PC", "PA", "CH", "DC", "KV",
     ];
     /// A stage answered.
     pub const STAGE_ANSWERED: Flags = Flags(1 << 11);
@@ -70,6 +71,7 @@ impl Flags {
                 Fault::LocalResources => 8,
                 Fault::Plugin => 9,
                 Fault::PluginContract => 10,
+                Fault::KvUnavailable => 14,
             },
         )
     }

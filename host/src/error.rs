@@ -30,6 +30,9 @@ pub enum Fault {
     Plugin,
     /// A plugin returned something the host cannot use (unknown upstream...).
     PluginContract,
+    /// The shared kv backend was unavailable and the stage's `kv.outage`
+    /// is `closed`.
+    KvUnavailable,
 }
 
 impl Fault {
@@ -42,7 +45,7 @@ impl Fault {
             Fault::ClientBody(Cut::Broken) => StatusCode::BAD_REQUEST,
             Fault::Upstream | Fault::UpstreamConnect => StatusCode::BAD_GATEWAY,
             Fault::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Fault::NoEndpoint | Fault::Plugin | Fault::LocalResources => {
+            Fault::NoEndpoint | Fault::Plugin | Fault::LocalResources | Fault::KvUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Fault::PluginContract => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,7 +75,8 @@ impl Fault {
             | Fault::UpstreamConnect
             | Fault::NoEndpoint
             | Fault::LocalResources
-            | Fault::Plugin => UNAVAILABLE,
+            | Fault::Plugin
+            | Fault::KvUnavailable => UNAVAILABLE,
         }
     }
 }

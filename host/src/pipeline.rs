@@ -24,7 +24,7 @@ use crate::cache::{Entry, Flight, Lookup, Store, Stores, Verdict};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
-use crate::manifest::{AccessLog, FailurePolicy, Manifest, ManifestError, Server};
+use crate::manifest::{AccessLog, Manifest, ManifestError, Server};
 use crate::plugin::heads::{BodyPrefix, HeaderLimits, RequestHead, ResponseHead};
 use crate::plugin::{
     BalancerWorld, CachePolicyWorld, FilterAction, PluginResponse, RouteDecision, Runtime, Stage,
@@ -137,11 +137,19 @@ impl Pipeline {
             max_headers: limits.max_headers,
             max_bytes: limits.max_request_head,
         };
+        let kv = runtime
+            .kv()
+            .store(&manifest.kv)
+            .map_err(|reason| ManifestError {
+                file: manifest.file.clone(),
+                key: "kv.url".into(),
+                reason,
+            })?;
         let mut stages = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
             stages.push(
                 runtime
-                    .load_stage(&manifest.file, spec, upstreams.clone(), header_limits)
+                    .load_stage(&manifest.file, spec, upstreams.clone(), header_limits, &kv)
                     .await?,
             );
         }
@@ -450,9 +458,9 @@ impl Pipeline {
                 decision.reached,
             )
             .await;
-        if let Some(i) = failed {
+        if let Some((i, fault)) = failed {
             finish.stage = Some(self.stages[i].name().to_owned());
-            finish.flags.insert(Flags::of(Fault::Plugin));
+            finish.flags.insert(Flags::of(fault));
         }
         if let Some(added) = added {
             for (name, value) in added.iter() {
@@ -898,10 +906,7 @@ impl Pipeline {
                 continue;
             }
             // A failed call was logged where it happened; here only the policy matters.
-            let failed = |_: StageError| match stage.policy() {
-                FailurePolicy::Open => None,
-                FailurePolicy::Closed => Some(Outcome::Fail(Fault::Plugin)),
-            };
+            let failed = |e: StageError| stage.on_failure(&e).map(Outcome::Fail);
             let outcome = match stage {
                 Step::Filter(stage) => {
                     let (h, r) = stage.on_request(head).await;
@@ -1050,7 +1055,7 @@ impl Pipeline {
         mut resp: ResponseHead,
         body: ProxyBody,
         reached: usize,
-    ) -> (ResponseHead, ProxyBody, Option<usize>) {
+    ) -> (ResponseHead, ProxyBody, Option<(usize, Fault)>) {
         for (i, stage) in self.stages[..reached].iter().enumerate().rev() {
             let Step::Filter(stage) = stage else { continue };
             if !(stage.sees_responses() && stage.applies_to(head.route.as_deref())) {
@@ -1059,9 +1064,11 @@ impl Pipeline {
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;
-            if let (Err(_), FailurePolicy::Closed) = (out, stage.policy) {
-                let (p, b) = error_response(Fault::Plugin, is_grpc(&head.parts.headers));
-                return (ResponseHead { parts: p }, b, Some(i));
+            if let Err(e) = out
+                && let Some(fault) = self.stages[i].on_failure(&e)
+            {
+                let (p, b) = error_response(fault, is_grpc(&head.parts.headers));
+                return (ResponseHead { parts: p }, b, Some((i, fault)));
             }
         }
         (resp, body, None)

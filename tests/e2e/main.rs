@@ -18,6 +18,7 @@ mod forwarding;
 mod gateway;
 mod grpc;
 mod http2;
+mod kv_redis;
 mod lifecycle;
 mod limits;
 mod manifest_errors;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::support::{
-    AccessLine, Backend, Portier, RunningBackend, body, check, free_addr, run_command,
+    AccessLine, Backend, Portier, RunningBackend, body, check, free_addr, run_command, wait_until,
 };
 
 /// A router with named routes, a rate limit on one of them, and the admin
@@ -382,14 +382,24 @@ async fn the_access_log_file_is_reopened_on_sigusr1_for_logrotate() {
     assert_eq!(client.get("/before").await.status, StatusCode::OK);
     let lines =
         |p: &std::path::Path| AccessLine::all(&std::fs::read_to_string(p).unwrap_or_default());
-    wait_until(|| lines(&log).len() == 1).await;
+    wait_until(
+        "the access lines are written",
+        Duration::from_secs(10),
+        || lines(&log).len() == 1,
+    )
+    .await;
     // Access lines are in the file, not with the process log.
     assert!(proxy.access_lines().is_empty(), "{}", proxy.logs());
 
     // logrotate: move the file, then signal.
     std::fs::rename(&log, &rotated).unwrap();
     assert_eq!(client.get("/moved").await.status, StatusCode::OK);
-    wait_until(|| lines(&rotated).len() == 2).await;
+    wait_until(
+        "the access lines are written",
+        Duration::from_secs(10),
+        || lines(&rotated).len() == 2,
+    )
+    .await;
     let kill = Command::new("kill")
         .args(["-USR1", &proxy.pid().to_string()])
         .status()
@@ -401,21 +411,15 @@ async fn the_access_log_file_is_reopened_on_sigusr1_for_logrotate() {
         })
         .await;
     assert_eq!(client.get("/after").await.status, StatusCode::OK);
-    wait_until(|| lines(&log).len() == 1).await;
+    wait_until(
+        "the access lines are written",
+        Duration::from_secs(10),
+        || lines(&log).len() == 1,
+    )
+    .await;
     let paths = |p| -> Vec<String> { lines(p).into_iter().map(|l| l.path).collect() };
     assert_eq!(paths(&rotated), ["/before", "/moved"]);
     assert_eq!(paths(&log), ["/after"]);
-}
-
-/// Poll `done` (bounded: 10 s).
-async fn wait_until(done: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not met within 10 s");
 }
 
 #[tokio::test]

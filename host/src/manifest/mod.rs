@@ -7,6 +7,7 @@
 
 mod cache;
 mod env;
+mod kv;
 mod observe;
 mod raw;
 mod server;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use crate::builtin;
 use crate::role::Role;
 pub use cache::Cache;
+pub use kv::{KvBackend, KvConfig, RedisSettings};
 pub use observe::{AccessLog, RequestIdConfig};
 use raw::{RawManifest, RawStage};
 pub use server::{Http2, Limits, Server, Timeouts};
@@ -65,6 +67,8 @@ pub struct Manifest {
     pub admin: Option<Admin>,
     /// `[cache]`: the response cache's store (defaults when absent).
     pub cache: Cache,
+    /// `[kv]`: where plugins' shared state lives.
+    pub kv: KvConfig,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[pipeline]]`, in file order.
@@ -142,6 +146,8 @@ pub struct Stage {
     pub grants: Grants,
     /// What the stage may keep in kv.
     pub kv_quota: crate::kv::Quota,
+    /// What happens when the shared kv backend is unavailable.
+    pub kv_outage: crate::kv::Outage,
     /// The routes (by the router's names) the stage applies to; `None`:
     /// every request.
     pub routes: Option<Vec<String>>,
@@ -389,6 +395,7 @@ impl Validator<'_> {
             Some(a) => Some(self.admin(a)?),
         };
         let cache = self.cache(raw.cache)?;
+        let kv = self.kv(raw.kv)?;
         // Included upstreams first, then this file's; a duplicate is reported
         // in the file (and at the index) where it appears second.
         let mut all = included;
@@ -428,6 +435,7 @@ impl Validator<'_> {
             includes: Vec::new(),
             server,
             admin,
+            kv,
             cache,
             upstreams,
             stages,
@@ -618,6 +626,7 @@ impl Validator<'_> {
             }
         };
         let grants = self.grants(i, raw.grants)?;
+        let kv_outage = self.kv_outage(i, raw.kv.as_ref().and_then(|k| k.outage.as_deref()))?;
         let kv_quota = self.kv_quota(i, raw.kv)?;
         let config_json = serde_json::to_string(&raw.config.unwrap_or_default())
             .map_err(|e| self.err(key("config"), format!("cannot be expressed as JSON: {e}")))?;
@@ -657,9 +666,23 @@ impl Validator<'_> {
             quarantine,
             grants,
             kv_quota,
+            kv_outage,
             routes,
             config_json,
         })
+    }
+
+    fn kv_outage(&self, i: usize, raw: Option<&str>) -> Result<crate::kv::Outage, ManifestError> {
+        use crate::kv::Outage;
+        match raw {
+            None | Some("plugin") => Ok(Outage::Plugin),
+            Some("open") => Ok(Outage::Open),
+            Some("closed") => Ok(Outage::Closed),
+            Some(other) => Err(self.err(
+                format!("pipeline[{i}].kv.outage"),
+                format!("{other:?}: expected \"plugin\", \"open\" or \"closed\""),
+            )),
+        }
     }
 
     fn kv_quota(

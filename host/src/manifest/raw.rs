@@ -14,6 +14,7 @@ pub struct RawManifest {
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
     pub cache: Option<RawCache>,
+    pub kv: Option<RawKv>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
@@ -302,10 +303,21 @@ pub struct RawGrants {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKvQuota {
+    pub outage: Option<String>,
     pub max_bytes: Option<String>,
     pub max_entries: Option<usize>,
     pub max_key: Option<String>,
     pub max_value: Option<String>,
+}
+
+/// `[kv]`: the shared state's backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKv {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// A file named by `include`: shared upstream definitions.

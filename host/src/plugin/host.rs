@@ -14,7 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::portier::plugin::{clock, crypto, kv, log, outbound, types, upstreams};
 use super::heads::{self, HeaderLimits, RequestHead, ResponseHead};
 use super::report::{self, LogBudget};
-use crate::kv::Namespace;
+use crate::kv::{KvError, Namespace, Outage};
 use crate::manifest::Grants;
 use crate::upstream::Upstreams;
 
@@ -27,6 +27,8 @@ pub struct StageShared {
     pub config_json: Arc<str>,
     /// The stage's kv namespace.
     pub kv: Namespace,
+    /// What happens when its kv backend is unavailable.
+    pub kv_outage: Outage,
     /// The pipeline generation's upstreams.
     pub upstreams: Arc<Upstreams>,
     /// Capabilities the manifest grants beyond the defaults.
@@ -368,15 +370,30 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
     ms.map(Duration::from_millis)
 }
 
-/// Count a kv operation in `/metrics` and give the plugin its result.
-fn counted<T>(op: &'static str, r: Result<T, crate::kv::KvError>) -> Result<T, String> {
-    crate::metrics::kv("memory", op, r.is_err());
-    r.map_err(|e| e.to_string())
+/// A kv call the stage's `kv.outage` ended: the backend was unavailable
+/// and the policy is not the plugin's to apply (see `super::StageError::KvOutage`).
+#[derive(Debug, thiserror::Error)]
+#[error("kv backend unavailable: {0}")]
+pub struct KvOutage(pub String);
+
+impl StageState {
+    /// Count a kv operation in `/metrics`, then give the plugin its result,
+    /// or end the call when the backend is down and `kv.outage` says so.
+    fn kv_result<T>(&self, op: &'static str, r: Result<T, KvError>) -> Result<Result<T, String>> {
+        crate::metrics::kv(self.shared.kv.backend(), op, r.is_err());
+        match r {
+            Err(KvError::Unavailable(why)) if self.shared.kv_outage != Outage::Plugin => {
+                Err(KvOutage(why).into())
+            }
+            r => Ok(r.map_err(|e| e.to_string())),
+        }
+    }
 }
 
 impl kv::Host for StageState {
     async fn get(&mut self, key: String) -> Result<Result<Option<Vec<u8>>, String>> {
-        Ok(counted("get", self.shared.kv.get(&key)))
+        let r = self.shared.kv.get(&key).await;
+        self.kv_result("get", r)
     }
     async fn set(
         &mut self,
@@ -384,10 +401,12 @@ impl kv::Host for StageState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<Result<(), String>> {
-        Ok(counted("set", self.shared.kv.set(&key, value, ttl(ttl_ms))))
+        let r = self.shared.kv.set(&key, value, ttl(ttl_ms)).await;
+        self.kv_result("set", r)
     }
     async fn delete(&mut self, key: String) -> Result<Result<bool, String>> {
-        Ok(counted("delete", self.shared.kv.delete(&key)))
+        let r = self.shared.kv.delete(&key).await;
+        self.kv_result("delete", r)
     }
     async fn increment(
         &mut self,
@@ -395,10 +414,8 @@ impl kv::Host for StageState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<Result<i64, String>> {
-        Ok(counted(
-            "increment",
-            self.shared.kv.increment(&key, delta, ttl(ttl_ms)),
-        ))
+        let r = self.shared.kv.increment(&key, delta, ttl(ttl_ms)).await;
+        self.kv_result("increment", r)
     }
     async fn compare_and_swap(
         &mut self,
@@ -407,12 +424,12 @@ impl kv::Host for StageState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<Result<bool, String>> {
-        Ok(counted(
-            "compare_and_swap",
-            self.shared
-                .kv
-                .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms)),
-        ))
+        let r = self
+            .shared
+            .kv
+            .compare_and_swap(&key, expected.as_deref(), value, ttl(ttl_ms))
+            .await;
+        self.kv_result("compare_and_swap", r)
     }
 }
 

@@ -103,6 +103,10 @@ pub enum StageError {
     /// whole budget.
     #[error("all {0} instances of the stage stayed busy")]
     Busy(usize),
+    /// The shared kv backend was unavailable and the stage's `kv.outage`
+    /// ended the call: not the plugin's failure (no quarantine).
+    #[error("kv backend unavailable ({0}); kv.outage applies")]
+    KvOutage(String),
 }
 
 impl StageError {
@@ -116,6 +120,7 @@ impl StageError {
             StageError::Start(_) | StageError::Refused { .. } => "start",
             StageError::Quarantined => "quarantined",
             StageError::Busy(_) => "busy",
+            StageError::KvOutage(_) => "kv_outage",
         }
     }
 }
@@ -162,6 +167,11 @@ impl Runtime {
         })
     }
 
+    /// The process's kv (its in-memory store and shared backends).
+    pub fn kv(&self) -> &Kv {
+        &self.kv
+    }
+
     /// Compile, link, type-check and start one stage; errors name the manifest key.
     pub async fn load_stage(
         &self,
@@ -169,6 +179,7 @@ impl Runtime {
         spec: &manifest::Stage,
         upstreams: Arc<Upstreams>,
         header_limits: HeaderLimits,
+        kv: &crate::kv::Store,
     ) -> Result<Step, ManifestError> {
         let err = |key: String, reason: String| ManifestError {
             file: manifest.to_owned(),
@@ -199,19 +210,19 @@ impl Runtime {
         })?;
         let loaded = match spec.role {
             Role::Filter => Step::Filter(
-                self.start::<FilterWorld>(manifest, spec, pre, upstreams, header_limits)
+                self.start::<FilterWorld>(manifest, spec, pre, upstreams, header_limits, kv)
                     .await?,
             ),
             Role::Router => Step::Router(
-                self.start::<RouterWorld>(manifest, spec, pre, upstreams, header_limits)
+                self.start::<RouterWorld>(manifest, spec, pre, upstreams, header_limits, kv)
                     .await?,
             ),
             Role::Balancer => Step::Balancer(
-                self.start::<BalancerWorld>(manifest, spec, pre, upstreams, header_limits)
+                self.start::<BalancerWorld>(manifest, spec, pre, upstreams, header_limits, kv)
                     .await?,
             ),
             Role::CachePolicy => Step::CachePolicy(
-                self.start::<CachePolicyWorld>(manifest, spec, pre, upstreams, header_limits)
+                self.start::<CachePolicyWorld>(manifest, spec, pre, upstreams, header_limits, kv)
                     .await?,
             ),
         };
@@ -226,6 +237,7 @@ impl Runtime {
         pre: wasmtime::component::InstancePre<StageState>,
         upstreams: Arc<Upstreams>,
         header_limits: HeaderLimits,
+        kv: &crate::kv::Store,
     ) -> Result<Stage<W>, ManifestError> {
         let err = |key: String, reason: String| ManifestError {
             file: manifest.to_owned(),
@@ -250,7 +262,8 @@ impl Runtime {
             shared: StageShared {
                 name: spec.name.as_str().into(),
                 config_json: spec.config_json.as_str().into(),
-                kv: self.kv.namespace(&spec.name, spec.kv_quota),
+                kv: kv.namespace(&spec.name, spec.kv_quota),
+                kv_outage: spec.kv_outage,
                 upstreams,
                 grants: Arc::new(spec.grants.clone()),
                 header_limits,
@@ -791,6 +804,12 @@ impl<W: World> Stage<W> {
             Err(e) => {
                 // The instance's state is unknown after a trap: discard it.
                 drop(inst);
+                // An unavailable kv backend is not the plugin's failure: no
+                // quarantine, and the backend logs the outage once.
+                if let Some(outage) = e.downcast_ref::<host::KvOutage>() {
+                    self.metrics.failed("kv_outage");
+                    return Err(StageError::KvOutage(outage.0.clone()));
+                }
                 Err(self.fail(classify(e, self.call_timeout)))
             }
         }
@@ -845,6 +864,24 @@ impl Step {
     /// Its failure policy.
     pub fn policy(&self) -> manifest::FailurePolicy {
         each!(self, s => s.policy)
+    }
+
+    /// What its `kv.outage` says.
+    pub fn kv_outage(&self) -> crate::kv::Outage {
+        each!(self, s => s.shared.kv_outage)
+    }
+
+    /// What a request gets when a call of this stage failed with `e`:
+    /// nothing (the stage is skipped), or the proxy's answer.
+    pub fn on_failure(&self, e: &StageError) -> Option<crate::error::Fault> {
+        use crate::error::Fault;
+        use crate::kv::Outage;
+        match (e, self.kv_outage(), self.policy()) {
+            (StageError::KvOutage(_), Outage::Closed, _) => Some(Fault::KvUnavailable),
+            (StageError::KvOutage(_), _, _) => None,
+            (_, _, manifest::FailurePolicy::Open) => None,
+            (_, _, manifest::FailurePolicy::Closed) => Some(Fault::Plugin),
+        }
     }
 
     /// Whether it runs for a request routed under `route`.

@@ -22,6 +22,7 @@ mod backend;
 mod client;
 mod plugins;
 mod proxy;
+mod redis;
 
 pub use access::AccessLine;
 pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
@@ -31,6 +32,7 @@ pub use plugins::test_plugin;
 pub use proxy::{
     Launch, Portier, check, check_file, free_addr, plugin_path, run_command, run_expecting_exit,
 };
+pub use redis::RedisServer;
 
 use std::net::SocketAddr;
 use std::process::{Child, ExitStatus};

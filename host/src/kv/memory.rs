@@ -1,4 +1,5 @@
-//! Shared key-value state for plugins: the embedded in-memory backend.
+//! The embedded in-memory kv backend (the default): exact within one
+//! process, gone with it.
 //!
 //! Keys are namespaced per stage by [`Namespace`], so two stages never see
 //! each other's keys. Operations are atomic per key (a counter incremented by
@@ -18,56 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// Failure of the store itself (not "key absent").
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KvError {
-    /// `increment` on a value that is not a decimal integer.
-    #[error("value is not an integer")]
-    NotAnInteger,
-    /// The counter would overflow an i64.
-    #[error("increment overflows")]
-    Overflow,
-    /// The key is longer than the stage's `kv.max_key`.
-    #[error("key longer than {0} bytes (kv.max_key)")]
-    KeyTooLong(usize),
-    /// The value is larger than the stage's `kv.max_value`.
-    #[error("value larger than {0} bytes (kv.max_value)")]
-    ValueTooLarge(usize),
-    /// The write would take the stage past `kv.max_bytes` or `kv.max_entries`.
-    #[error(
-        "quota exceeded: the stage's kv holds {entries} entries, {bytes} bytes (kv.max_entries, kv.max_bytes)"
-    )]
-    QuotaExceeded {
-        /// Entries the stage holds.
-        entries: usize,
-        /// Bytes the stage holds.
-        bytes: usize,
-    },
-}
-
-/// What one stage may keep in kv.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Bytes of keys, values and bookkeeping together.
-    pub max_bytes: usize,
-    /// Entries.
-    pub max_entries: usize,
-    /// Bytes of one key.
-    pub max_key: usize,
-    /// Bytes of one value.
-    pub max_value: usize,
-}
-
-impl Default for Quota {
-    fn default() -> Quota {
-        Quota {
-            max_bytes: 16 << 20,
-            max_entries: 100_000,
-            max_key: 1 << 10,
-            max_value: 1 << 20,
-        }
-    }
-}
+use super::{KvError, Quota};
 
 /// What an entry costs beyond its key and value: the map slot, the entry's
 /// fields, allocator headers. Counted so a million empty values still count.
@@ -80,15 +32,15 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The process-wide store. Cheap to clone.
 #[derive(Clone)]
-pub struct Kv {
+pub struct Memory {
     inner: Arc<Inner>,
 }
 
-impl Default for Kv {
-    fn default() -> Kv {
+impl Default for Memory {
+    fn default() -> Memory {
         let inner = Arc::new(Inner::default());
         spawn_sweeper(Arc::downgrade(&inner));
-        Kv { inner }
+        Memory { inner }
     }
 }
 
@@ -194,12 +146,12 @@ impl Usage {
 /// One stage's view of the store.
 #[derive(Clone)]
 pub struct Namespace {
-    kv: Kv,
+    kv: Memory,
     prefix: Vec<u8>,
     usage: Arc<Usage>,
 }
 
-impl Kv {
+impl Memory {
     /// A view whose keys cannot collide with any other namespace's, under
     /// `quota` (which replaces the quota an earlier generation gave it).
     pub fn namespace(&self, name: &str, quota: Quota) -> Namespace {
@@ -425,12 +377,12 @@ mod tests {
     use super::*;
 
     fn ns(name: &str) -> Namespace {
-        Kv::default().namespace(name, Quota::default())
+        Memory::default().namespace(name, Quota::default())
     }
 
     #[test]
     fn namespaces_do_not_see_each_others_keys() {
-        let kv = Kv::default();
+        let kv = Memory::default();
         let (a, b) = (
             kv.namespace("a", Quota::default()),
             kv.namespace("ab", Quota::default()),
@@ -496,7 +448,7 @@ mod tests {
             max_key: 16,
             max_value: 64,
         };
-        let ns = Kv::default().namespace("q", quota);
+        let ns = Memory::default().namespace("q", quota);
         assert_eq!(
             ns.set(&"k".repeat(17), vec![], None),
             Err(KvError::KeyTooLong(16))
@@ -526,7 +478,7 @@ mod tests {
 
     #[test]
     fn entry_quota_holds_and_counters_count_against_it() {
-        let ns = Kv::default().namespace(
+        let ns = Memory::default().namespace(
             "e",
             Quota {
                 max_entries: 3,
@@ -569,7 +521,7 @@ mod tests {
 
     #[test]
     fn usage_belongs_to_the_stage_name_across_reloads() {
-        let kv = Kv::default();
+        let kv = Memory::default();
         let first = kv.namespace("s", Quota::default());
         first.set("k", b"v".to_vec(), None).unwrap();
         let reloaded = kv.namespace("s", Quota::default());
