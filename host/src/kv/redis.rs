@@ -5,9 +5,9 @@
 //! configured `timeout`, so an unreachable server costs a request that long
 //! at most, and the stage's `kv.outage` policy decides what then.
 //!
-//! Keys are `PREFIX` + the stage name's length + `:` + the stage name + `:`
-//! + the plugin's key (`portier:10:rate-limit:…`): stages cannot collide,
-//! and several deployments share one server with different prefixes.
+//! Keys are the prefix, the stage name's length, the stage name and the
+//! plugin's key (`portier:10:rate-limit:…`): stages cannot collide, and
+//! several deployments share one server with different prefixes.
 //! Increment with a TTL for a new key and compare-and-swap are Lua scripts,
 //! atomic on the server, so counters are exact across the fleet.
 //!
