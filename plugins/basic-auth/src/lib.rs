@@ -23,9 +23,10 @@
 //!   MD5-crypt (`$apr1$`, htpasswd's default, and `$1$`) and `{SHA}`,
 //!   checked by the host in native code off its event loop. Plain-text
 //!   and DES-crypt entries are refused at init.
-//! - The file is read (through the stage's `grants.dirs`) when the stage
-//!   starts: a reload reads it again, so adding a user is an edit and a
-//!   reload.
+//! - The file is read (through the stage's `grants.dirs`) by `init`, which
+//!   runs for every instance the host starts: adding a user is an edit and
+//!   a reload (`--watch` does not watch the file; until the reload, only
+//!   instances started after the edit see it).
 //! - Missing or wrong credentials, or an unknown user: `401` with
 //!   `www-authenticate: Basic realm="…", charset="UTF-8"`.
 //! - Valid: the user is the request context's `identity` (a later

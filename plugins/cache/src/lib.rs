@@ -17,8 +17,9 @@
 //! - Only GET and HEAD are looked up; HEAD shares GET's key (the host
 //!   answers it from the GET's entry). Other methods, and upgrade requests
 //!   (WebSocket), bypass the cache.
-//! - The key is scheme, host, path and query, plus the values of `key.headers`
-//!   and `key.cookies` when configured.
+//! - The key is scheme (the request's `X-Forwarded-Proto`), host (without
+//!   port), path and query, plus the values of `key.headers` and
+//!   `key.cookies` when configured.
 //! - A request with `Cache-Control: no-store` bypasses the cache; so does one
 //!   with `no-cache`, `max-age=0` or `Pragma: no-cache` unless
 //!   `bypass_on_no_cache = false`.
@@ -28,7 +29,9 @@
 //!   time from `ttl` (default `default_ttl`, 30 s). A 5xx is never stored
 //!   (listing one is an error).
 //! - Never stored: `Cache-Control` `no-store`, `private` or `no-cache`
-//!   (this cache does not revalidate yet); a `Set-Cookie` unless
+//!   (`no-cache` asks for a check with the upstream before every use; the
+//!   host revalidates an entry only once it is stale, so storing one would
+//!   gain nothing); a `Set-Cookie` unless
 //!   `allow_set_cookie`; an answer to a request with `Authorization` unless
 //!   `allow_authorization` or the response says `public`, `s-maxage` or
 //!   `must-revalidate` (§3.5); `Vary: *`. A response with `Vary` is stored

@@ -6,7 +6,7 @@
 //! ```toml
 //! [[pipeline]]
 //! plugin = "headers"
-//! config.request.set = { "x-forwarded-proto" = "https" }
+//! config.request.set = { "x-request-source" = "edge" }
 //! config.request.remove = ["x-debug"]
 //! config.response.set = { "strict-transport-security" = "max-age=31536000" }
 //! config.response.remove = ["server", "x-powered-by"]
@@ -21,6 +21,12 @@
 //!   `set` or in both `set` and `remove`, and `content-length` /
 //!   `transfer-encoding` are refused because the proxy owns message framing.
 //!   Errors name the key, e.g. `response.set.x-a: invalid header value`.
+//!   The host's other own headers (`connection`, `te`, `upgrade`, ...) pass
+//!   init; the host refuses a `set` of one on every request (logged as a
+//!   warning) and ignores a `remove`.
+//! - `X-Forwarded-*`: the host sets them before any stage and never again,
+//!   so a `set` here is what the upstream gets, for every request (see
+//!   docs/plugins/headers.md before setting `x-forwarded-proto`).
 
 use std::collections::BTreeMap;
 

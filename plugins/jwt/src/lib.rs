@@ -30,8 +30,9 @@
 //!   true` the header carrying it is removed before the request goes on.
 //! - Keys: HS256/384/512 secrets (at least 32 bytes), RS*/PS*, ES256/384
 //!   and EdDSA public keys as PEM (inline or a file), and the keys of a
-//!   JWKS file. Files are read through the stage's `grants.dirs`, at init:
-//!   every reload reads them again. A token naming a `kid` is verified with
+//!   JWKS file. Files are read through the stage's `grants.dirs`, at init,
+//!   which runs for every instance the host starts: reload after editing
+//!   one (`--watch` does not watch it). A token naming a `kid` is verified with
 //!   that key only; otherwise with each key of its algorithm. A key verifies
 //!   only its own algorithm (no HS/RS confusion), and `none` never passes.
 //! - Checked: the signature; `exp` (required unless `required_claims` says

@@ -1,9 +1,10 @@
 //! # rate-limit — at most N requests per client per window
 //!
-//! A filter that counts requests per client in the stage's shared `kv` and
-//! answers `429 Too Many Requests` once a client is over its budget. The
-//! count is exact across the host's instances of the stage, and across a
-//! fleet of proxies sharing a kv backend.
+//! A filter that counts requests per client in the stage's `kv` and
+//! answers `429 Too Many Requests` once a client is over its budget. With
+//! the embedded kv store the count is exact within one proxy process,
+//! across the host's instances of the stage; a fleet of proxies shares
+//! counts only with `[kv] backend = "redis"` (docs/manifest.md#kv).
 //!
 //! ```toml
 //! [[pipeline]]

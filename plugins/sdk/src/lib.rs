@@ -11,7 +11,9 @@
 //!   request gets (a balancer's session cookie, say).
 //! - [`HttpResponse`] is a response the plugin sends instead of forwarding.
 //! - [`log`], [`clock`], [`kv`] and [`upstreams`] are the host
-//!   capabilities, the only ones a plugin has (no files, sockets or env);
+//!   capabilities. A plugin never has sockets; files (read-only) and
+//!   environment variables only as the manifest grants its stage
+//!   (`grants.dirs`, `grants.env`), through `std::fs` and `std::env`;
 //!   [`config`] parses the stage's config that `init` receives, and
 //!   [`outbound`] sends requests of the plugin's own to the upstreams the
 //!   manifest granted its stage (forward auth, token introspection);
