@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod reload;
 pub mod role;
+pub mod scaffold;
 pub mod server;
 pub mod tls;
 pub mod trace;

@@ -1,5 +1,5 @@
-//! The `portier` command: `run` a manifest, `check` it, or `reload` the
-//! instance serving it.
+//! The `portier` command: `run` a manifest, `check` it, `reload` the
+//! instance serving it, or make a new plugin crate (`plugin new`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +48,52 @@ enum Command {
         /// The manifest the instance serves.
         manifest: PathBuf,
     },
+    /// Plugin authoring.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Make a plugin crate: an example plugin for the role, its tests
+    /// (`cargo test` runs the built component in-process) and a manifest
+    /// that loads it.
+    New {
+        /// The crate's name (and directory).
+        name: String,
+        /// The role it plays in the pipeline.
+        #[arg(long, value_enum, default_value = "filter")]
+        role: RoleArg,
+        /// Where to make the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The portier checkout whose SDK and test harness the crate uses
+        /// (default: the one this binary was built from).
+        #[arg(long)]
+        portier: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Filter,
+    Router,
+    Balancer,
+    CachePolicy,
+}
+
+impl From<RoleArg> for portier::role::Role {
+    fn from(r: RoleArg) -> Self {
+        use portier::role::Role;
+        match r {
+            RoleArg::Filter => Role::Filter,
+            RoleArg::Router => Role::Router,
+            RoleArg::Balancer => Role::Balancer,
+            RoleArg::CachePolicy => Role::CachePolicy,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +112,15 @@ fn main() -> ExitCode {
         Command::Check { manifest } => check(manifest),
         Command::Run { manifest, watch } => run(manifest, *watch),
         Command::Reload { manifest } => reload(manifest),
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    role,
+                    dir,
+                    portier,
+                },
+        } => new_plugin(name, (*role).into(), dir, portier.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +168,21 @@ fn reload(path: &Path) -> anyhow::Result<()> {
         .block_on(portier::admin::ask_reload(&admin))
         .map_err(anyhow::Error::msg)?;
     println!("reloaded: generation {generation}");
+    Ok(())
+}
+
+fn new_plugin(
+    name: &str,
+    role: portier::role::Role,
+    dir: &Path,
+    sources: Option<&Path>,
+) -> anyhow::Result<()> {
+    let sources = sources.map_or_else(portier::scaffold::default_sources, Path::to_owned);
+    let root = portier::scaffold::new_plugin(name, role, dir, &sources)?;
+    println!(
+        "made {role} plugin {name} in {dir}\n\n  cd {dir}\n  cargo test                                     # builds it, runs tests/component.rs\n  cargo build --target wasm32-wasip2 --release\n  portier run manifest.toml",
+        dir = root.display()
+    );
     Ok(())
 }
 

@@ -195,6 +195,11 @@ impl Pipeline {
         })
     }
 
+    /// How many bytes of a request body the filters asked to see (0: none).
+    pub fn body_prefix(&self) -> usize {
+        self.body_prefix
+    }
+
     /// The TLS configuration new HTTPS connections are accepted with.
     pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.clone()

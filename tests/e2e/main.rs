@@ -28,6 +28,7 @@ mod quickstart;
 mod reload;
 mod routing;
 mod sandbox;
+mod scaffold;
 mod scoping;
 mod tls;
 mod upgrades;

@@ -4,8 +4,12 @@
 //!   and the proxy on `examples/quickstart.toml` (Ctrl-C stops all).
 //! - `cargo xtask test`: rustfmt and clippy (warnings are errors) on every
 //!   workspace, then every test there is (plugin unit tests, host unit
-//!   tests, end-to-end tests with real processes), then a build of the
-//!   micro-benchmarks. CI runs exactly this.
+//!   tests, the built-in plugins' harness tests, end-to-end tests with real
+//!   processes, and the own tests of a plugin crate `portier plugin new`
+//!   makes for each role), then a build of the micro-benchmarks. Missing
+//!   tools are installed first: the wasm32-wasip2 target, rustfmt and
+//!   clippy (rustup), `redis-server` and Prometheus' `promtool` (apt-get).
+//!   CI runs exactly this.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -187,6 +191,7 @@ fn test() -> Result<(), String> {
         "host unit and end-to-end tests",
         cargo().args(["test", "--workspace"]),
     )?;
+    new_plugins_pass_their_own_tests()?;
     // That the micro-benchmarks build and link. In the dev profile, whose
     // artifacts the tests just built: an optimised build of wasmtime would
     // cost CI ~11 minutes, and bench/run makes that one itself.
@@ -194,6 +199,41 @@ fn test() -> Result<(), String> {
         "compiling the micro-benchmarks",
         cargo().args(["bench", "--workspace", "--no-run", "--profile", "dev"]),
     )
+}
+
+/// `portier plugin new` for every role, then each new crate's own
+/// `cargo test` (the portier-test harness running its component). In the
+/// workspace's target directory, with the workspace's lock file, so the
+/// wasm runtime the harness links is the one the tests above compiled.
+fn new_plugins_pass_their_own_tests() -> Result<(), String> {
+    let dir = root().join("target/new-plugins");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+    }
+    let portier = root().join("target/debug/portier");
+    for role in ["filter", "router", "balancer", "cache-policy"] {
+        let name = format!("new-{role}");
+        run(
+            &format!("portier plugin new {name} --role {role}"),
+            Command::new(&portier)
+                .args(["plugin", "new", &name, "--role", role, "--dir"])
+                .arg(&dir)
+                .arg("--portier")
+                .arg(root()),
+        )?;
+        let crate_dir = dir.join(&name);
+        std::fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock"))
+            .map_err(|e| format!("copying Cargo.lock: {e}"))?;
+        run(
+            &format!("the new {role} plugin's own tests"),
+            cargo()
+                .arg("test")
+                .arg("--manifest-path")
+                .arg(crate_dir.join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", root().join("target")),
+        )?;
+    }
+    Ok(())
 }
 
 fn quickstart() -> Result<(), String> {

@@ -50,6 +50,25 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
     }
 }
 
+/// Run `command` to its exit, its output (stdout and stderr) going to a
+/// file, for at most `timeout` (then the test fails). Returns the status
+/// and the output.
+pub fn run_bounded(command: &mut std::process::Command, timeout: Duration) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("output.log");
+    let file = std::fs::File::create(&log).expect("output.log");
+    let mut child = command
+        .stdout(file.try_clone().expect("output.log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
+    match wait_or_kill(&mut child, timeout) {
+        Some(status) => (status, output()),
+        None => panic!("{command:?} still running after {timeout:?}:\n{}", output()),
+    }
+}
+
 /// Wait (blocking, polling every 20 ms) for `child` to exit, for at most
 /// `timeout`. Past it, kill and reap the child and return `None`, so the
 /// caller can fail the test with what it knows (a log, a path).
