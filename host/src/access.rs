@@ -11,7 +11,7 @@
 //!
 //! | flag | meaning | status |
 //! |---|---|---|
-//! | `IR` | the request head broke an ingress rule | 400, 414, 431... |
+//! | `IR` | the request head broke an ingress rule | 400, 405, 414 |
 //! | `BL` | the request body was larger than allowed | 413 |
 //! | `BT` | the request body stalled past its idle timeout | 408 |
 //! | `BB` | the request body was malformed or cut off | 400 |

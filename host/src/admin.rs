@@ -116,7 +116,9 @@ pub async fn ask_reload(admin: &Admin) -> Result<u64, String> {
         .await
         .map_err(|e| format!("admin listener at {target}: {e}"))?;
     tokio::spawn(conn);
-    let mut req = Request::post("/reload").header(header::HOST, target.to_string());
+    // The listener's own address as Host: one it always accepts, even on
+    // 0.0.0.0 without `hosts` (loopback names are for loopback listeners).
+    let mut req = Request::post("/reload").header(header::HOST, addr.to_string());
     if let Some(token) = &admin.token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }

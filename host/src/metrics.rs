@@ -80,7 +80,7 @@ pub struct StageLabel {
 pub struct StageFailureLabels {
     /// The stage's name.
     pub stage: String,
-    /// `timeout`, `trap`, `contract`, `start`, `quarantined` or `busy`.
+    /// `timeout`, `trap`, `contract`, `start`, `quarantined`, `busy` or `kv_outage` (kv down and `kv.outage` not `plugin`).
     pub kind: &'static str,
 }
 
@@ -227,7 +227,7 @@ impl Metrics {
         );
         r.register(
             "stage_failures",
-            "Plugin calls that failed: timeout, trap, contract, start, quarantined or busy",
+            "Plugin calls that failed: timeout, trap, contract, start, quarantined, busy or kv_outage",
             m.stage_failures.clone(),
         );
         r.register(

@@ -11,7 +11,7 @@
 //! async fn refuses_a_request_without_a_key() {
 //!     // Builds this crate to wasm32-wasip2 (release) and returns the .wasm.
 //!     let wasm = portier_test::component!();
-//!     let proxy = Harness::new()
+//!     let proxy = Harness::builder()
 //!         .stage(Stage::filter(&wasm).config(r#"keys = ["k1"]"#))
 //!         .start()
 //!         .await
@@ -274,7 +274,7 @@ fn runtime() -> Result<&'static Runtime, Error> {
 impl Harness {
     /// Start describing a pipeline: add [`Stage`]s and upstreams, then
     /// [`Builder::start`].
-    pub fn new() -> Builder {
+    pub fn builder() -> Builder {
         Builder::default()
     }
 

@@ -10,7 +10,7 @@ endpoints = ["10.0.0.1:80", { address = "10.0.0.2:80", weight = 3 }]
 "#;
 
 async fn balancer(config: &str) -> Harness {
-    Harness::new()
+    Harness::builder()
         .manifest(UPSTREAM)
         .stage(Stage::builtin("balancer").config(config))
         .start()
@@ -76,7 +76,7 @@ async fn a_sticky_session_comes_back_to_its_endpoint() {
 
 #[tokio::test]
 async fn an_unknown_algorithm_is_refused_at_load_naming_the_key() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .manifest(UPSTREAM)
         .stage(Stage::builtin("balancer").config(r#"algorithm = "fastest""#))
         .start()

@@ -5,7 +5,7 @@
 use portier_test::{Harness, Request, Response, Stage};
 
 async fn cors() -> Harness {
-    Harness::new()
+    Harness::builder()
         .stage(Stage::builtin("cors").config(
             r#"
             origins = ["https://app.example.com"]

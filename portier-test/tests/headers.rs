@@ -3,7 +3,7 @@
 use portier_test::{Harness, Request, Response, Stage};
 
 async fn proxy() -> Harness {
-    Harness::new()
+    Harness::builder()
         .stage(Stage::builtin("headers").config(
             r#"
             request.set = { "x-request-source" = "edge" }
@@ -53,7 +53,7 @@ async fn response_headers_are_set_and_removed_on_the_way_back() {
 
 #[tokio::test]
 async fn an_unknown_key_is_refused_at_load() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .stage(Stage::builtin("headers").config("request.sett = {}"))
         .start()
         .await

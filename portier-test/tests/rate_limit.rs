@@ -4,7 +4,7 @@
 use portier_test::{Harness, Request, Stage};
 
 async fn limiter(config: &str) -> Harness {
-    Harness::new()
+    Harness::builder()
         .stage(Stage::builtin("rate-limit").name("limit").config(config))
         .start()
         .await
@@ -45,7 +45,7 @@ key = { header = "x-api-key" }"#,
 
 #[tokio::test]
 async fn a_window_that_is_not_a_duration_is_refused_at_load() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .stage(Stage::builtin("rate-limit").config(
             r#"requests = 5
 window = "soon""#,

@@ -27,7 +27,7 @@ async fn router(default: Option<&str>) -> Harness {
         Some(d) => format!("default = \"{d}\"\n{ROUTES}"),
         None => ROUTES.to_owned(),
     };
-    Harness::new()
+    Harness::builder()
         .upstream("api", ["10.0.0.1:8080"])
         .upstream("admin", ["10.0.0.2:8080"])
         .upstream("web", ["10.0.0.3:8080"])
@@ -102,7 +102,7 @@ async fn no_match_without_a_default_is_answered_404_by_the_router() {
 
 #[tokio::test]
 async fn an_unknown_upstream_is_refused_at_load_with_the_key() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .upstream("api", ["10.0.0.1:8080"])
         .stage(Stage::builtin("router").config("default = \"nope\""))
         .start()

@@ -457,10 +457,12 @@ async fn the_log_filter_follows_rust_log_and_portier_log_wins() {
 #[tokio::test]
 async fn portier_reload_tells_the_running_instance_and_reports_a_rejection() {
     let backend = Backend::new("app").start().await;
+    // An admin listener on every address (a token is required then), with
+    // no `hosts`: `portier reload` still gets in, through loopback.
     let manifest = format!(
-        "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n",
+        "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"0.0.0.0:{}\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n",
         free_addr(),
-        free_addr(),
+        free_addr().port(),
         backend.addr()
     );
     let token = [("ADMIN_TOKEN", "a-token-of-twenty-chars")];

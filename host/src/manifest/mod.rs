@@ -132,7 +132,8 @@ pub struct Stage {
     pub source: PluginSource,
     /// Failure policy.
     pub on_error: FailurePolicy,
-    /// Wall-clock deadline for one plugin call.
+    /// Budget of one plugin call's own running time (in clock ticks of
+    /// 1 ms; waits in host calls cost at most one tick each).
     pub call_timeout: Duration,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit: usize,

@@ -41,6 +41,8 @@ pub use worlds::{BalancerWorld, CachePolicyWorld, FilterWorld, RouterWorld, Worl
 
 /// How often the epoch ticks: the granularity of call deadlines.
 const EPOCH_TICK: Duration = crate::clock::TICK;
+/// The least budget a stage's `init` gets (a larger `call_timeout` applies).
+const INIT_BUDGET: Duration = Duration::from_millis(100);
 /// Idle instances kept per stage; more are created under load and dropped after.
 const MAX_IDLE_INSTANCES: usize = 64;
 /// Live instances across all stages and generations (the pool's size).
@@ -749,7 +751,11 @@ impl<W: World> Stage<W> {
                 Box::pin(tokio::task::yield_now()),
             ))
         });
-        self.arm_deadline(&mut store);
+        // `init` does a stage's one-time work (parsing its config, compiling
+        // rules), often on a freshly mapped memory: it gets at least
+        // INIT_BUDGET, so a busy machine does not refuse a healthy plugin.
+        let init_budget = self.call_timeout.max(INIT_BUDGET);
+        self.arm(&mut store, init_budget);
         let config = &*self.shared.config_json;
         let (exports, init) = W::start(&self.pre, &mut store, config)
             .await
@@ -773,17 +779,18 @@ impl<W: World> Stage<W> {
                 key: refused.key,
                 message: refused.message,
             }),
-            Err(e) => Err(classify(e, self.call_timeout)),
+            Err(e) => Err(classify(e, init_budget)),
         }
     }
 
     /// Give the next call its budget: `call_timeout` in epoch ticks.
     fn arm_deadline(&self, store: &mut Store<StageState>) {
-        let ticks = self
-            .call_timeout
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos())
-            .max(1) as u64;
+        self.arm(store, self.call_timeout);
+    }
+
+    /// Give the next call `budget`, in epoch ticks.
+    fn arm(&self, store: &mut Store<StageState>, budget: Duration) {
+        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
         store.data_mut().ticks_left = ticks;
         store.data_mut().exclude = 0;
         store.data_mut().outbound_sent = 0;

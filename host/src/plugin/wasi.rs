@@ -1,7 +1,8 @@
 //! The WASI surface a plugin is granted: what Rust's `std` needs to run
 //! (clocks, random, stdio, environment, exit, filesystem types), and nothing
-//! that reaches outside the process. There are no preopened directories and
-//! no environment variables, and `wasi:sockets` is not linked at all, so a
+//! that reaches outside the process. A stage sees only the directories
+//! (read-only) and environment variables its manifest `grants` name, and
+//! none without grants; `wasi:sockets` is not linked at all, so a
 //! component importing it fails `portier check` naming that import.
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
@@ -39,8 +40,8 @@ pub fn add_to_linker<T: WasiView>(l: &mut Linker<T>) -> wasmtime::Result<()> {
     cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    // `std` imports the filesystem interfaces even when unused; with no
-    // preopens there is no directory to open.
+    // `std` imports the filesystem interfaces even when unused; a stage
+    // without `grants.dirs` has no preopens, so no directory to open.
     filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
     filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
     Ok(())

@@ -84,8 +84,9 @@ pub fn least_request(loads: &[Load], turn: impl FnOnce() -> u64) -> Option<u32> 
 }
 
 /// Whether `a` carries less load per unit of weight than `b`, compared by
-/// cross-multiplying so no division (or float) is needed. Weight 0 is the
-/// heaviest possible load: such an endpoint is used only if all are weight 0.
+/// cross-multiplying so no division (or float) is needed. The manifest
+/// gives every endpoint a weight of at least 1; a 0 would count as the
+/// heaviest possible load rather than divide by zero.
 fn lighter(a: &Load, b: &Load) -> bool {
     let load = |l: &Load| u64::from(l.in_flight) + 1;
     load(a) * u64::from(b.weight) < load(b) * u64::from(a.weight)

@@ -1,8 +1,9 @@
 //! Shared key-value state, namespaced per stage.
 //!
-//! Every instance of a stage (and, with a shared backend, every proxy of a
-//! fleet) sees the same keys, so counters and windows are exact. Two stages
-//! never see each other's keys.
+//! Every instance of a stage in one proxy sees the same keys, so counters
+//! and windows are exact there; with `[kv] backend = "redis"` every proxy
+//! of a fleet sharing that Redis sees them too. Two stages never see each
+//! other's keys.
 //!
 //! ```no_run
 //! use std::time::Duration;

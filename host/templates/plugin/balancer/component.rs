@@ -3,7 +3,7 @@
 use portier_test::{Harness, Request, Stage};
 
 async fn proxy() -> Harness {
-    Harness::new()
+    Harness::builder()
         .upstream("app", ["10.0.0.1:8080", "10.0.0.2:8080"])
         .stage(Stage::balancer(portier_test::component!()))
         .start()

@@ -3,7 +3,7 @@
 use portier_test::{Harness, Request, Response, Stage};
 
 async fn proxy() -> Harness {
-    Harness::new()
+    Harness::builder()
         .stage(Stage::cache_policy(portier_test::component!()).config(
             r#"
             prefixes = ["/static/"]

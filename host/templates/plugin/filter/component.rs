@@ -3,7 +3,7 @@
 use portier_test::{Harness, Request, Stage};
 
 async fn proxy(config: &str) -> Harness {
-    Harness::new()
+    Harness::builder()
         .stage(Stage::filter(portier_test::component!()).config(config))
         .start()
         .await
@@ -28,7 +28,7 @@ async fn forwards_a_request_with_it_and_says_what_it_checked() {
 
 #[tokio::test]
 async fn a_config_without_a_valid_header_name_is_refused_at_load() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .stage(Stage::filter(portier_test::component!()).config(r#"require = "not a header""#))
         .start()
         .await

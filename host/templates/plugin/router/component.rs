@@ -3,7 +3,7 @@
 use portier_test::{Harness, Request, Stage};
 
 async fn proxy(config: &str) -> Harness {
-    Harness::new()
+    Harness::builder()
         .upstream("api", ["10.0.0.1:8080"])
         .upstream("web", ["10.0.0.2:8080"])
         .stage(Stage::router(portier_test::component!()).config(config))
@@ -29,7 +29,7 @@ async fn no_match_and_no_default_is_404() {
 
 #[tokio::test]
 async fn an_unknown_upstream_is_refused_at_load() {
-    let err = Harness::new()
+    let err = Harness::builder()
         .upstream("api", ["10.0.0.1:8080"])
         .stage(Stage::router(portier_test::component!()).config(r#"default = "nope""#))
         .start()
