@@ -33,6 +33,8 @@
 //! - [`Harness::response`] runs the filters' `on-response` on a response
 //!   you make up, as if the upstream had sent it.
 //! - [`Harness::kv`] reads and seeds a stage's kv namespace.
+//! - [`Harness::storable`] asks a cache policy about a response;
+//!   [`Harness::store`] keeps it as the proxy would, for later hits.
 
 mod build;
 mod outcome;
@@ -41,7 +43,7 @@ mod request;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use portier::cache::Stores;
+use portier::cache::{Entry, Stores};
 use portier::kv::Namespace;
 use portier::manifest::Manifest;
 use portier::pipeline::Pipeline;
@@ -366,6 +368,53 @@ impl Harness {
             .storable(outcome.head_copy(), response.head_copy())
             .await;
         r.map_err(|e| e.to_string())
+    }
+
+    /// Store `response` as the proxy does after a cache miss: ask the
+    /// cache-policy stage whether it may be stored and, if so, keep it under
+    /// the miss's key (a response with `Vary` as the variant for the
+    /// request's values), so that later requests for it are `HIT`s. Returns
+    /// the lifetime in seconds the policy gave (`Ok(None)`: not stored).
+    /// `Err`: the request was not a cache miss, or the call failed.
+    ///
+    /// It takes the outcome because a miss holds its key's fetch until
+    /// dropped: another request for the key waits for it (up to `[cache]
+    /// lock_timeout`, default 5 s) before looking again.
+    ///
+    /// # Panics
+    ///
+    /// When the status or a header is not valid HTTP: a test's mistake.
+    pub async fn store(
+        &self,
+        outcome: Outcome,
+        response: &Response,
+    ) -> Result<Option<u32>, String> {
+        let key = outcome
+            .cache_key()
+            .ok_or("the request was not a cache miss")?
+            .to_owned();
+        let store = self
+            .pipeline
+            .cache()
+            .ok_or("the pipeline has no cache store")?;
+        let Some(secs) = self.storable(&outcome, response).await?.filter(|s| *s > 0) else {
+            return Ok(None);
+        };
+        let lifetime = std::time::Duration::from_secs(u64::from(secs));
+        let head = response.head_copy().parts;
+        let key = match portier::cache::vary_names(&head.headers) {
+            Some(names) => {
+                let variant = portier::cache::variant_key(&key, &names, outcome.request_headers());
+                store.mark_variants(&key, names, lifetime);
+                variant
+            }
+            None => key,
+        };
+        let entry = Entry::new(head.status, head.headers, response.body.clone(), lifetime);
+        store.insert(key, entry);
+        // The miss's fetch ends after the insert, as the proxy's does.
+        drop(outcome);
+        Ok(Some(secs))
     }
 
     /// The kv namespace of stage `name`: seed it before a request, or read

@@ -172,6 +172,11 @@ impl Outcome {
         (self.head, self.decision.reached, added)
     }
 
+    /// The request's headers, as the stages left them.
+    pub(crate) fn request_headers(&self) -> &http::HeaderMap {
+        &self.head.parts.headers
+    }
+
     /// A copy of the head (for a call that takes one by value).
     pub(crate) fn head_copy(&self) -> RequestHead {
         let mut head = RequestHead::new(clone_request_parts(&self.head.parts), self.head.client);
