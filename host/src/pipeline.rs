@@ -273,15 +273,15 @@ impl Pipeline {
         finish.client = client;
         // Who the request is, across hops and in every log line of it.
         let trace = TraceContext::of(&parts.headers);
-        if self.server.traceparent {
-            parts.headers.insert(&TRACEPARENT, trace.traceparent());
-        }
         let config = &self.server.request_id;
         let id = RequestId::of(&parts.headers, &trace, config);
         if let Some(name) = config.header.as_ref().filter(|_| config.upstream) {
             parts.headers.insert(name, id.header_value().clone());
         }
-        let span = tracing::info_span!("request", id = %id);
+        let span = tracing::info_span!("request", id = id.as_str());
+        if self.server.traceparent {
+            parts.headers.insert(&TRACEPARENT, trace.traceparent());
+        }
         finish.request_id = Some(id);
         finish.trace_id = trace.trace_id;
         self.serve(parts, body, client, finish)

@@ -13,7 +13,7 @@
 //! trace, or a random id when the client's trace goes on (a client may send
 //! one `traceparent` with many requests: ids must differ).
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -64,15 +64,22 @@ impl TraceContext {
 
     /// The `traceparent` the upstream gets: this trace, the proxy's span.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        let _ = write!(
-            s,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        );
-        HeaderValue::try_from(s).expect("hex digits and dashes are a valid header value")
+        // Written into a stack buffer: this runs on every request, and
+        // `fmt` machinery plus a String cost more than the hex itself.
+        let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut b[3..35], self.trace_id);
+        hex_into(&mut b[36..52], u128::from(self.span_id));
+        hex_into(&mut b[53..55], u128::from(self.sampled));
+        HeaderValue::from_bytes(&b).expect("hex digits and dashes are a valid header value")
+    }
+}
+
+/// `v`'s low `out.len() * 4` bits as lower-case hex, zero-padded, into `out`.
+fn hex_into(out: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for c in out.iter_mut().rev() {
+        *c = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -124,9 +131,11 @@ impl RequestId {
                     None => trace.trace_id,
                     Some(_) => nonzero(fastrand::u128(..)),
                 };
-                let mut s = String::with_capacity(32);
-                let _ = write!(s, "{id:032x}");
-                RequestId(HeaderValue::try_from(s).expect("hex digits are a valid header value"))
+                let mut hex = [0u8; 32];
+                hex_into(&mut hex, id);
+                RequestId(
+                    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value"),
+                )
             }
         }
     }

@@ -44,6 +44,17 @@ async fn a_get_misses_under_scheme_host_path_and_query_then_its_stored_response_
         )
         .await;
     assert_eq!(head.cache().as_deref(), Some("HIT"));
+    drop(head);
+    // Host names are case-insensitive: another spelling is the same page.
+    let shouted = proxy
+        .request(
+            Request::get("/a?b=1")
+                .header("host", "SHOP.Example")
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    assert_eq!(shouted.cache().as_deref(), Some("HIT"));
+    drop(shouted);
     // Another query, or plain http, is another key.
     for other in [
         get("/a?b=2"),

@@ -446,7 +446,7 @@ pub struct Stage<W: World> {
 macro_rules! with_instance {
     // Take an instance, lend it `$heads`, run `$call`, take the heads back,
     // and return the instance to the pool unless the call failed.
-    ($self:ident, [$($head:ident),*], |$b:ident, $store:ident, $($res:ident),*| $call:expr) => {{
+    ($self:ident, $what:literal, [$($head:ident),*], |$b:ident, $store:ident, $($res:ident),*| $call:expr) => {{
         let mut inst = match $self.take().await {
             Ok(i) => i,
             Err(e) => return ($($head,)* Err(e)),
@@ -466,7 +466,13 @@ macro_rules! with_instance {
             let $store = &mut inst.store;
             // The guest gets borrows; the host keeps ownership to take the heads back.
             $(let $res = Resource::new_borrow($res.rep());)*
-            $call.await
+            // A span per call, at debug level: free unless the log filter
+            // asks for it (`RUST_LOG=portier::plugin=debug`).
+            tracing::Instrument::instrument(
+                $call,
+                tracing::debug_span!("stage", name = %$self.name, call = $what),
+            )
+            .await
         };
         $self.metrics.calls.observe(started.elapsed().as_secs_f64());
         let table = &mut inst.store.data_mut().table;
@@ -481,8 +487,8 @@ impl Stage<FilterWorld> {
         &self,
         head: RequestHead,
     ) -> (RequestHead, Result<FilterAction, StageError>) {
-        let (head, out) =
-            with_instance!(self, [head], |f, store, req| f.call_on_request(store, req));
+        let (head, out) = with_instance!(self, "on-request", [head], |f, store, req| f
+            .call_on_request(store, req));
         let out = out.and_then(|a| match a {
             bindings::filter::Action::Continue => Ok(FilterAction::Continue),
             bindings::filter::Action::Respond(r) => self.checked(r).map(FilterAction::Respond),
@@ -496,7 +502,7 @@ impl Stage<FilterWorld> {
         req: RequestHead,
         resp: ResponseHead,
     ) -> (RequestHead, ResponseHead, Result<(), StageError>) {
-        with_instance!(self, [req, resp], |f, store, r, s| f
+        with_instance!(self, "on-response", [req, resp], |f, store, r, s| f
             .call_on_response(store, r, s))
     }
 
@@ -518,7 +524,8 @@ impl Stage<RouterWorld> {
         &self,
         head: RequestHead,
     ) -> (RequestHead, Result<RouteDecision, StageError>) {
-        let (head, out) = with_instance!(self, [head], |r, store, req| r.call_route(store, req));
+        let (head, out) = with_instance!(self, "route", [head], |r, store, req| r
+            .call_route(store, req));
         let out = out.and_then(|d| match d {
             bindings::router::Route::Forward(d) => {
                 self.route_named(d.route)
@@ -558,7 +565,7 @@ impl Stage<BalancerWorld> {
         upstream: &str,
     ) -> (RequestHead, Result<Option<u32>, StageError>) {
         let exclude = head.tried;
-        with_instance!(self, [head], |b, store, req| {
+        with_instance!(self, "pick", [head], |b, store, req| {
             store.data_mut().exclude = exclude;
             b.call_pick(store, req, upstream)
         })
@@ -572,7 +579,8 @@ impl Stage<CachePolicyWorld> {
         &self,
         head: RequestHead,
     ) -> (RequestHead, Result<Option<String>, StageError>) {
-        with_instance!(self, [head], |c, store, req| c.call_cache_key(store, req))
+        with_instance!(self, "cache-key", [head], |c, store, req| c
+            .call_cache_key(store, req))
     }
 
     /// Run a cache policy's `storable`: how long (seconds) the response may
@@ -582,7 +590,7 @@ impl Stage<CachePolicyWorld> {
         req: RequestHead,
         resp: ResponseHead,
     ) -> (RequestHead, ResponseHead, Result<Option<u32>, StageError>) {
-        with_instance!(self, [req, resp], |c, store, r, s| c
+        with_instance!(self, "storable", [req, resp], |c, store, r, s| c
             .call_storable(store, r, s))
     }
 }

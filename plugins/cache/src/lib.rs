@@ -160,9 +160,11 @@ impl CachePolicy for Cache {
         let scheme = request
             .header("x-forwarded-proto")
             .unwrap_or_else(|| "http".into());
+        // Host names are case-insensitive: one page, one entry (and one
+        // key to purge), however a client spells the name.
         let mut key = format!(
             "{scheme}://{}{}",
-            request.host().unwrap_or_default(),
+            request.host().unwrap_or_default().to_ascii_lowercase(),
             request.path()
         );
         if let Some(q) = request.query() {
