@@ -160,6 +160,27 @@ pub async fn reopen_on_sigusr1() {
     }
 }
 
+/// `line` without its ANSI escape sequences (`ESC [ ... letter`): the
+/// formatter colours lines when standard output is a terminal, and one
+/// writer serves both destinations.
+fn without_ansi(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len());
+    let mut bytes = line.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != 0x1b {
+            out.push(b);
+            continue;
+        }
+        // Skip `[`, parameters, and the final byte (a letter).
+        for c in bytes.by_ref() {
+            if c.is_ascii_alphabetic() {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Where each line goes: access lines to the access file when there is
 /// one, everything else to standard output.
 struct Writers;
@@ -185,6 +206,8 @@ impl Write for LineWriter {
         match self {
             LineWriter::Stdout(s) => s.write_all(buf),
             LineWriter::Access => match &mut access().file {
+                // Colours are for a terminal: a file gets plain text.
+                Some(f) if buf.contains(&0x1b) => f.write_all(&without_ansi(buf)),
                 Some(f) => f.write_all(buf),
                 None => io::stdout().write_all(buf),
             },
@@ -211,5 +234,17 @@ impl<'a> MakeWriter<'a> for Writers {
         } else {
             LineWriter::Stdout(io::stdout())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_ansi;
+
+    #[test]
+    fn colour_codes_do_not_reach_the_access_log_file() {
+        let coloured = b"\x1b[2m2026-12-02\x1b[0m \x1b[32m INFO\x1b[0m \x1b[3mstatus\x1b[0m\x1b[2m=\x1b[0m200\n";
+        assert_eq!(without_ansi(coloured), b"2026-12-02  INFO status=200\n");
+        assert_eq!(without_ansi(b"plain=1\n"), b"plain=1\n");
     }
 }

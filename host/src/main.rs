@@ -14,6 +14,7 @@ use portier::pipeline::Pipeline;
 use portier::plugin::Runtime;
 use portier::reload::Reloader;
 use portier::server;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// A reverse proxy whose features are WebAssembly components.
 #[derive(Parser)]
@@ -191,6 +192,14 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     portier::logging::set_access_log(&manifest.server.access_log)
         .with_context(|| format!("{}: server.access_log", path.display()))?;
     control_runtime()?.block_on(async move {
+        // SIGHUP's and SIGUSR1's default action ends a process: until the
+        // reloader and the log reopener listen, a `systemctl reload` or a
+        // logrotate racing the start would kill it. Registering them now
+        // installs the handlers for the process's life; one that arrives
+        // before `serving` is ignored.
+        for kind in [SignalKind::hangup(), SignalKind::user_defined1()] {
+            drop(signal(kind).context("installing signal handlers")?);
+        }
         let wasm = Arc::new(Runtime::new(manifest.server.cache_dir.as_deref())?);
         // Upstream connections, health and load outlive every reload.
         let registry = portier::upstream::Registry::new(manifest.server.workers);

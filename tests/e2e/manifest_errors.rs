@@ -320,3 +320,25 @@ fn every_example_manifest_passes_check() {
         );
     }
 }
+
+#[test]
+fn a_relative_cache_dir_beside_a_manifest_named_relatively_works() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("portier.toml"),
+        format!(
+            "[server]\nlisten = \"{}\"\ncache_dir = \"wasm-cache\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"127.0.0.1:9\"]\n[[pipeline]]\nplugin = \"router\"\nconfig = {{ default = \"a\" }}\n",
+            free_addr()
+        ),
+    )
+    .unwrap();
+    // `portier check portier.toml` from the manifest's directory: every
+    // path in it is then relative.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .args(["check", "portier.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("wasm-cache").is_dir());
+}

@@ -143,6 +143,9 @@ impl Runtime {
         config.allocation_strategy(pooling());
         let dir = cache_dir.map(Path::to_owned).or_else(default_cache_dir);
         if let Some(dir) = dir {
+            // wasmtime's cache wants an absolute directory; a manifest in
+            // the current directory makes a relative one.
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             config.cache(Some(Cache::new(cache).map_err(err)?));
