@@ -5,7 +5,8 @@
 //! - `GET /metrics`: counters, histograms and the pipeline's state in
 //!   OpenMetrics or Prometheus' text format, as `Accept` asks (see
 //!   `crate::metrics`).
-//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /healthz`: 200 while the process serves, 503 once it drains
+//!   (after SIGTERM or SIGINT).
 //! - `POST /reload`: rebuild from the manifest; 200 with the new generation,
 //!   or 422 with the `FILE: KEY: REASON` that kept the old one serving.
 //!
@@ -63,6 +64,13 @@ async fn handle(
         return refusal.response();
     }
     match (req.method(), req.uri().path()) {
+        // Draining: a load balancer's health check takes the instance out
+        // of rotation while what is in flight finishes.
+        (&Method::GET, "/healthz") if draining() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".into(),
+        ),
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/metrics") => {
             let accept = req
@@ -92,6 +100,18 @@ async fn handle(
         (&Method::POST, "/cache/purge") => purge(req, reloader).await,
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Set once the process starts its graceful shutdown.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The process is shutting down: `/healthz` answers 503 from now on.
+pub fn set_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `POST /reload` on the admin listener `admin` describes, as `portier

@@ -238,6 +238,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let threads = server::spawn_workers(workers, listeners, current, stopped)?;
         tracing::info!(workers, "serving");
         shutdown_signal().await;
+        portier::admin::set_draining();
         let _ = stop.send(true);
         // Workers drain their connections (bounded by the drain timeout) and exit.
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))

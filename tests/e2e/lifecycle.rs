@@ -1,6 +1,6 @@
 //! Lifecycle proves how a proxy starts and stops: SIGTERM lets the request
 //! in flight (a slow one) finish and the process exit 0, refusing new
-//! connections meanwhile; requests still running at `timeouts.shutdown` are
+//! connections and answering `/healthz` with 503 meanwhile; requests still running at `timeouts.shutdown` are
 //! cut and the process exits anyway; a second `portier run` on an address
 //! another one serves fails to start, naming the address, instead of
 //! silently sharing it; and running out of file descriptors is this
@@ -18,8 +18,10 @@ use crate::support::{
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let delay = Duration::from_millis(1500);
     let backend = Backend::new("slow").delay(delay).start().await;
-    let mut proxy = Portier::start(&one_upstream(&endpoints(&[&backend]), "", "")).await;
+    let mut proxy = Portier::start(&one_upstream_with_admin(&endpoints(&[&backend]), "", "")).await;
     let client = proxy.client();
+    let admin = proxy.admin();
+    assert_eq!(admin.get("/healthz").await.status, http::StatusCode::OK);
     let slow = tokio::spawn(async move { client.get("/slow").await });
     // Wait until the backend has the request: it is in flight.
     crate::support::wait_until(
@@ -32,27 +34,33 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let addr = proxy.addr();
     let signalled = Instant::now();
     let stopping = async { proxy.stop().await };
-    let refused_meanwhile = async {
-        // Once the proxy stops accepting, new connections are refused.
+    let draining = async {
+        // Once the proxy drains, new connections are refused (its
+        // listening sockets are closed, not left to fill a backlog) and
+        // its health check says so, both while the slow request still runs.
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let refused = loop {
             if tokio::net::TcpStream::connect(addr).await.is_err() {
-                return true;
+                break signalled.elapsed();
             }
-            if Instant::now() > deadline {
-                return false;
-            }
+            assert!(
+                Instant::now() < deadline,
+                "new connections still accepted while draining"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        (refused, admin.get("/healthz").await)
     };
-    let (status, refused) = tokio::join!(stopping, refused_meanwhile);
+    let (status, (refused_after, health)) = tokio::join!(stopping, draining);
     assert!(status.success());
-    assert!(
-        refused,
-        "new connections were still accepted while draining"
-    );
     let reply = slow.await.expect("the slow request");
     assert_eq!(reply.echo().backend, "slow");
+    assert!(
+        refused_after < Duration::from_millis(1000),
+        "new connections refused only {refused_after:?} after SIGTERM: not while draining"
+    );
+    assert_eq!(health.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.text(), "draining\n");
     assert!(signalled.elapsed() < Duration::from_secs(20));
     assert_eq!(proxy.access_lines().len(), 1, "{}", proxy.logs());
 }

@@ -269,6 +269,10 @@ async fn accept_loop(
             admitted,
         ));
     }
+    // Closed now, not at exit: a new connection is refused at once (and a
+    // client or load balancer tries elsewhere) instead of waiting in the
+    // backlog for a process that will not accept it.
+    drop(listener);
     let deadline = current.load().server().timeouts.shutdown;
     let drained = async { while open.join_next().await.is_some() {} };
     if tokio::time::timeout(deadline, drained).await.is_err() {
