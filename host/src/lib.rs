@@ -18,6 +18,8 @@ pub mod kv;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otel;
 pub mod outbound;
 pub mod password;
 pub mod pipeline;

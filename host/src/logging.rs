@@ -41,6 +41,10 @@ pub fn init(format: Format) {
         tracing_subscriber::EnvFilter::new("info")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    #[cfg(feature = "otlp")]
+    if let Some(otel) = crate::otel::layer() {
+        return init_with(format, filter, ansi, otel);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Writers)
@@ -49,6 +53,30 @@ pub fn init(format: Format) {
         Format::Text => builder.init(),
         Format::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// [`init`] with trace export: each layer with its own filter, so the log
+/// filter decides the lines and the exporter's filter which spans exist.
+#[cfg(feature = "otlp")]
+fn init_with(
+    format: Format,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    otel: impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(Writers)
+        .with_ansi(ansi);
+    let fmt = match format {
+        Format::Text => fmt.with_filter(filter).boxed(),
+        Format::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(vec![fmt, otel.boxed()])
+        .init();
 }
 
 /// The access log file, when the manifest names one.

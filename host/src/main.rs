@@ -191,7 +191,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
     portier::logging::set_access_log(&manifest.server.access_log)
         .with_context(|| format!("{}: server.access_log", path.display()))?;
-    control_runtime()?.block_on(async move {
+    let served = control_runtime()?.block_on(async move {
         // SIGHUP's and SIGUSR1's default action ends a process: until the
         // reloader and the log reopener listen, a `systemctl reload` or a
         // logrotate racing the start would kill it. Registering them now
@@ -244,7 +244,11 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
             .await?;
         Ok(())
-    })
+    });
+    // Every request's span has closed: send what is left to the collector.
+    #[cfg(feature = "otlp")]
+    portier::otel::shutdown();
+    served
 }
 
 /// Every connection, client or upstream, is a file descriptor: take all the

@@ -279,6 +279,9 @@ impl Pipeline {
             parts.headers.insert(name, id.header_value().clone());
         }
         let span = tracing::info_span!("request", id = id.as_str());
+        // Exported traces: the span hangs under the client's, with our ids.
+        #[cfg(feature = "otlp")]
+        let trace = crate::otel::adopt(&span, trace);
         if self.server.traceparent {
             parts.headers.insert(&TRACEPARENT, trace.traceparent());
         }

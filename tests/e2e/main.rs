@@ -23,6 +23,8 @@ mod lifecycle;
 mod limits;
 mod manifest_errors;
 mod observability;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod policy_plugins;
 mod quickstart;
 mod reload;

@@ -192,12 +192,47 @@ fn test() -> Result<(), String> {
         cargo().args(["test", "--workspace"]),
     )?;
     new_plugins_pass_their_own_tests()?;
+    otlp_feature()?;
     // That the micro-benchmarks build and link. In the dev profile, whose
     // artifacts the tests just built: an optimised build of wasmtime would
     // cost CI ~11 minutes, and bench/run makes that one itself.
     run(
         "compiling the micro-benchmarks",
         cargo().args(["bench", "--workspace", "--no-run", "--profile", "dev"]),
+    )
+}
+
+/// The host's `otlp` feature (off by default, so the steps above never
+/// compile it): its lints, and its end-to-end test against a fake
+/// collector. A build of its own (other features, so other artifacts).
+fn otlp_feature() -> Result<(), String> {
+    run(
+        "clippy (portier --features otlp)",
+        cargo().args([
+            "clippy",
+            "-p",
+            "portier",
+            "--features",
+            "otlp",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "trace export end-to-end tests (portier --features otlp)",
+        cargo().args([
+            "test",
+            "-p",
+            "portier",
+            "--features",
+            "otlp",
+            "--test",
+            "e2e",
+            "--",
+            "otlp",
+        ]),
     )
 }
 
