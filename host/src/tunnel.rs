@@ -3,12 +3,15 @@
 //! closes, nothing has moved for `timeouts.upgrade_idle` (long: an hour by
 //! default, not the request timeouts that would cut a quiet WebSocket), or
 //! the tunnel is older than `timeouts.upgrade_max`, if set.
+//!
+//! A graceful shutdown waits for open tunnels as for other connections
+//! (up to `timeouts.shutdown`): [`all_closed`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +22,46 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::clock;
 use crate::server::Busy;
 use crate::upstream::endpoint::InFlight;
+
+/// Tunnels open in this process, and a signal when one closes.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static CLOSED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Counts one tunnel open while it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        OPEN.fetch_add(1, Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Relaxed);
+        CLOSED.notify_waiters();
+    }
+}
+
+/// How many tunnels are open in this process.
+pub fn open() -> usize {
+    OPEN.load(Relaxed)
+}
+
+/// Resolves once no tunnel is open in this process (a drain waits for it).
+pub async fn all_closed() {
+    loop {
+        let closed = CLOSED.notified();
+        tokio::pin!(closed);
+        // Registered before the check, so a close in between is not missed.
+        closed.as_mut().enable();
+        if OPEN.load(Relaxed) == 0 {
+            return;
+        }
+        closed.await;
+    }
+}
 
 /// What keeps a tunnel open, and what it holds while open.
 pub struct Tunnel {
@@ -50,6 +93,7 @@ impl Tunnel {
             in_flight,
             client_addr,
         } = self;
+        let _open = Open::new();
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(e) => {

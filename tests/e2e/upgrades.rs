@@ -3,7 +3,7 @@
 //! pong, close frames; a connection idle for longer than twice the
 //! ordinary timeouts still works; the upstream closing ends the client's
 //! side; a plugin can refuse the upgrade; an `h2c` upgrade is never
-//! tunnelled.
+//! tunnelled; a graceful shutdown waits for an open WebSocket.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -216,4 +216,46 @@ async fn an_h2c_upgrade_is_never_tunnelled() {
     let echo = response.echo();
     assert_eq!(echo.header("upgrade"), None, "{:?}", echo.headers);
     assert_eq!(echo.header("http2-settings"), None, "{:?}", echo.headers);
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_waits_for_an_open_websocket() {
+    let backend = ws_backend().await;
+    let mut proxy = Portier::start(&manifest(backend, "")).await;
+    let addr = proxy.addr();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .expect("the upgrade through portier");
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("echo: before")
+    );
+
+    // SIGTERM while the tunnel is open: the drain waits for it, so it keeps
+    // working, and the process exits once the client has closed it.
+    let chat = async move {
+        // The proxy drains once it refuses new connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "portier never drained"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ws.send(Message::text("during")).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+        // The client hangs up: the tunnel ends, and so does the drain.
+        drop(ws);
+        echoed
+    };
+    let signalled = std::time::Instant::now();
+    let (status, echoed) = tokio::join!(proxy.stop(), chat);
+    assert!(status.success());
+    assert_eq!(echoed, Message::text("echo: during"));
+    // It exited when the tunnel closed, not at `timeouts.shutdown` (30 s).
+    assert!(signalled.elapsed() < Duration::from_secs(10));
 }

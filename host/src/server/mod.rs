@@ -274,10 +274,16 @@ async fn accept_loop(
     // backlog for a process that will not accept it.
     drop(listener);
     let deadline = current.load().server().timeouts.shutdown;
-    let drained = async { while open.join_next().await.is_some() {} };
+    // Upgraded connections (WebSocket tunnels) left their connection's task:
+    // they are waited for too.
+    let drained = async {
+        while open.join_next().await.is_some() {}
+        crate::tunnel::all_closed().await;
+    };
     if tokio::time::timeout(deadline, drained).await.is_err() {
         tracing::warn!(
             left = open.len(),
+            tunnels = crate::tunnel::open(),
             "connections still open after timeouts.shutdown ({deadline:?}); closing them"
         );
         open.abort_all();
