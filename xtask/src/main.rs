@@ -206,14 +206,16 @@ fn test() -> Result<(), String> {
 /// compile it): its lints, and its end-to-end test against a fake
 /// collector. A build of its own (other features, so other artifacts).
 fn otlp_feature() -> Result<(), String> {
+    // `--workspace` with the feature added: the same feature unification as
+    // the builds above, so only what the feature touches is compiled again
+    // (`-p portier` would rebuild the whole graph, wasmtime included).
     run(
-        "clippy (portier --features otlp)",
+        "clippy (--features portier/otlp)",
         cargo().args([
             "clippy",
-            "-p",
-            "portier",
+            "--workspace",
             "--features",
-            "otlp",
+            "portier/otlp",
             "--all-targets",
             "--",
             "-D",
@@ -221,13 +223,12 @@ fn otlp_feature() -> Result<(), String> {
         ]),
     )?;
     run(
-        "trace export end-to-end tests (portier --features otlp)",
+        "trace export end-to-end tests (--features portier/otlp)",
         cargo().args([
             "test",
-            "-p",
-            "portier",
+            "--workspace",
             "--features",
-            "otlp",
+            "portier/otlp",
             "--test",
             "e2e",
             "--",
