@@ -342,3 +342,31 @@ fn a_relative_cache_dir_beside_a_manifest_named_relatively_works() {
     assert!(out.status.success(), "{out:?}");
     assert!(dir.path().join("wasm-cache").is_dir());
 }
+
+/// The unit in `examples/systemd/` is one systemd accepts as it is (its
+/// binary path pointed at one that exists: `verify` checks it).
+#[test]
+fn the_example_systemd_unit_passes_systemd_analyze_verify() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let unit = fs::read_to_string(root.join("examples/systemd/portier.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/portier run"),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("portier.service");
+    fs::write(&copy, unit.replace("/usr/local/bin/portier", "/bin/true")).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; cargo xtask test installs it)");
+    // Unknown keys and bad values are warnings on stderr, with exit 0: any
+    // output at all is a finding.
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,11 +10,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::{Backend, Portier, check_file, endpoint, one_upstream, run_bounded};
+use crate::support::{Backend, Portier, build_wasm, check_file, endpoint, one_upstream};
 
 const ROLES: [&str; 4] = ["filter", "router", "balancer", "cache-policy"];
 
@@ -37,21 +36,7 @@ fn plugin_new(dir: &Path, name: &str, role: &str) -> std::process::Output {
 /// crate's manifest expects it.
 fn build_component(crate_dir: &Path, lib: &str) -> PathBuf {
     let target = root().join("target/scaffold-wasm");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(crate_dir)
-        .env("CARGO_TARGET_DIR", &target);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cargo.env_remove(var);
-    }
-    let (status, log) = run_bounded(&mut cargo, Duration::from_secs(600));
-    assert!(status.success(), "building {}:\n{log}", crate_dir.display());
+    build_wasm(crate_dir, &target, lib);
     let built = target.join(format!("wasm32-wasip2/release/{lib}.wasm"));
     let expected = crate_dir.join(format!("target/wasm32-wasip2/release/{lib}.wasm"));
     std::fs::create_dir_all(expected.parent().unwrap()).unwrap();

@@ -8,7 +8,8 @@
 //!   processes, and the own tests of a plugin crate `portier plugin new`
 //!   makes for each role), then a build of the micro-benchmarks. Missing
 //!   tools are installed first: the wasm32-wasip2 target, rustfmt and
-//!   clippy (rustup), `redis-server` and Prometheus' `promtool` (apt-get).
+//!   clippy (rustup), `redis-server`, Prometheus' `promtool` and
+//!   `systemd-analyze` (apt-get).
 //!   CI runs exactly this.
 
 use std::path::{Path, PathBuf};
@@ -109,9 +110,14 @@ fn ensure_components() -> Result<(), String> {
 }
 
 /// Real peers the end-to-end tests start: `redis-server` (the Redis kv
-/// backend) and Prometheus' `promtool` (which checks `/metrics` with
-/// Prometheus' own parser). Installed from Debian when missing.
-const PACKAGES: &[(&str, &str)] = &[("redis-server", "redis-server"), ("promtool", "prometheus")];
+/// backend), Prometheus' `promtool` (which checks `/metrics` with
+/// Prometheus' own parser) and `systemd-analyze` (which verifies the example
+/// unit). Installed from Debian when missing.
+const PACKAGES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
+];
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")

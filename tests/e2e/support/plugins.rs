@@ -7,8 +7,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::wait_or_kill;
-
 /// How long building the test plugins may take (cold: the SDK and serde for wasm).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -38,18 +36,20 @@ pub fn test_plugin(name: &str) -> PathBuf {
 fn build_test_plugins() -> PathBuf {
     let plugins = root().join("tests/plugins");
     let target_dir = plugins.join("target");
+    build_wasm(&plugins, &target_dir, "the test plugins");
+    target_dir.join("wasm32-wasip2/release")
+}
+
+/// `cargo build --release --target wasm32-wasip2` of the crate or workspace
+/// in `dir`, into `target_dir`, bounded by a timeout. Panics with cargo's
+/// output when it fails.
+pub fn build_wasm(dir: &Path, target_dir: &Path, what: &str) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(plugins.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir);
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir);
     // The test build's flags and target are for the host, not for wasm.
     for var in [
         "RUSTFLAGS",
@@ -60,27 +60,10 @@ fn build_test_plugins() -> PathBuf {
     ] {
         command.env_remove(var);
     }
-    // Output goes to files, not pipes, so a chatty build cannot block on a
-    // full pipe while this thread waits for it.
-    let logs = tempfile::tempdir().expect("temp dir");
-    let log = logs.path().join("cargo.log");
-    let file = std::fs::File::create(&log).expect("cargo.log");
-    let mut child = command
-        .stdout(file.try_clone().expect("cargo.log"))
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("running cargo to build the test plugins: {e}"));
-    let status = wait_or_kill(&mut child, BUILD_TIMEOUT).unwrap_or_else(|| {
-        panic!(
-            "building the test plugins took longer than {BUILD_TIMEOUT:?}:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let (status, log) = super::run_bounded(&mut command, BUILD_TIMEOUT);
     assert!(
         status.success(),
-        "building the test plugins in {} failed ({status}):\n{}",
-        plugins.display(),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        "building {what} in {} failed ({status}):\n{log}",
+        dir.display()
     );
-    target_dir.join("wasm32-wasip2/release")
 }
