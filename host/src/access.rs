@@ -209,7 +209,8 @@ impl Finish {
             protocol = ?self.version,
             host = text(&self.host),
             status = self.status.as_u16(),
-            duration_ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            // A number (in JSON too), to the microsecond.
+            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             bytes_in = self.body_in.as_ref().map_or(0, |b| b.bytes()),
             bytes_out,
             route = self.route.as_deref().unwrap_or("-"),
