@@ -13,6 +13,7 @@ use portier::manifest::Manifest;
 use portier::pipeline::Pipeline;
 use portier::plugin::Runtime;
 use portier::reload::Reloader;
+use portier::role::Role;
 use portier::server;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -65,8 +66,8 @@ enum PluginCommand {
         /// The crate's name (and directory).
         name: String,
         /// The role it plays in the pipeline.
-        #[arg(long, value_enum, default_value = "filter")]
-        role: RoleArg,
+        #[arg(long, default_value = "filter", value_parser = role_arg())]
+        role: Role,
         /// Where to make the crate's directory.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -77,24 +78,11 @@ enum PluginCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum RoleArg {
-    Filter,
-    Router,
-    Balancer,
-    CachePolicy,
-}
-
-impl From<RoleArg> for portier::role::Role {
-    fn from(r: RoleArg) -> Self {
-        use portier::role::Role;
-        match r {
-            RoleArg::Filter => Role::Filter,
-            RoleArg::Router => Role::Router,
-            RoleArg::Balancer => Role::Balancer,
-            RoleArg::CachePolicy => Role::CachePolicy,
-        }
-    }
+/// `--role`: the manifest's spellings, listed in `--help`, read by `Role::parse`.
+fn role_arg() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["filter", "router", "balancer", "cache-policy"])
+        .map(|s| Role::parse(&s).expect("one of the possible values"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,7 +109,7 @@ fn main() -> ExitCode {
                     dir,
                     portier,
                 },
-        } => new_plugin(name, (*role).into(), dir, portier.as_deref()),
+        } => new_plugin(name, *role, dir, portier.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,12 +160,7 @@ fn reload(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn new_plugin(
-    name: &str,
-    role: portier::role::Role,
-    dir: &Path,
-    sources: Option<&Path>,
-) -> anyhow::Result<()> {
+fn new_plugin(name: &str, role: Role, dir: &Path, sources: Option<&Path>) -> anyhow::Result<()> {
     let sources = sources.map_or_else(portier::scaffold::default_sources, Path::to_owned);
     let root = portier::scaffold::new_plugin(name, role, dir, &sources)?;
     println!(

@@ -41,7 +41,7 @@ mod outcome;
 mod request;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use portier::cache::{Entry, Stores};
 use portier::kv::Namespace;
@@ -260,8 +260,6 @@ pub struct Harness {
     kv: portier::kv::Store,
     /// Each stage's name and kv quota, as the manifest gave them.
     stages: Vec<(String, portier::kv::Quota)>,
-    /// The stages' names, in order (which stage answered).
-    names: Arc<[String]>,
 }
 
 /// One runtime per test process: each engine reserves its own instance pool.
@@ -314,7 +312,6 @@ impl Harness {
                 .iter()
                 .map(|s| (s.name.clone(), s.kv_quota))
                 .collect(),
-            names: manifest.stages.iter().map(|s| s.name.clone()).collect(),
         })
     }
 
@@ -322,7 +319,13 @@ impl Harness {
     pub async fn request(&self, request: Request) -> Outcome {
         let head = request.into_head(self.pipeline.body_prefix());
         let (head, decision) = self.pipeline.request_stages(head).await;
-        Outcome::new(head, decision, self.names.clone())
+        // Which stage answered or failed closed, if the request stopped early.
+        let stopped_at = self
+            .pipeline
+            .stages()
+            .get(decision.reached)
+            .map(|s| s.name().to_owned());
+        Outcome::new(head, decision, stopped_at)
     }
 
     /// Run the filters' `on-response` (those the request reached, in

@@ -1,7 +1,5 @@
 //! What the stages decided for a request, and responses.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use portier::access::Flags;
@@ -18,15 +16,19 @@ use portier::plugin::heads::{RequestHead, ResponseHead};
 pub struct Outcome {
     head: RequestHead,
     decision: Decision,
-    stages: Arc<[String]>,
+    stopped_at: Option<String>,
 }
 
 impl Outcome {
-    pub(crate) fn new(head: RequestHead, decision: Decision, stages: Arc<[String]>) -> Outcome {
+    pub(crate) fn new(
+        head: RequestHead,
+        decision: Decision,
+        stopped_at: Option<String>,
+    ) -> Outcome {
         Outcome {
             head,
             decision,
-            stages,
+            stopped_at,
         }
     }
 
@@ -97,7 +99,7 @@ impl Outcome {
     /// The stage that answered or failed closed (its name), when the
     /// request stopped before the end of the pipeline.
     pub fn stopped_at(&self) -> Option<&str> {
-        self.stages.get(self.decision.reached).map(String::as_str)
+        self.stopped_at.as_deref()
     }
 
     /// The cache-policy stage's verdict, as the `x-cache` header says it:
