@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 
 use std::future::Future;
@@ -54,6 +53,25 @@ pub enum Kind {
 pub static TLS_HANDSHAKE_FAILURES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
+/// The part of `[server]` a connection keeps for its life (a copy: the
+/// manifest's lists and paths stay with the pipeline).
+#[derive(Clone, Copy)]
+struct Settings {
+    limits: crate::manifest::Limits,
+    timeouts: crate::manifest::Timeouts,
+    http2: crate::manifest::Http2,
+}
+
+impl Settings {
+    fn of(server: &crate::manifest::Server) -> Settings {
+        Settings {
+            limits: server.limits,
+            timeouts: server.timeouts,
+            http2: server.http2,
+        }
+    }
+}
+
 /// Serve one accepted connection to its end (or the shutdown's).
 pub async fn serve(
     stream: TcpStream,
@@ -64,15 +82,15 @@ pub async fn serve(
     _admitted: Admitted,
 ) {
     let _ = stream.set_nodelay(true);
-    let server = current.load().server().clone();
     let activity = Arc::new(Activity::default());
+    let timeouts = current.load().server().timeouts;
     let mut io = EdgeIo::new(
         stream,
         activity.clone(),
         Deadlines {
-            header: server.timeouts.header,
-            idle: server.timeouts.keepalive,
-            write: server.timeouts.response_write,
+            header: timeouts.header,
+            idle: timeouts.keepalive,
+            write: timeouts.response_write,
             multiplexed: false,
         },
     );
@@ -80,6 +98,10 @@ pub async fn serve(
         Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
         None => tracing::debug!(client = %peer, error = %e, "connection closed before a request"),
     };
+    // Only plain HTTP/1, the common case, is served inline: HTTP/2 and TLS
+    // state machines are kilobytes, and the task of every connection is as
+    // large as the largest path it could take, idle or not. Boxed, they cost
+    // only the connections that take them.
     match kind {
         Kind::Http => {
             let http2 = match sniff(&mut io).await {
@@ -87,50 +109,65 @@ pub async fn serve(
                 Ok(None) => return,
                 Err(e) => return closed(&e),
             };
+            // Read after the sniff: nothing of it stays in this task's
+            // state while the connection is served.
+            let server = Settings::of(current.load().server());
+            let svc = pipeline_service(current, activity, peer, Scheme::Http, None);
             if http2 {
                 io.multiplexed(server.timeouts.http2_idle);
+                Box::pin(serve_h2(io, &server, svc, stop, peer)).await;
+            } else {
+                log_end(serve_h1(io, &server, svc, stop).await, peer);
             }
-            let svc = pipeline_service(current, activity, peer, Scheme::Http, None);
-            serve_http(io, http2, &server, svc, stop, peer).await;
         }
-        Kind::Https => {
-            let Some(config) = current.load().tls() else {
-                return;
-            };
-            let tls = match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    // Scanners and clients that distrust the certificate do
-                    // this all day: counted, and told at debug only.
-                    TLS_HANDSHAKE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return match timed_out(&e) {
-                        Some(reason) => {
-                            tracing::debug!(client = %peer, reason, "TLS handshake cut off")
-                        }
-                        None => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                    };
-                }
-            };
-            let mut tls = tls;
-            let session = tls.get_ref().1;
-            let http2 = session.alpn_protocol() == Some(b"h2");
-            // Verified by the handshake (mutual TLS); read once for all its requests.
-            let client_cert = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| Arc::new(crate::tls::ClientCert::read(leaf)));
-            if http2 {
-                tls.get_mut().0.multiplexed(server.timeouts.http2_idle);
-            }
-            let svc = pipeline_service(current, activity, peer, Scheme::Https, client_cert);
-            serve_http(tls, http2, &server, svc, stop, peer).await;
-        }
+        Kind::Https => Box::pin(serve_tls(io, current, activity, peer, stop)).await,
         Kind::Redirect { https_port } => {
+            let server = Settings::of(current.load().server());
             let svc = service_fn(move |req: Request<Incoming>| {
                 std::future::ready(Ok::<_, Infallible>(redirect(&req, https_port)))
             });
-            serve_http(io, false, &server, svc, stop, peer).await;
+            log_end(Box::pin(serve_h1(io, &server, svc, stop)).await, peer);
         }
+    }
+}
+
+/// Complete the TLS handshake, then serve HTTP/2 or HTTP/1.1 as ALPN says.
+async fn serve_tls(
+    io: EdgeIo,
+    current: Current,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(config) = current.load().tls() else {
+        return;
+    };
+    let server = Settings::of(current.load().server());
+    let mut tls = match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            // Scanners and clients that distrust the certificate do this
+            // all day: counted, and told at debug only.
+            TLS_HANDSHAKE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return match timed_out(&e) {
+                Some(reason) => tracing::debug!(client = %peer, reason, "TLS handshake cut off"),
+                None => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+            };
+        }
+    };
+    let session = tls.get_ref().1;
+    let http2 = session.alpn_protocol() == Some(b"h2");
+    // Verified by the handshake (mutual TLS); read once for all its requests.
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| Arc::new(crate::tls::ClientCert::read(leaf)));
+    let svc = pipeline_service(current, activity, peer, Scheme::Https, client_cert);
+    if http2 {
+        tls.get_mut().0.multiplexed(server.timeouts.http2_idle);
+        serve_h2(tls, &server, svc, stop, peer).await;
+    } else {
+        log_end(serve_h1(tls, &server, svc, stop).await, peer);
     }
 }
 
@@ -170,67 +207,82 @@ fn pipeline_service(
     })
 }
 
-/// Serve HTTP/2 or HTTP/1.1 on `io` under the server's limits until it ends
-/// or the proxy stops.
-async fn serve_http<I, S, B>(
+/// Serve HTTP/1.1 on `io` under the server's limits until it ends or the
+/// proxy stops. The connection is set up before the returned future starts,
+/// so the future holds the connection and nothing of its setting up; the
+/// caller says how it ended ([`log_end`]).
+fn serve_h1<I, S, B>(
     io: I,
-    http2: bool,
-    server: &crate::manifest::Server,
+    server: &Settings,
     svc: S,
     stop: watch::Receiver<bool>,
-    peer: SocketAddr,
-) where
+) -> impl Future<Output = Result<(), hyper::Error>> + use<I, S, B>
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limits = server.limits;
-    let result = if http2 {
-        let h2 = server.http2;
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .keep_alive_interval(server.timeouts.http2_keepalive_interval)
-            .keep_alive_timeout(server.timeouts.http2_keepalive_timeout)
-            .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
-            .max_concurrent_streams(h2.max_concurrent_streams)
-            .initial_stream_window_size(h2.stream_window)
-            .initial_connection_window_size(h2.connection_window)
-            .max_frame_size(h2.max_frame_size)
-            .max_send_buf_size(h2.send_buffer)
-            .max_pending_accept_reset_streams(h2.max_pending_resets)
-            .max_local_error_reset_streams(h2.max_error_resets);
-        let io = Guard::new(io, peer, h2);
-        until_stopped(b.serve_connection(TokioIo::new(io), svc), stop, |c| {
-            c.graceful_shutdown()
-        })
-        .await
-    } else {
-        let mut b = http1::Builder::new();
-        // The header and idle deadlines are EdgeIo's: hyper's own header
-        // timer would also run while a keep-alive connection is idle.
-        b.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_header_size(limits.max_request_head);
-        if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-            b.max_headers(limits.max_headers);
-        }
-        // With upgrades: after a 101 the socket goes to the tunnel.
-        let connection = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        until_stopped(connection, stop, |c| c.graceful_shutdown()).await
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) => match timed_out(&e) {
+    let mut b = http1::Builder::new();
+    // The header and idle deadlines are EdgeIo's: hyper's own header
+    // timer would also run while a keep-alive connection is idle.
+    b.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_header_size(limits.max_request_head);
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.max_headers(limits.max_headers);
+    }
+    // With upgrades: after a 101 the socket goes to the tunnel.
+    let connection = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    until_stopped(Box::pin(connection), stop, |c| c.graceful_shutdown())
+}
+
+/// Serve HTTP/2 on `io` under the server's limits until it ends or the
+/// proxy stops.
+async fn serve_h2<I, S, B>(
+    io: I,
+    server: &Settings,
+    svc: S,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limits = server.limits;
+    let h2 = server.http2;
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(server.timeouts.http2_keepalive_interval)
+        .keep_alive_timeout(server.timeouts.http2_keepalive_timeout)
+        .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window)
+        .max_frame_size(h2.max_frame_size)
+        .max_send_buf_size(h2.send_buffer)
+        .max_pending_accept_reset_streams(h2.max_pending_resets)
+        .max_local_error_reset_streams(h2.max_error_resets);
+    let io = Guard::new(io, peer, h2);
+    let connection = b.serve_connection(TokioIo::new(io), svc);
+    let result = until_stopped(Box::pin(connection), stop, |c| c.graceful_shutdown()).await;
+    log_end(result, peer);
+}
+
+/// Say how a connection ended, if it ended with an error.
+fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(e) = result {
+        match timed_out(&e) {
             // One of the edge's deadlines closed it: say which, once per
             // connection (the access line of a cut-off response says the rest).
             Some(reason) => tracing::info!(client = %peer, reason, "connection closed"),
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
-        },
+        }
     }
 }
 
@@ -310,15 +362,18 @@ async fn sniff(io: &mut EdgeIo) -> std::io::Result<Option<bool>> {
 
 /// Drive a connection to its end; when the proxy stops, let it finish the
 /// request in flight and close (HTTP/1 keep-alive ends, HTTP/2 sends GOAWAY).
+///
+/// The connection comes boxed: a future's state holds its arguments, so a
+/// connection passed by value would take its room in every idle
+/// connection's task twice (as the argument and as the pinned local).
 async fn until_stopped<C, E>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     mut stop: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let mut connection = pin!(connection);
     if !*stop.borrow() {
         tokio::select! {
             done = connection.as_mut() => return done,

@@ -250,7 +250,15 @@ impl AsyncRead for EdgeIo {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let poll = if buf.remaining() == 0 {
+            // An empty read is hyper's question (vendor/hyper/PORTIER.md)
+            // before it allocates a read buffer: has anything arrived? Answer
+            // with the socket's readiness, so an idle connection waits
+            // without a buffer.
+            this.stream.poll_read_ready(cx)
+        } else {
+            Pin::new(&mut this.stream).poll_read(cx, buf)
+        };
         let got_bytes = matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before;
         this.track_reads(got_bytes);
         if poll.is_pending() {
@@ -333,5 +341,73 @@ impl AsyncWrite for EdgeIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (TcpStream, EdgeIo) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let long = Duration::from_secs(30);
+        let deadlines = Deadlines {
+            header: long,
+            idle: long,
+            write: long,
+            multiplexed: false,
+        };
+        (
+            client,
+            EdgeIo::new(server, Arc::new(Activity::default()), deadlines),
+        )
+    }
+
+    /// Polls an empty read once: hyper's question before it allocates a buffer.
+    async fn probe_once(io: &mut EdgeIo) -> Poll<io::Result<()>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut ReadBuf::new(&mut []))))
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_empty_read_waits_for_bytes_and_takes_none_of_them() {
+        let (mut client, mut io) = pair().await;
+        // A socket may report readiness spuriously (a new one does): a read
+        // that would block clears it, as hyper's last read before idling did.
+        let mut buf = [0u8; 8];
+        let read =
+            poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut buf))))
+                .await;
+        assert!(read.is_pending(), "nothing sent yet");
+        assert!(probe_once(&mut io).await.is_pending(), "nothing sent yet");
+
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let ready = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut []))),
+        )
+        .await
+        .expect("the probe wakes when bytes arrive");
+        ready.unwrap();
+
+        let mut got = [0u8; 16];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n", "the probe consumed nothing");
+    }
+
+    #[tokio::test]
+    async fn an_empty_read_answers_at_once_while_replayed_bytes_wait() {
+        let (_client, mut io) = pair().await;
+        io.replay(Bytes::from_static(b"PRI"));
+        assert!(matches!(probe_once(&mut io).await, Poll::Ready(Ok(()))));
+        let mut got = [0u8; 3];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PRI");
     }
 }
