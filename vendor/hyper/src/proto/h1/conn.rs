@@ -48,8 +48,12 @@ where
     T: Http1Transaction,
 {
     pub(crate) fn new(io: I) -> Conn<I, B, T> {
+        let mut io = Buffered::new(io);
+        if T::is_server() {
+            io.set_release_when_idle();
+        }
         Conn {
-            io: Buffered::new(io),
+            io,
             state: State {
                 allow_half_close: false,
                 cached_headers: None,

@@ -37,6 +37,9 @@ pub(crate) struct Buffered<T, B> {
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
+    /// portier: probe readiness and give the read buffer back while nothing
+    /// is buffered (servers: idle keep-alive connections hold no buffer).
+    release_when_idle: bool,
 }
 
 impl<T, B> fmt::Debug for Buffered<T, B>
@@ -71,7 +74,13 @@ where
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
+            release_when_idle: false,
         }
+    }
+
+    /// portier: see `release_when_idle`.
+    pub(crate) fn set_release_when_idle(&mut self) {
+        self.release_when_idle = true;
     }
 
     #[cfg(feature = "server")]
@@ -238,18 +247,25 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        // portier: an empty read buffer is released while the socket has
-        // nothing to read (below), so an idle keep-alive connection holds no
-        // buffer. Before allocating one again, ask the io with an empty read
-        // whether bytes have arrived: an io that can tell (portier's EdgeIo
-        // polls readiness) stays Pending without a buffer; any other returns
-        // at once and the read below goes ahead as before.
-        if self.read_buf.capacity() == 0 {
+        // portier (servers): with nothing buffered, ask the io with an empty
+        // read whether bytes have arrived before reserving room for them: an
+        // io that can tell (portier's EdgeIo polls readiness; tokio-rustls
+        // has no plaintext for it) stays Pending without a buffer, and the
+        // buffer is given back, so an idle keep-alive connection holds none
+        // (and the read that watches for EOF during a request allocates
+        // none); any other io returns at once and the read below goes ahead
+        // as before. Clients keep their buffer: a pooled upstream connection
+        // reads a response per request, and tokio's TcpStream would answer
+        // an empty read with a read(2) of zero bytes.
+        if self.release_when_idle && self.read_buf.is_empty() {
             let mut probe = ReadBuf::new(&mut []);
             match Pin::new(&mut self.io).poll_read(cx, probe.unfilled()) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Pending => {
                     self.read_blocked = true;
+                    if self.read_buf.capacity() != 0 {
+                        self.read_buf = BytesMut::new();
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -280,7 +296,7 @@ where
                 self.read_blocked = true;
                 // portier: nothing buffered and nothing to read: give the
                 // buffer back until the socket is readable again.
-                if self.read_buf.is_empty() {
+                if self.release_when_idle && self.read_buf.is_empty() {
                     self.read_buf = BytesMut::new();
                 }
                 Poll::Pending
@@ -292,7 +308,7 @@ where
     /// portier: whether the read buffer has been given back (the
     /// connection is idle with nothing buffered).
     pub(crate) fn read_buf_released(&self) -> bool {
-        self.read_buf.capacity() == 0
+        self.release_when_idle && self.read_buf.capacity() == 0
     }
 
     pub(crate) fn into_inner(self) -> (T, Bytes) {
