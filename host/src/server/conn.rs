@@ -207,23 +207,42 @@ fn pipeline_service(
     })
 }
 
+/// What a client connection runs over: the socket, or TLS over it.
+trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// What answers a client connection's requests: the pipeline's service, or
+/// the redirect listener's.
+trait Handler:
+    hyper::service::HttpService<Incoming, ResBody = Self::Body, Future: Send> + Send + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> Handler for S
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Body = B;
+}
+
 /// Serve HTTP/1.1 on `io` under the server's limits until it ends or the
 /// proxy stops. The connection is set up before the returned future starts,
 /// so the future holds the connection and nothing of its setting up; the
 /// caller says how it ended ([`log_end`]).
-fn serve_h1<I, S, B>(
+fn serve_h1<I: Transport, S: Handler>(
     io: I,
     server: &Settings,
     svc: S,
     stop: watch::Receiver<bool>,
-) -> impl Future<Output = Result<(), hyper::Error>> + use<I, S, B>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> impl Future<Output = Result<(), hyper::Error>> + use<I, S> {
     let limits = server.limits;
     let mut b = http1::Builder::new();
     // The header and idle deadlines are EdgeIo's: hyper's own header
@@ -241,19 +260,13 @@ where
 
 /// Serve HTTP/2 on `io` under the server's limits until it ends or the
 /// proxy stops.
-async fn serve_h2<I, S, B>(
+async fn serve_h2<I: Transport, S: Handler>(
     io: I,
     server: &Settings,
     svc: S,
     stop: watch::Receiver<bool>,
     peer: SocketAddr,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let limits = server.limits;
     let h2 = server.http2;
     let mut b = http2::Builder::new(TokioExecutor::new());
