@@ -9,6 +9,12 @@
 //!   (after SIGTERM or SIGINT).
 //! - `POST /reload`: rebuild from the manifest; 200 with the new generation,
 //!   or 422 with the `FILE: KEY: REASON` that kept the old one serving.
+//! - `POST /rollouts/STAGE/promote`: make the stage's candidate its current
+//!   version through a reload (200 with the generation; 422 if that reload
+//!   is rejected, and nothing changes); `POST /rollouts/STAGE/rollback`:
+//!   send the candidate no more requests; `POST /rollouts/STAGE/resume`: a
+//!   rolled-back candidate gets its share again. 404 for a stage without a
+//!   candidate, 409 when the candidate is not in the state the action needs.
 //!
 //! Who may use it, checked in this order on every request:
 //! - **Host**: the listen address itself, `localhost` when it is loopback,
@@ -98,6 +104,7 @@ async fn handle(
             ),
         },
         (&Method::POST, "/cache/purge") => purge(req, reloader).await,
+        (&Method::POST, path) if path.starts_with("/rollouts/") => rollout(path, reloader).await,
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -222,6 +229,85 @@ async fn purge(req: Request<Incoming>, reloader: &Reloader) -> Response<Full<Byt
         "application/json",
         serde_json::json!({ "purged": purged }).to_string(),
     )
+}
+
+/// `POST /rollouts/STAGE/ACTION`.
+async fn rollout(path: &str, reloader: &Reloader) -> Response<Full<Bytes>> {
+    use crate::rollout::State;
+    let json =
+        |status, body: serde_json::Value| reply(status, "application/json", body.to_string());
+    let Some((stage, action)) = path["/rollouts/".len()..].rsplit_once('/') else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+    };
+    let Some(tracker) = reloader.runtime().rollouts().get(stage) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("stage {stage:?} has no candidate in the running pipeline") }),
+        );
+    };
+    let not_now = |state: State| {
+        json(
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": format!("the candidate of {stage:?} is {}", state.as_str()), "state": state.as_str() }),
+        )
+    };
+    match action {
+        "rollback" => {
+            if tracker.roll_back("rolled back through the admin API".into()) {
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({ "state": "rolled-back" }),
+                )
+            } else {
+                not_now(tracker.state())
+            }
+        }
+        "resume" => {
+            if tracker.resume() {
+                json(StatusCode::OK, serde_json::json!({ "state": "active" }))
+            } else {
+                not_now(tracker.state())
+            }
+        }
+        "promote" => {
+            let was = tracker.promote();
+            if was == State::Promoted {
+                return not_now(was);
+            }
+            tracing::info!(
+                stage,
+                "promoting the candidate: reloading with it as the current version"
+            );
+            match reloader.reload().await {
+                // The manifest's candidate changed meanwhile: the reload
+                // made a new rollout of it instead.
+                Ok(_)
+                    if !reloader
+                        .runtime()
+                        .rollouts()
+                        .get(stage)
+                        .is_some_and(|t| Arc::ptr_eq(&t, &tracker)) =>
+                {
+                    json(
+                        StatusCode::CONFLICT,
+                        serde_json::json!({ "error": format!("the manifest's candidate for {stage:?} changed; reloaded without promoting") }),
+                    )
+                }
+                Ok(generation) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "state": "promoted", "generation": generation }),
+                ),
+                Err(e) => {
+                    tracker.unpromote(was);
+                    json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        serde_json::json!({ "error": e.to_string() }),
+                    )
+                }
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
 }
 
 /// Why a request was turned away.

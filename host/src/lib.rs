@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod reload;
 pub mod role;
+pub mod rollout;
 pub mod scaffold;
 pub mod server;
 pub mod tls;

@@ -542,6 +542,7 @@ impl Collector for Scrape {
                 .iter()
                 .map(|(l, q)| (l, ConstGauge::new(i64::from(*q)))),
         )?;
+        rollouts(&mut encoder, p)?;
         if let Some(cache) = p.cache() {
             let s = cache.stats();
             let none: [(&str, &str); 0] = [];
@@ -608,6 +609,95 @@ impl Collector for Scrape {
             [(&none, ConstCounter::new(tls))],
         )
     }
+}
+
+/// The candidates' series: both versions' calls apart, shadow comparisons,
+/// rollbacks and where each candidate stands.
+fn rollouts(encoder: &mut DescriptorEncoder, p: &Pipeline) -> Result<(), std::fmt::Error> {
+    let rollouts: Vec<_> = p
+        .rollouts()
+        .map(|(i, r)| (p.stages()[i].name().to_owned(), r))
+        .collect();
+    let versions: Vec<_> = rollouts
+        .iter()
+        .flat_map(|(stage, r)| {
+            r.tracker
+                .totals()
+                .map(|(version, calls, failures, timeouts, seconds)| {
+                    let labels = [("stage", stage.clone()), ("version", version.to_owned())];
+                    (labels, calls, failures, timeouts, seconds)
+                })
+        })
+        .collect();
+    family(
+        encoder,
+        "rollout_calls",
+        "Calls of a stage with a candidate, by version (current, candidate)",
+        versions.iter().map(|v| (&v.0, ConstCounter::new(v.1))),
+    )?;
+    family(
+        encoder,
+        "rollout_failures",
+        "Failed calls of a stage with a candidate, by version",
+        versions.iter().map(|v| (&v.0, ConstCounter::new(v.2))),
+    )?;
+    family(
+        encoder,
+        "rollout_timeouts",
+        "Calls of a stage with a candidate that ran out of time, by version",
+        versions.iter().map(|v| (&v.0, ConstCounter::new(v.3))),
+    )?;
+    family(
+        encoder,
+        "rollout_call_seconds",
+        "Time spent in calls of a stage with a candidate, by version",
+        versions.iter().map(|v| (&v.0, ConstCounter::new(v.4))),
+    )?;
+    let stages: Vec<_> = rollouts
+        .iter()
+        .map(|(stage, r)| {
+            (
+                [("stage", stage.clone())],
+                r.tracker.shadow_counts(),
+                r.tracker.state(),
+            )
+        })
+        .collect();
+    for (name, help, pick) in [
+        (
+            "rollout_rollbacks",
+            "Times a candidate was rolled back (by itself or through the admin API)",
+            (|c: (u64, u64, u64, u64)| c.0) as fn((u64, u64, u64, u64)) -> u64,
+        ),
+        (
+            "rollout_shadow_compared",
+            "Shadow calls compared with the current version",
+            |c| c.1,
+        ),
+        (
+            "rollout_shadow_disagreements",
+            "Shadow calls that decided otherwise than the current version",
+            |c| c.2,
+        ),
+        (
+            "rollout_shadow_skipped",
+            "Shadow samples skipped: max_in_flight shadow calls were running",
+            |c| c.3,
+        ),
+    ] {
+        family(
+            encoder,
+            name,
+            help,
+            stages.iter().map(|s| (&s.0, ConstCounter::new(pick(s.1)))),
+        )?;
+    }
+    family(
+        encoder,
+        "rollout_state",
+        "Where a candidate stands: 0 active, 1 rolled back, 2 promoted",
+        stages.iter().map(|s| (&s.0, ConstGauge::new(s.2 as i64))),
+    )
 }
 
 /// Write one metric family of `M`s from `(labels, value)` pairs.

@@ -30,6 +30,7 @@ use crate::plugin::{
     BalancerWorld, CachePolicyWorld, FilterAction, PluginResponse, RouteDecision, Runtime, Stage,
     StageError, Step,
 };
+use crate::rollout::{Probe, Rollout};
 use crate::trace::{RequestId, TRACEPARENT, TraceContext};
 use crate::upstream::conn::UpstreamBody;
 use crate::upstream::endpoint::Outcome as Health;
@@ -52,6 +53,9 @@ pub struct Pipeline {
     /// The most bytes of a request body a filter asked to read: read
     /// before the request stages run (0: bodies stream untouched).
     body_prefix: usize,
+    /// The candidates of stages that have one, by stage index (empty when
+    /// no stage has one).
+    rollouts: Vec<Option<Rollout>>,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -75,9 +79,19 @@ pub struct Decision {
     /// Stages `[0, reached)` saw the request; their filters see the response.
     pub reached: usize,
     /// The balancer stage that picked the endpoint, asked again for a retry.
-    pub balancer: Option<usize>,
+    pub balancer: Option<Ran>,
     /// What the cache-policy stage found, if the request reached one.
     pub cache: Option<CacheStep>,
+}
+
+/// A stage as one request ran it: its index, and whether its candidate
+/// ran instead of its current version (`[pipeline.candidate]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    /// The stage's index in the pipeline.
+    pub index: usize,
+    /// Whether its candidate ran.
+    pub candidate: bool,
 }
 
 /// The cache-policy stage's part in a request.
@@ -146,14 +160,37 @@ impl Pipeline {
                 reason,
             })?;
         let mut stages = Vec::with_capacity(manifest.stages.len());
+        let mut rollouts = Vec::new();
         for spec in &manifest.stages {
-            stages.push(
-                runtime
-                    .load_stage(&manifest.file, spec, upstreams.clone(), header_limits, &kv)
-                    .await?,
+            let load = |spec| {
+                runtime.load_stage(&manifest.file, spec, upstreams.clone(), header_limits, &kv)
+            };
+            let Some(candidate) = &spec.candidate else {
+                stages.push(load(spec).await?);
+                continue;
+            };
+            let tracker = runtime.rollouts().track(
+                &spec.name,
+                crate::rollout::digest(candidate),
+                candidate.rollback,
             );
+            if tracker.state() == crate::rollout::State::Promoted {
+                // Promoted through the admin API: the candidate is the
+                // stage's current version, under the stage's name and kv.
+                let mut promoted = (*candidate.stage).clone();
+                promoted.name.clone_from(&spec.name);
+                promoted.kv_name.clone_from(&spec.kv_name);
+                stages.push(load(&promoted).await?);
+                rollouts.resize_with(stages.len(), || None);
+                rollouts[stages.len() - 1] = Some(Rollout::promoted(candidate, tracker));
+                continue;
+            }
+            stages.push(load(spec).await?);
+            let step = load(&candidate.stage).await?;
+            rollouts.resize_with(stages.len(), || None);
+            rollouts[stages.len() - 1] = Some(Rollout::new(&spec.name, candidate, step, tracker));
         }
-        check_scopes(&manifest.file, &stages)?;
+        check_scopes(&manifest.file, &stages, &rollouts)?;
         let body_prefix = stages
             .iter()
             .filter_map(|s| match s {
@@ -173,6 +210,13 @@ impl Pipeline {
             None => None,
         };
         registry.commit(&upstreams).await;
+        let with_candidates: Vec<&str> = manifest
+            .stages
+            .iter()
+            .filter(|s| s.candidate.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        runtime.rollouts().retain(&with_candidates);
         let cache = stages
             .iter()
             .any(|s| matches!(s, Step::CachePolicy(_)))
@@ -192,6 +236,7 @@ impl Pipeline {
             tls,
             cache,
             body_prefix,
+            rollouts,
         })
     }
 
@@ -221,6 +266,28 @@ impl Pipeline {
         &self.stages
     }
 
+    /// The stages that have a candidate, with their index.
+    pub fn rollouts(&self) -> impl Iterator<Item = (usize, &Rollout)> {
+        self.rollouts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.as_ref()?)))
+    }
+
+    /// The candidate of stage `i`, if it has one.
+    fn rollout(&self, i: usize) -> Option<&Rollout> {
+        self.rollouts.get(i)?.as_ref()
+    }
+
+    /// Stage `i` in the version a request ran: its candidate if
+    /// `candidates` (a request's [`RequestHead::candidates`]) says so.
+    fn version(&self, i: usize, candidates: u64) -> &Step {
+        match self.rollout(i).and_then(|r| r.candidate.as_deref()) {
+            Some(candidate) if candidates & bit(i) != 0 => candidate,
+            _ => &self.stages[i],
+        }
+    }
+
     /// The response cache's store, if a cache-policy stage uses one.
     pub fn cache(&self) -> Option<&Arc<Store>> {
         self.cache.as_ref()
@@ -239,9 +306,14 @@ impl Pipeline {
             })
             .collect();
         let upstreams: Vec<_> = self.upstreams.iter().map(|u| u.status()).collect();
+        let rollouts: serde_json::Map<String, serde_json::Value> = self
+            .rollouts()
+            .map(|(i, r)| (self.stages[i].name().to_owned(), r.status()))
+            .collect();
         serde_json::json!({
             "generation": self.generation,
             "stages": stages,
+            "rollouts": rollouts,
             "upstreams": upstreams,
             "tls_handshake_failures": crate::server::TLS_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
             "http2_abuse": crate::server::http2_abuse_status(),
@@ -343,7 +415,7 @@ impl Pipeline {
             head.context_mut().body = prefix;
         }
         let (mut head, mut decision) = self.request_stages(head).await;
-        self.note_decision(&decision, &mut finish);
+        self.note_decision(&decision, head.candidates, &mut finish);
         let mut added = head.response_headers.take();
         // Taken before the head may move on: an upgrade goes its own way.
         let upgrade = head.parts.extensions.remove::<UpgradeRequest>();
@@ -385,8 +457,8 @@ impl Pipeline {
                 // they keep a copy (so does the cache policy asked whether to
                 // store); without such stages the head moves as is.
                 let mut parts = if miss.is_some()
-                    || self.stages[..decision.reached]
-                        .iter()
+                    || (0..decision.reached)
+                        .map(|i| self.version(i, head.candidates))
                         .any(|s| s.sees_responses() && s.applies_to(head.route.as_deref()))
                 {
                     clone_request_parts(&head.parts)
@@ -460,6 +532,7 @@ impl Pipeline {
         }
 
         finish.route.clone_from(&head.route);
+        let candidates = head.candidates;
         let (mut resp, body, failed) = self
             .response_stages(
                 head,
@@ -469,7 +542,7 @@ impl Pipeline {
             )
             .await;
         if let Some((i, fault)) = failed {
-            finish.stage = Some(self.stages[i].name().to_owned());
+            finish.stage = Some(self.version(i, candidates).name().to_owned());
             finish.flags.insert(Flags::of(fault));
         }
         if let Some(added) = added {
@@ -488,8 +561,9 @@ impl Pipeline {
 
     /// What the request stages decided, as the access log and the metrics
     /// tell it: the stage that answered or failed, and why.
-    fn note_decision(&self, decision: &Decision, finish: &mut Finish) {
-        let stage = self.stages.get(decision.reached);
+    fn note_decision(&self, decision: &Decision, candidates: u64, finish: &mut Finish) {
+        let stage = (decision.reached < self.stages.len())
+            .then(|| self.version(decision.reached, candidates));
         let flags = match &decision.outcome {
             Outcome::Forward(..) => return,
             Outcome::Respond(r) => {
@@ -515,7 +589,7 @@ impl Pipeline {
         index: usize,
         head: &RequestHead,
         client: SocketAddr,
-        balancer: Option<usize>,
+        balancer: Option<Ran>,
         mut miss: Miss,
     ) {
         let Some(store) = self.cache.clone() else {
@@ -523,7 +597,8 @@ impl Pipeline {
         };
         let mut parts = clone_request_parts(&head.parts);
         miss.revalidating = revalidate(&miss, &store, &mut parts.headers);
-        let asked = RequestHead::new(clone_request_parts(&head.parts), client);
+        let mut asked = RequestHead::new(clone_request_parts(&head.parts), client);
+        asked.candidates = head.candidates;
         let pipeline = self.clone();
         tokio::spawn(async move {
             let req = Request::from_parts(parts, ProxyBody::full(bytes::Bytes::new()));
@@ -573,7 +648,7 @@ impl Pipeline {
             *asked.status_mut() = merged.status;
             *asked.headers_mut() = merged.headers.clone();
             let (head, _, ttl) = self
-                .cache_policy(miss.stage)
+                .cache_policy(miss.stage, head.candidates)
                 .storable(
                     head,
                     ResponseHead {
@@ -626,7 +701,7 @@ impl Pipeline {
         store: &Arc<Store>,
     ) -> (RequestHead, http::response::Parts, ProxyBody) {
         let (head, resp, ttl) = self
-            .cache_policy(stage)
+            .cache_policy(stage, head.candidates)
             .storable(head, ResponseHead { parts })
             .await;
         let parts = resp.parts;
@@ -661,7 +736,7 @@ impl Pipeline {
         mut index: usize,
         mut req: Request<ProxyBody>,
         client: SocketAddr,
-        balancer: Option<usize>,
+        balancer: Option<Ran>,
         added: &mut Option<Box<http::HeaderMap>>,
     ) -> (Result<http::Response<UpstreamBody>, Fault>, usize) {
         let retry = &up.config.retry;
@@ -826,7 +901,7 @@ impl Pipeline {
         req: Request<ProxyBody>,
         client: SocketAddr,
         tried: u64,
-        balancer: Option<usize>,
+        balancer: Option<Ran>,
         added: &mut Option<Box<http::HeaderMap>>,
     ) -> Option<(Request<ProxyBody>, usize)> {
         let (req, picked) = match balancer.map(|b| self.balancer_stage(b)) {
@@ -860,8 +935,8 @@ impl Pipeline {
 
     /// The cache-policy stage at `i`, an index the request stages recorded
     /// from a `Step::CachePolicy`.
-    fn cache_policy(&self, i: usize) -> &Stage<CachePolicyWorld> {
-        match &self.stages[i] {
+    fn cache_policy(&self, i: usize, candidates: u64) -> &Stage<CachePolicyWorld> {
+        match self.version(i, candidates) {
             Step::CachePolicy(s) => s,
             _ => unreachable!("stage {i} was recorded as the cache policy"),
         }
@@ -869,10 +944,11 @@ impl Pipeline {
 
     /// The balancer stage at `i`, an index the request stages recorded
     /// from a `Step::Balancer`.
-    fn balancer_stage(&self, i: usize) -> &Stage<BalancerWorld> {
-        match &self.stages[i] {
+    fn balancer_stage(&self, b: Ran) -> &Stage<BalancerWorld> {
+        let candidates = if b.candidate { bit(b.index) } else { 0 };
+        match self.version(b.index, candidates) {
             Step::Balancer(s) => s,
-            _ => unreachable!("stage {i} was recorded as the balancer"),
+            _ => unreachable!("stage {} was recorded as the balancer", b.index),
         }
     }
 
@@ -909,18 +985,25 @@ impl Pipeline {
         let mut picked: Option<usize> = None;
         let mut balancer = None;
         let mut cache = None;
-        for (i, stage) in self.stages.iter().enumerate() {
+        for (i, current) in self.stages.iter().enumerate() {
             // Scoped stages come after the router (checked at load), so the
             // route is decided by the time one is reached.
-            if !stage.applies_to(head.route.as_deref()) {
+            if !current.applies_to(head.route.as_deref()) {
                 continue;
             }
+            // A stage with a candidate: which version runs, and whether a
+            // shadow call follows.
+            let mut probe = self.rollout(i).map(|r| Probe::new(r, &mut head, i));
+            let stage = probe.as_ref().map_or(current, |p| p.step(current));
             // A failed call was logged where it happened; here only the policy matters.
             let failed = |e: StageError| stage.on_failure(&e).map(Outcome::Fail);
             let outcome = match stage {
                 Step::Filter(stage) => {
                     let (h, r) = stage.on_request(head).await;
                     head = h;
+                    if let Some(p) = probe.take() {
+                        p.done(&r, None);
+                    }
                     match r {
                         Ok(FilterAction::Continue) => None,
                         Ok(FilterAction::Respond(resp)) => Some(Outcome::Respond(resp)),
@@ -930,6 +1013,9 @@ impl Pipeline {
                 Step::Router(stage) => {
                     let (h, r) = stage.route(head).await;
                     head = h;
+                    if let Some(p) = probe.take() {
+                        p.done(&r, None);
+                    }
                     match r {
                         Ok(RouteDecision::Upstream {
                             upstream: name,
@@ -960,10 +1046,16 @@ impl Pipeline {
                     };
                     let (h, r) = stage.pick(head, &up.name).await;
                     head = h;
+                    if let Some(p) = probe.take() {
+                        p.done(&r, Some(&up.name));
+                    }
                     match r {
                         Ok(Some(idx)) if (idx as usize) < up.endpoints.len() => {
                             picked = Some(idx as usize);
-                            balancer = Some(i);
+                            balancer = Some(Ran {
+                                index: i,
+                                candidate: head.candidates & bit(i) != 0,
+                            });
                             None
                         }
                         Ok(Some(idx)) => {
@@ -978,6 +1070,9 @@ impl Pipeline {
                     let Some(store) = &self.cache else { continue };
                     let (h, r) = stage.cache_key(head).await;
                     head = h;
+                    if let Some(p) = probe.take() {
+                        p.done(&r, None);
+                    }
                     // Only a GET's response is stored, so only a GET leads a fetch
                     // that other misses of the key wait for.
                     let lead = head.parts.method == http::Method::GET;
@@ -1066,14 +1161,20 @@ impl Pipeline {
         body: ProxyBody,
         reached: usize,
     ) -> (ResponseHead, ProxyBody, Option<(usize, Fault)>) {
-        for (i, stage) in self.stages[..reached].iter().enumerate().rev() {
-            let Step::Filter(stage) = stage else { continue };
+        for i in (0..reached).rev() {
+            let Step::Filter(stage) = self.version(i, head.candidates) else {
+                continue;
+            };
             if !(stage.sees_responses() && stage.applies_to(head.route.as_deref())) {
                 continue;
             }
+            let started = Instant::now();
             let (h, r, out) = stage.on_response(head, resp).await;
             head = h;
             resp = r;
+            if let Some(rollout) = self.rollout(i) {
+                rollout.record(head.candidates & bit(i) != 0, &out, started.elapsed());
+            }
             if let Err(e) = out
                 && let Some(fault) = self.stages[i].on_failure(&e)
             {
@@ -1088,29 +1189,40 @@ impl Pipeline {
 /// Every route a stage is scoped to must be one the router declared at
 /// init: a misspelled name would otherwise be a stage (an auth check, say)
 /// that silently never runs.
-fn check_scopes(file: &std::path::Path, stages: &[Step]) -> Result<(), ManifestError> {
-    let Some((r, router)) = stages.iter().enumerate().find_map(|(i, s)| match s {
-        Step::Router(router) => Some((i, router)),
-        _ => None,
-    }) else {
+fn check_scopes(
+    file: &std::path::Path,
+    stages: &[Step],
+    rollouts: &[Option<Rollout>],
+) -> Result<(), ManifestError> {
+    let Some(r) = stages.iter().position(|s| matches!(s, Step::Router(_))) else {
         return Ok(());
     };
-    let declared = router.routes();
-    for (i, stage) in stages.iter().enumerate() {
-        for (j, name) in stage.scope().unwrap_or_default().iter().enumerate() {
-            if !declared.contains(name) {
-                let known = if declared.is_empty() {
-                    "it names none (give its routes a `name`)".to_string()
-                } else {
-                    format!("it names {}", declared.join(", "))
-                };
-                return Err(ManifestError {
-                    file: file.to_owned(),
-                    key: format!("pipeline[{i}].routes[{j}]"),
-                    reason: format!(
-                        "no route named {name:?} in the router (pipeline[{r}]): {known}"
-                    ),
-                });
+    // A router's candidate must declare every scoped route too: a canary
+    // router would otherwise take a share of requests past an auth stage.
+    let candidate = rollouts
+        .get(r)
+        .and_then(|o| o.as_ref()?.candidate.as_deref())
+        .map(|c| (c, format!("pipeline[{r}].candidate")));
+    for (router, which) in std::iter::once((&stages[r], format!("pipeline[{r}]"))).chain(candidate)
+    {
+        let Step::Router(router) = router else {
+            continue;
+        };
+        let declared = router.routes();
+        for (i, stage) in stages.iter().enumerate() {
+            for (j, name) in stage.scope().unwrap_or_default().iter().enumerate() {
+                if !declared.contains(name) {
+                    let known = if declared.is_empty() {
+                        "it names none (give its routes a `name`)".to_string()
+                    } else {
+                        format!("it names {}", declared.join(", "))
+                    };
+                    return Err(ManifestError {
+                        file: file.to_owned(),
+                        key: format!("pipeline[{i}].routes[{j}]"),
+                        reason: format!("no route named {name:?} in the router ({which}): {known}"),
+                    });
+                }
             }
         }
     }

@@ -47,6 +47,11 @@ impl Reloader {
         }
     }
 
+    /// The process's wasm runtime (its kv and candidate trackers).
+    pub fn runtime(&self) -> &Runtime {
+        &self.wasm
+    }
+
     /// The pipeline being served.
     pub fn current(&self) -> &Current {
         &self.current
@@ -137,7 +142,9 @@ impl Reloader {
         let mut files = vec![self.path.clone()];
         if let Ok(m) = Manifest::load(&self.path) {
             files.extend(m.includes.iter().cloned());
-            files.extend(m.stages.iter().filter_map(|s| match &s.source {
+            let candidates = m.stages.iter().filter_map(|s| s.candidate.as_ref());
+            let specs = m.stages.iter().chain(candidates.map(|c| &*c.stage));
+            files.extend(specs.filter_map(|s| match &s.source {
                 PluginSource::File(p) => Some(p.clone()),
                 PluginSource::Builtin(_) => None,
             }));

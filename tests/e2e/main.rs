@@ -28,6 +28,7 @@ mod otlp;
 mod policy_plugins;
 mod quickstart;
 mod reload;
+mod rollout;
 mod routing;
 mod sandbox;
 mod scaffold;

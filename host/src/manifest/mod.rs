@@ -10,6 +10,7 @@ mod env;
 mod kv;
 mod observe;
 mod raw;
+mod rollout;
 mod server;
 mod tls;
 mod units;
@@ -27,6 +28,7 @@ pub use cache::Cache;
 pub use kv::{KvBackend, KvConfig, RedisSettings};
 pub use observe::{AccessLog, RequestIdConfig};
 use raw::{RawManifest, RawStage};
+pub use rollout::{Candidate, MAX_CANDIDATE_INDEX, Mode as RolloutMode, Rollback, Sticky};
 pub use server::{Http2, Limits, Server, Timeouts};
 pub use tls::{Certificate, ClientAuth, Tls};
 pub use upstream::{Endpoint, HealthCheck, Outlier, Pool, Protocol, Retry, Upstream, UpstreamTls};
@@ -119,6 +121,16 @@ pub enum PluginSource {
     File(PathBuf),
 }
 
+impl fmt::Display for PluginSource {
+    /// A built-in's name, or the file's path.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Builtin(b) => f.write_str(b.name),
+            PluginSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// One pipeline stage.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -154,6 +166,13 @@ pub struct Stage {
     pub routes: Option<Vec<String>>,
     /// The stage's config table as JSON text.
     pub config_json: String,
+    /// The namespace of its kv entries: its name, except for a shadow
+    /// candidate's (which must not change what the current version reads).
+    pub kv_name: String,
+    /// Appended to `pipeline[i]` in error keys (`.candidate` for a candidate).
+    pub key_suffix: &'static str,
+    /// A second version of its plugin being rolled out.
+    pub candidate: Option<Candidate>,
 }
 
 /// How much state a stage's requests may share.
@@ -208,7 +227,7 @@ impl Default for Quarantine {
 impl Stage {
     /// The key prefix for errors about this stage.
     pub fn key(&self) -> String {
-        format!("pipeline[{}]", self.index)
+        format!("pipeline[{}]{}", self.index, self.key_suffix)
     }
 }
 
@@ -516,44 +535,7 @@ impl Validator<'_> {
                 )
             })?),
         };
-        let (source, role, default_name) = if let Some(b) = builtin::find(&raw.plugin) {
-            if let Some(r) = declared_role.filter(|r| *r != b.role) {
-                return Err(self.err(
-                    key("role"),
-                    format!("built-in plugin {:?} is a {}, not a {r}", b.name, b.role),
-                ));
-            }
-            (PluginSource::Builtin(b), b.role, b.name.to_string())
-        } else if raw.plugin.ends_with(".wasm") || raw.plugin.contains('/') {
-            let path = self.base.join(&raw.plugin);
-            if !path.is_file() {
-                return Err(self.err(
-                    key("plugin"),
-                    format!("no plugin file at {}", path.display()),
-                ));
-            }
-            let role = declared_role.ok_or_else(|| {
-                self.err(
-                    key("role"),
-                    "required for a plugin file: one of filter, router, balancer, cache-policy",
-                )
-            })?;
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("plugin")
-                .to_string();
-            (PluginSource::File(path), role, stem)
-        } else {
-            return Err(self.err(
-                key("plugin"),
-                format!(
-                    "{:?} is neither a built-in plugin ({}) nor a path to a .wasm file",
-                    raw.plugin,
-                    builtin::names().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        };
+        let (source, role, default_name) = self.source(&key, &raw.plugin, declared_role)?;
         let name = raw.name.unwrap_or(default_name);
         if name.is_empty() {
             return Err(self.err(key("name"), "must not be empty"));
@@ -654,8 +636,9 @@ impl Validator<'_> {
                 Some(r)
             }
         };
-        Ok(Stage {
+        let mut stage = Stage {
             index: i,
+            kv_name: name.clone(),
             name,
             role,
             source,
@@ -670,7 +653,61 @@ impl Validator<'_> {
             kv_outage,
             routes,
             config_json,
-        })
+            key_suffix: "",
+            candidate: None,
+        };
+        if let Some(c) = raw.candidate {
+            stage.candidate = Some(self.candidate(&stage, c)?);
+        }
+        Ok(stage)
+    }
+
+    /// A stage's plugin: a built-in's name or a `.wasm` file (whose role
+    /// must be declared), with the stage's default name.
+    fn source(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        plugin: &str,
+        declared_role: Option<Role>,
+    ) -> Result<(PluginSource, Role, String), ManifestError> {
+        if let Some(b) = builtin::find(plugin) {
+            if let Some(r) = declared_role.filter(|r| *r != b.role) {
+                return Err(self.err(
+                    key("role"),
+                    format!("built-in plugin {:?} is a {}, not a {r}", b.name, b.role),
+                ));
+            }
+            Ok((PluginSource::Builtin(b), b.role, b.name.to_string()))
+        } else if plugin.ends_with(".wasm") || plugin.contains('/') {
+            let path = self.base.join(plugin);
+            if !path.is_file() {
+                return Err(self.err(
+                    key("plugin"),
+                    format!("no plugin file at {}", path.display()),
+                ));
+            }
+            let role = declared_role.ok_or_else(|| {
+                self.err(
+                    key("role"),
+                    "required for a plugin file: one of filter, router, balancer, cache-policy",
+                )
+            })?;
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_string();
+            Ok((PluginSource::File(path), role, stem))
+        } else {
+            Err(self.err(
+                key("plugin"),
+                format!(
+                    "{:?} is neither a built-in plugin ({}) nor a path to a .wasm file",
+                    plugin,
+                    builtin::names().collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
     }
 
     fn kv_outage(&self, i: usize, raw: Option<&str>) -> Result<crate::kv::Outage, ManifestError> {

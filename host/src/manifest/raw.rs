@@ -285,6 +285,36 @@ pub struct RawStage {
     pub kv: Option<RawKvQuota>,
     pub routes: Option<Vec<String>>,
     pub config: Option<toml::Table>,
+    pub candidate: Option<RawCandidate>,
+}
+
+/// `[pipeline.candidate]`: a second version of the stage's plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCandidate {
+    pub plugin: String,
+    pub mode: Option<String>,
+    pub share: Option<f64>,
+    pub sticky: Option<String>,
+    pub opt_in_header: Option<String>,
+    pub sample: Option<f64>,
+    pub max_in_flight: Option<usize>,
+    pub call_timeout: Option<String>,
+    pub memory_limit: Option<String>,
+    pub max_instances: Option<usize>,
+    pub rollback: Option<RawRollback>,
+    pub config: Option<toml::Table>,
+}
+
+/// `rollback = { window = "30s", min_calls = 20, failure_ratio = 0.05, latency_ratio = 2.0 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollback {
+    pub enabled: Option<bool>,
+    pub window: Option<String>,
+    pub min_calls: Option<u32>,
+    pub failure_ratio: Option<f64>,
+    pub latency_ratio: Option<f64>,
 }
 
 /// `grants = { dirs = { "/rules" = "rules" }, env = { MODE = "strict" }, upstreams = ["auth"] }`.

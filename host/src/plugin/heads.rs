@@ -21,6 +21,10 @@ pub struct RequestHead {
     /// Endpoints of the chosen upstream this request already tried (bit
     /// `i` for endpoint `i`, first 64 only): a retry's pick leaves them out.
     pub tried: u64,
+    /// Stages (bit `i` for stage `i`) whose candidate ran for this request
+    /// instead of their current version: their later calls (a filter's
+    /// `on-response`, a retry's pick) run the same version.
+    pub candidates: u64,
     /// Headers stages asked to add to this request's response
     /// (`add-response-header`), whoever answers it.
     pub response_headers: Option<Box<HeaderMap>>,
@@ -41,7 +45,7 @@ pub const MAX_CONTEXT_BYTES: usize = 16 << 10;
 
 /// What stages keep for the rest of one request (`context-set`), and the
 /// body prefix read for the filters that asked for one.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Context {
     values: Vec<(String, String)>,
     bytes: usize,
@@ -113,11 +117,29 @@ impl RequestHead {
             parts,
             client,
             tried: 0,
+            candidates: 0,
             response_headers: None,
             route: None,
             upstream: None,
             context: None,
         }
+    }
+
+    /// A copy of the head as it is now (for a shadow call, which must see
+    /// what the current version saw): method, target, headers, the client,
+    /// the route, upstream and context so far, the client certificate.
+    pub fn snapshot(&self) -> RequestHead {
+        let mut copy = RequestHead::new(
+            crate::forward::clone_request_parts(&self.parts),
+            self.client,
+        );
+        if let Some(cert) = self.parts.extensions.get::<Arc<crate::tls::ClientCert>>() {
+            copy.parts.extensions.insert(cert.clone());
+        }
+        copy.route.clone_from(&self.route);
+        copy.upstream.clone_from(&self.upstream);
+        copy.context.clone_from(&self.context);
+        copy
     }
 
     /// The request's context, made on first use.

@@ -132,6 +132,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StageState>,
     kv: Kv,
+    rollouts: crate::rollout::Rollouts,
 }
 
 impl Runtime {
@@ -169,12 +170,18 @@ impl Runtime {
             engine,
             linker,
             kv: Kv::default(),
+            rollouts: crate::rollout::Rollouts::default(),
         })
     }
 
     /// The process's kv (its in-memory store and shared backends).
     pub fn kv(&self) -> &Kv {
         &self.kv
+    }
+
+    /// The process's candidate trackers, by stage name.
+    pub fn rollouts(&self) -> &crate::rollout::Rollouts {
+        &self.rollouts
     }
 
     /// Compile, link, type-check and start one stage; errors name the manifest key.
@@ -267,7 +274,7 @@ impl Runtime {
             shared: StageShared {
                 name: spec.name.as_str().into(),
                 config_json: spec.config_json.as_str().into(),
-                kv: kv.namespace(&spec.name, spec.kv_quota),
+                kv: kv.namespace(&spec.kv_name, spec.kv_quota),
                 kv_outage: spec.kv_outage,
                 upstreams,
                 grants: Arc::new(spec.grants.clone()),
