@@ -157,6 +157,12 @@ impl Decided for Option<String> {
     }
 }
 
+impl Decided for Said {
+    fn said(&self) -> Said {
+        self.clone()
+    }
+}
+
 impl<T: Decided> Decided for Result<T, StageError> {
     fn said(&self) -> Said {
         match self {
@@ -436,6 +442,13 @@ impl Tracker {
         )
     }
 
+    /// A shadow call of the candidate, started at `started`, ended with
+    /// `result`: count it, and say what it decided.
+    fn seen(&self, result: Result<Said, StageError>, started: Instant) -> Said {
+        self.record(Version::Candidate, &result, started.elapsed());
+        result.said()
+    }
+
     /// Count a shadow comparison; a disagreement is kept for `/status` and
     /// logged (at most once a second per stage, the rest folded).
     fn compare(&self, request: String, current: Said, candidate: Said) {
@@ -668,27 +681,15 @@ impl Rollout {
         let request = describe(&input);
         let task = async move {
             let started = Instant::now();
+            let seen = |r| tracker.seen(r, started);
             let said = match &*candidate {
-                Step::Filter(s) => {
-                    let r = s.on_request(input).await.1;
-                    tracker.record(Version::Candidate, &r, started.elapsed());
-                    r.said()
-                }
-                Step::Router(s) => {
-                    let r = s.route(input).await.1;
-                    tracker.record(Version::Candidate, &r, started.elapsed());
-                    r.said()
-                }
+                Step::Filter(s) => seen(s.on_request(input).await.1.map(|a| a.said())),
+                Step::Router(s) => seen(s.route(input).await.1.map(|d| d.said())),
                 Step::Balancer(s) => {
-                    let r = s.pick(input, upstream.as_deref().unwrap_or("")).await.1;
-                    tracker.record(Version::Candidate, &r, started.elapsed());
-                    r.said()
+                    let upstream = upstream.as_deref().unwrap_or("");
+                    seen(s.pick(input, upstream).await.1.map(|p| p.said()))
                 }
-                Step::CachePolicy(s) => {
-                    let r = s.cache_key(input).await.1;
-                    tracker.record(Version::Candidate, &r, started.elapsed());
-                    r.said()
-                }
+                Step::CachePolicy(s) => seen(s.cache_key(input).await.1.map(|k| k.said())),
             };
             tracker.compare(request, current, said);
             tracker.in_flight.fetch_sub(1, Relaxed);

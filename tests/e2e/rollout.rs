@@ -18,9 +18,9 @@ use crate::support::{
     wait_until,
 };
 
-/// The `versioned` test filter as a stage (`v1`) with a candidate (`v2`)
-/// rolled out as `candidate` (TOML keys of `[pipeline.candidate]`).
-fn versioned(current: &str, candidate: &str) -> String {
+/// The `versioned` test filter as a stage (`v1`) with a candidate, whose
+/// `[pipeline.candidate]` keys besides `plugin` are `candidate`.
+fn versioned(candidate: &str) -> String {
     let plugin = test_plugin("versioned");
     format!(
         r#"
@@ -28,7 +28,7 @@ fn versioned(current: &str, candidate: &str) -> String {
 plugin = "{plugin}"
 role = "filter"
 name = "versioned"
-config = {{ version = "v1" {current} }}
+config = {{ version = "v1" }}
 
 [pipeline.candidate]
 plugin = "{plugin}"
@@ -71,7 +71,6 @@ async fn post(proxy: &Portier, path: &str) -> Reply {
 #[tokio::test]
 async fn a_ten_percent_canary_gets_ten_percent_of_the_clients() {
     let (proxy, _backend) = proxy_with(&versioned(
-        "",
         r#"config = { version = "v2" }
 share = 10
 sticky = "header:x-user""#,
@@ -114,7 +113,6 @@ sticky = "header:x-user""#,
 #[tokio::test]
 async fn each_client_stays_on_one_version_and_testers_opt_in_by_header() {
     let (proxy, _backend) = proxy_with(&versioned(
-        "",
         r#"config = { version = "v2" }
 share = 50
 sticky = "cookie:uid"
@@ -163,7 +161,6 @@ async fn a_candidate_that_traps_on_30_percent_is_rolled_back_within_its_window_a
  {
     let window = Duration::from_secs(20);
     let (proxy, _backend) = proxy_with(&versioned(
-        "",
         r#"config = { version = "v2", trap_percent = 30 }
 share = 50
 sticky = "request"
@@ -242,7 +239,6 @@ rollback = { window = "20s", min_calls = 20, failure_ratio = 0.1 }"#,
 #[tokio::test]
 async fn a_shadow_never_changes_a_response_and_its_disagreements_are_counted_and_sampled() {
     let (proxy, backend) = proxy_with(&versioned(
-        "",
         r#"config = { version = "v2", deny_prefix = "/private" }
 mode = "shadow"
 sample = 100"#,
@@ -294,7 +290,6 @@ sample = 100"#,
 #[tokio::test]
 async fn promotion_under_load_loses_no_request_and_outlives_a_reload() {
     let (proxy, _backend) = proxy_with(&versioned(
-        "",
         r#"config = { version = "v2" }
 share = 0"#,
     ))
