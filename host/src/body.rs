@@ -46,6 +46,9 @@ pub enum ProxyBody {
     /// An upstream's response the cache keeps a copy of as it streams
     /// (boxed: rare, and the enum rides in every response).
     Recorded(Box<crate::cache::record::Recording>),
+    /// A body of another kind: a handler component's response, a handler's
+    /// outgoing request.
+    Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl ProxyBody {
@@ -68,6 +71,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Recorded(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ProxyBody::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -76,6 +80,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_end_stream(),
             ProxyBody::Recorded(b) => b.is_end_stream(),
+            ProxyBody::Boxed(b) => b.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
@@ -84,6 +89,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
             ProxyBody::Recorded(b) => b.size_hint(),
+            ProxyBody::Boxed(b) => b.size_hint(),
         }
     }
 }

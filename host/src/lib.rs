@@ -13,6 +13,7 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod forward;
+pub mod handler;
 pub mod ingress;
 pub mod kv;
 pub mod logging;

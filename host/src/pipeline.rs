@@ -23,6 +23,7 @@ use crate::cache::record::Recording;
 use crate::cache::{Entry, Flight, Lookup, Store, Stores, Verdict};
 use crate::error::Fault;
 use crate::forward::{self, Attempt, Failure, clone_request_head, clone_request_parts};
+use crate::handler::Handler;
 use crate::ingress::{Ingress, Scheme, UpgradeRequest};
 use crate::manifest::{AccessLog, Manifest, ManifestError, Server};
 use crate::plugin::heads::{BodyPrefix, HeaderLimits, RequestHead, ResponseHead};
@@ -56,6 +57,8 @@ pub struct Pipeline {
     /// The candidates of stages that have one, by stage index (empty when
     /// no stage has one).
     rollouts: Vec<Option<Rollout>>,
+    /// The upstreams answered by a handler component.
+    handlers: Vec<Arc<Handler>>,
 }
 
 /// Where a request's response comes from, as the request stages decided.
@@ -63,6 +66,8 @@ pub struct Pipeline {
 pub enum Outcome {
     /// Forward to `upstream.endpoints[index]`.
     Forward(Arc<Upstream>, usize),
+    /// The upstream is a handler component: it answers.
+    Handle(Arc<Upstream>, Arc<Handler>),
     /// A stage answered.
     Respond(PluginResponse),
     /// The cache-policy stage found a fresh stored response.
@@ -159,6 +164,21 @@ impl Pipeline {
                 key: "kv.url".into(),
                 reason,
             })?;
+        let mut handlers = Vec::new();
+        for (i, u) in manifest.upstreams.iter().enumerate() {
+            let Some(spec) = &u.handler else { continue };
+            let h = Handler::load(
+                &manifest.file,
+                i,
+                &u.name,
+                spec,
+                runtime.engine(),
+                runtime.handler_linker(),
+                upstreams.clone(),
+            )
+            .await?;
+            handlers.push(Arc::new(h));
+        }
         let mut stages = Vec::with_capacity(manifest.stages.len());
         let mut rollouts = Vec::new();
         for spec in &manifest.stages {
@@ -237,6 +257,7 @@ impl Pipeline {
             cache,
             body_prefix,
             rollouts,
+            handlers,
         })
     }
 
@@ -274,6 +295,15 @@ impl Pipeline {
             .filter_map(|(i, r)| Some((i, r.as_ref()?)))
     }
 
+    /// The handler answering for upstream `up`, if it is a handler upstream.
+    fn handler(&self, up: &Upstream) -> Option<&Arc<Handler>> {
+        // Only a handler upstream has no endpoints.
+        if !up.endpoints.is_empty() {
+            return None;
+        }
+        self.handlers.iter().find(|h| h.name() == up.name)
+    }
+
     /// The candidate of stage `i`, if it has one.
     fn rollout(&self, i: usize) -> Option<&Rollout> {
         self.rollouts.get(i)?.as_ref()
@@ -306,6 +336,15 @@ impl Pipeline {
             })
             .collect();
         let upstreams: Vec<_> = self.upstreams.iter().map(|u| u.status()).collect();
+        let handlers: Vec<_> = self
+            .handlers
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "name": h.name(), "failures": h.failures(), "quarantined": h.quarantined(),
+                })
+            })
+            .collect();
         let rollouts: serde_json::Map<String, serde_json::Value> = self
             .rollouts()
             .map(|(i, r)| (self.stages[i].name().to_owned(), r.status()))
@@ -314,6 +353,7 @@ impl Pipeline {
             "generation": self.generation,
             "stages": stages,
             "rollouts": rollouts,
+            "handlers": handlers,
             "upstreams": upstreams,
             "tls_handshake_failures": crate::server::TLS_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
             "http2_abuse": crate::server::http2_abuse_status(),
@@ -361,7 +401,7 @@ impl Pipeline {
         }
         finish.request_id = Some(id);
         finish.trace_id = trace.trace_id;
-        Box::pin(self.serve(parts, body, client, finish))
+        Box::pin(self.serve(parts, body, client, scheme, finish))
             .instrument(span)
             .await
     }
@@ -372,6 +412,7 @@ impl Pipeline {
         parts: http::request::Parts,
         body: Incoming,
         client: SocketAddr,
+        scheme: Scheme,
         mut finish: Box<Finish>,
     ) -> Response<Logged> {
         let mut prefix = None;
@@ -456,14 +497,10 @@ impl Pipeline {
                 // Filters' on-response see the request as the pipeline left it, so
                 // they keep a copy (so does the cache policy asked whether to
                 // store); without such stages the head moves as is.
-                let mut parts = if miss.is_some()
-                    || (0..decision.reached)
-                        .map(|i| self.version(i, head.candidates))
-                        .any(|s| s.sees_responses() && s.applies_to(head.route.as_deref()))
-                {
+                let mut parts = if miss.is_some() {
                     clone_request_parts(&head.parts)
                 } else {
-                    std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
+                    self.request_parts(&mut head, decision.reached)
                 };
                 if let (Some(m), Some(store)) = (&mut miss, &self.cache) {
                     m.revalidating = revalidate(m, store, &mut parts.headers);
@@ -519,6 +556,23 @@ impl Pipeline {
                     }
                 }
             }
+            Outcome::Handle(up, handler) => {
+                finish.upstream = Some(up);
+                let asked = Instant::now();
+                let parts = self.request_parts(&mut head, decision.reached);
+                let served = handler
+                    .serve(Request::from_parts(parts, body), scheme)
+                    .await;
+                finish.upstream_time = Some(asked.elapsed());
+                match served {
+                    Ok(resp) => resp.into_parts(),
+                    Err(e) => {
+                        let fault = e.fault();
+                        finish.flags.insert(Flags::of(fault));
+                        error_response(fault, grpc)
+                    }
+                }
+            }
             Outcome::Respond(r) => plugin_response(r, self.header_limits),
             Outcome::Cached(entry) => cached_response(&entry, &head.parts.headers),
             Outcome::Fail(fault) => error_response(fault, grpc),
@@ -559,13 +613,27 @@ impl Pipeline {
         Response::from_parts(resp.parts, Logged::new(body, Some(finish)))
     }
 
+    /// The request as it goes on: filters' on-response see the request as
+    /// the pipeline left it, so they keep a copy; without such stages among
+    /// `[0, reached)` the head moves as is.
+    fn request_parts(&self, head: &mut RequestHead, reached: usize) -> http::request::Parts {
+        if (0..reached)
+            .map(|i| self.version(i, head.candidates))
+            .any(|s| s.sees_responses() && s.applies_to(head.route.as_deref()))
+        {
+            clone_request_parts(&head.parts)
+        } else {
+            std::mem::replace(&mut head.parts, Request::new(()).into_parts().0)
+        }
+    }
+
     /// What the request stages decided, as the access log and the metrics
     /// tell it: the stage that answered or failed, and why.
     fn note_decision(&self, decision: &Decision, candidates: u64, finish: &mut Finish) {
         let stage = (decision.reached < self.stages.len())
             .then(|| self.version(decision.reached, candidates));
         let flags = match &decision.outcome {
-            Outcome::Forward(..) => return,
+            Outcome::Forward(..) | Outcome::Handle(..) => return,
             Outcome::Respond(r) => {
                 if let Some(s) = stage {
                     s.metrics().answered(r.status);
@@ -1044,6 +1112,10 @@ impl Pipeline {
                         // The router failed open: nothing to balance; decided below.
                         continue;
                     };
+                    if self.handler(&up).is_some() {
+                        // A handler has no endpoints to pick from.
+                        continue;
+                    }
                     let (h, r) = stage.pick(head, &up.name).await;
                     head = h;
                     if let Some(p) = probe.take() {
@@ -1068,6 +1140,11 @@ impl Pipeline {
                 }
                 Step::CachePolicy(stage) => {
                     let Some(store) = &self.cache else { continue };
+                    // A handler's responses are its own to make: not stored.
+                    let target = upstream.as_ref().or(self.upstreams.single());
+                    if target.is_some_and(|u| self.handler(u).is_some()) {
+                        continue;
+                    }
                     let (h, r) = stage.cache_key(head).await;
                     head = h;
                     if let Some(p) = probe.take() {
@@ -1138,7 +1215,10 @@ impl Pipeline {
             None => Outcome::Fail(Fault::Plugin),
             Some(up) => match picked.or_else(|| up.round_robin(0)) {
                 Some(i) => Outcome::Forward(up, i),
-                None => Outcome::Fail(Fault::NoEndpoint),
+                None => match self.handler(&up) {
+                    Some(h) => Outcome::Handle(up.clone(), h.clone()),
+                    None => Outcome::Fail(Fault::NoEndpoint),
+                },
             },
         };
         (

@@ -32,15 +32,19 @@ impl Outcome {
         }
     }
 
-    /// Whether the request goes on to an upstream.
+    /// Whether the request goes on to an upstream (a handler upstream's
+    /// component included).
     pub fn forwarded(&self) -> bool {
-        matches!(self.decision.outcome, Verdict::Forward(..))
+        matches!(
+            self.decision.outcome,
+            Verdict::Forward(..) | Verdict::Handle(..)
+        )
     }
 
     /// The upstream it is forwarded to.
     pub fn upstream(&self) -> Option<&str> {
         match &self.decision.outcome {
-            Verdict::Forward(up, _) => Some(&up.name),
+            Verdict::Forward(up, _) | Verdict::Handle(up, _) => Some(&up.name),
             _ => None,
         }
     }
@@ -74,7 +78,7 @@ impl Outcome {
             Verdict::Respond(r) => Some(r.status),
             Verdict::Fail(fault) => Some(fault.status().as_u16()),
             Verdict::Cached(entry) => Some(entry.status.as_u16()),
-            Verdict::Forward(..) => None,
+            Verdict::Forward(..) | Verdict::Handle(..) => None,
         }
     }
 

@@ -17,6 +17,7 @@ mod failures;
 mod forwarding;
 mod gateway;
 mod grpc;
+mod handlers;
 mod http2;
 mod kv_redis;
 mod lifecycle;

@@ -79,11 +79,12 @@ fn ensure_wasm_target() -> Result<(), String> {
 
 /// The cargo workspaces: the host's (this one) and the wasm ones, each with
 /// the target its clippy run checks (`None`: the host's own).
-const WORKSPACES: [(&str, Option<&str>); 4] = [
+const WORKSPACES: [(&str, Option<&str>); 5] = [
     ("Cargo.toml", None),
     // The plugins also build natively: their unit tests run on the host.
     ("plugins/Cargo.toml", None),
     ("tests/plugins/Cargo.toml", Some("wasm32-wasip2")),
+    ("tests/handlers/Cargo.toml", Some("wasm32-wasip2")),
     ("bench/plugins/Cargo.toml", Some("wasm32-wasip2")),
 ];
 

@@ -7,6 +7,7 @@
 
 mod cache;
 mod env;
+mod handler;
 mod kv;
 mod observe;
 mod raw;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use crate::builtin;
 use crate::role::Role;
 pub use cache::Cache;
+pub use handler::Handler;
 pub use kv::{KvBackend, KvConfig, RedisSettings};
 pub use observe::{AccessLog, RequestIdConfig};
 use raw::{RawManifest, RawStage};
@@ -849,6 +851,24 @@ impl Validator<'_> {
                         format!("no upstream named {name:?}"),
                     ));
                 }
+            }
+        }
+        // A handler sends only to upstreams with endpoints: a chain of
+        // handlers calling each other would be a loop the proxy cannot bound.
+        for (i, u) in upstreams.iter().enumerate() {
+            let Some(h) = &u.handler else { continue };
+            for (j, name) in h.upstreams.iter().enumerate() {
+                let found = upstreams.iter().find(|u| &u.name == name);
+                let why = match found {
+                    None => format!("no upstream named {name:?}"),
+                    Some(t) if t.handler.is_some() => {
+                        format!(
+                            "{name:?} is a handler; a handler sends only to upstreams with endpoints"
+                        )
+                    }
+                    Some(_) => continue,
+                };
+                return Err(self.err(format!("upstreams[{i}].handler.grants.upstreams[{j}]"), why));
             }
         }
         if router.is_none() && upstreams.len() > 1 {

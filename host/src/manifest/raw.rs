@@ -169,7 +169,9 @@ impl OneOrMany {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
+    #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    pub handler: Option<RawHandler>,
     pub protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
@@ -178,6 +180,27 @@ pub struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,
     pub tls: Option<RawUpstreamTls>,
+}
+
+/// `handler = { component = "hello.wasm", timeout = "30s", ... }`: an
+/// upstream answered by a `wasi:http/proxy` component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    pub component: String,
+    pub timeout: Option<String>,
+    pub call_timeout: Option<String>,
+    pub memory_limit: Option<String>,
+    pub max_instances: Option<usize>,
+    pub grants: Option<RawHandlerGrants>,
+}
+
+/// `grants = { upstreams = ["api"] }`: what a handler may send requests to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandlerGrants {
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }
 
 /// `tls = { ca = "ca.pem", server_name = "api.internal", insecure_skip_verify = false }`.

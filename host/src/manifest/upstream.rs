@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::Method;
 use http::uri::{Authority, PathAndQuery};
 
+use super::handler::Handler;
 use super::raw::{RawEndpoint, RawHealth, RawOutlier, RawPool, RawRetry, RawRetryOn};
 use super::raw::{RawStatusRange, RawUpstream};
 use super::{ManifestError, Validator, units};
@@ -36,6 +37,9 @@ pub struct Upstream {
     pub retry: Retry,
     /// TLS to the endpoints; `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// A `wasi:http/proxy` component that answers the upstream's requests
+    /// itself (the upstream then has no endpoints).
+    pub handler: Option<Handler>,
 }
 
 /// `tls`: how the host speaks TLS to an upstream's endpoints.
@@ -226,9 +230,39 @@ impl Validator<'_> {
         if raw.name.is_empty() {
             return Err(self.err(key("name"), "must not be empty"));
         }
-        if raw.endpoints.is_empty() {
-            return Err(self.err(key("endpoints"), "at least one endpoint is required"));
-        }
+        let handler = match raw.handler {
+            None if raw.endpoints.is_empty() => {
+                return Err(self.err(
+                    key("endpoints"),
+                    "at least one endpoint is required (or a `handler` component)",
+                ));
+            }
+            None => None,
+            Some(_) if !raw.endpoints.is_empty() => {
+                return Err(self.err(
+                    key("handler"),
+                    "an upstream has endpoints or a handler, not both",
+                ));
+            }
+            Some(h) => {
+                for (set, name) in [
+                    (raw.health.is_some(), "health"),
+                    (raw.tls.is_some(), "tls"),
+                    (raw.protocol.is_some(), "protocol"),
+                    (raw.pool.is_some(), "pool"),
+                    (raw.retry.is_some(), "retry"),
+                    (raw.outlier.is_some(), "outlier"),
+                ] {
+                    if set {
+                        return Err(self.err(
+                            key(name),
+                            "a handler upstream has no endpoints to apply it to",
+                        ));
+                    }
+                }
+                Some(self.handler(&key("handler"), h)?)
+            }
+        };
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.endpoints.len());
         for (j, e) in raw.endpoints.into_iter().enumerate() {
             let (address, weight, akey) = match e {
@@ -311,6 +345,7 @@ impl Validator<'_> {
             name: raw.name,
             endpoints,
             protocol,
+            handler,
         })
     }
 

@@ -8,10 +8,10 @@
 
 mod bindings;
 pub mod heads;
-mod health;
+pub(crate) mod health;
 mod host;
 pub mod report;
-mod wasi;
+pub(crate) mod wasi;
 mod worlds;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ pub use bindings::portier::plugin::types::Response as PluginResponse;
 pub use worlds::{BalancerWorld, CachePolicyWorld, FilterWorld, RouterWorld, World};
 
 /// How often the epoch ticks: the granularity of call deadlines.
-const EPOCH_TICK: Duration = crate::clock::TICK;
+pub(crate) const EPOCH_TICK: Duration = crate::clock::TICK;
 /// The least budget a stage's `init` gets (a larger `call_timeout` applies).
 const INIT_BUDGET: Duration = Duration::from_millis(100);
 /// Idle instances kept per stage; more are created under load and dropped after.
@@ -55,8 +55,8 @@ const MAX_RESOURCES: usize = 1024;
 /// Core instances, tables and linear memories one component may create.
 /// A Rust plugin has one module with one memory, plus the shims its
 /// bindings need.
-const MAX_CORE_INSTANCES: usize = 16;
-const MAX_TABLES: usize = 16;
+pub(crate) const MAX_CORE_INSTANCES: usize = 16;
+pub(crate) const MAX_TABLES: usize = 16;
 const MAX_MEMORIES: usize = 1;
 /// The most of a request body a filter may ask to read (`request-body`).
 pub const MAX_REQUEST_BODY: u32 = 1 << 20;
@@ -133,6 +133,7 @@ pub struct Runtime {
     linker: Linker<StageState>,
     kv: Kv,
     rollouts: crate::rollout::Rollouts,
+    handlers: Linker<crate::handler::HandlerState>,
 }
 
 impl Runtime {
@@ -165,8 +166,10 @@ impl Runtime {
         wasi::add_to_linker(&mut linker).map_err(err)?;
         bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(err)?;
+        let handlers = crate::handler::linker(&engine).map_err(err)?;
         spawn_epoch_ticker(&engine);
         Ok(Runtime {
+            handlers,
             engine,
             linker,
             kv: Kv::default(),
@@ -177,6 +180,16 @@ impl Runtime {
     /// The process's kv (its in-memory store and shared backends).
     pub fn kv(&self) -> &Kv {
         &self.kv
+    }
+
+    /// The engine every component of the process runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker of handler components (`wasi:http/proxy`).
+    pub fn handler_linker(&self) -> &Linker<crate::handler::HandlerState> {
+        &self.handlers
     }
 
     /// The process's candidate trackers, by stage name.

@@ -234,6 +234,7 @@ mod tests {
                 outlier: Default::default(),
                 retry: Default::default(),
                 tls: None,
+                handler: None,
             }])
             .unwrap()
     }

@@ -272,6 +272,7 @@ mod tests {
             outlier: Default::default(),
             retry: Default::default(),
             tls: None,
+            handler: None,
         }
     }
 

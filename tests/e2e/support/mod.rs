@@ -28,7 +28,7 @@ pub use access::AccessLine;
 pub use backend::{Backend, HELD_FIRST, HELD_REST, RunningBackend};
 pub use client::{Client, Echo, Reply};
 pub use manifest::{endpoint, endpoints, one_upstream, one_upstream_with_admin};
-pub use plugins::{build_wasm, test_plugin};
+pub use plugins::{build_wasm, test_handler, test_plugin};
 pub use proxy::{
     Launch, Portier, check, check_file, free_addr, plugin_path, run_command, run_expecting_exit,
 };

@@ -31,6 +31,26 @@ pub fn test_plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The built `.wasm` of a test handler (`tests/handlers/`: `hello`, `echo`,
+/// `fetcher`, `trapper`), standard `wasi:http/proxy` components, building
+/// their workspace the first time one is asked for.
+pub fn test_handler(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let handlers = root().join("tests/handlers");
+        let target_dir = handlers.join("target");
+        build_wasm(&handlers, &target_dir, "the test handlers");
+        target_dir.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "no test handler {name}: {} is missing",
+        path.display()
+    );
+    path
+}
+
 /// `cargo build --release --target wasm32-wasip2` on `tests/plugins`; returns
 /// the directory the components land in. Panics with cargo's output on failure.
 fn build_test_plugins() -> PathBuf {

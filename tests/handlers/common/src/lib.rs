@@ -70,7 +70,9 @@ pub fn copy(input: &InputStream, output: &OutputStream) -> Result<u64, String> {
                     return Err(format!("write failed: {}", e.to_debug_string()));
                 }
             };
-            let n = rest.len().min(usize::try_from(permit).unwrap_or(usize::MAX));
+            let n = rest
+                .len()
+                .min(usize::try_from(permit).unwrap_or(usize::MAX));
             output
                 .write(&rest[..n])
                 .map_err(|e| format!("write failed: {e:?}"))?;
@@ -86,7 +88,9 @@ pub fn copy(input: &InputStream, output: &OutputStream) -> Result<u64, String> {
 pub fn stream_body(body: IncomingBody, out_body: OutgoingBody) -> Result<u64, String> {
     let copied = {
         let input = body.stream().map_err(|()| "incoming body already taken")?;
-        let output = out_body.write().map_err(|()| "outgoing body already taken")?;
+        let output = out_body
+            .write()
+            .map_err(|()| "outgoing body already taken")?;
         copy(&input, &output)
         // `input` and `output` (children of the bodies) drop here.
     };

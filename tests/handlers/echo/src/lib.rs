@@ -16,7 +16,10 @@ impl Guest for Echo {
         // No content-length: the length is not known up front, so the host
         // frames the response (chunked on HTTP/1.1).
         let Ok(body) = request.consume() else {
-            ResponseOutparam::set(out, Err(ErrorCode::InternalError(Some("body taken".into()))));
+            ResponseOutparam::set(
+                out,
+                Err(ErrorCode::InternalError(Some("body taken".into()))),
+            );
             return;
         };
         let resp = OutgoingResponse::new(headers);

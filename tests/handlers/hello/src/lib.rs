@@ -9,8 +9,17 @@ struct Hello;
 impl Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let pq = request.path_with_query().unwrap_or_default();
-        let path = pq.split('?').next().filter(|p| !p.is_empty()).unwrap_or("/");
-        common::respond_text(out, 200, &[("x-path", path.as_bytes())], "hello from wasi:http\n");
+        let path = pq
+            .split('?')
+            .next()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        common::respond_text(
+            out,
+            200,
+            &[("x-path", path.as_bytes())],
+            "hello from wasi:http\n",
+        );
     }
 }
 
