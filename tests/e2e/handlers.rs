@@ -144,7 +144,12 @@ async fn an_echo_component_streams_request_and_response_bodies() {
 #[tokio::test]
 async fn a_trapping_component_gets_its_failure_policy_and_never_a_cut_body_passed_as_whole() {
     let backend = Backend::new("app").start().await;
-    let mut proxy = Portier::start(&manifest(&endpoints(&[&backend]), "trapper", "")).await;
+    let mut proxy = Portier::start(&manifest(
+        &endpoints(&[&backend]),
+        "trapper",
+        r#", call_timeout = "50ms""#,
+    ))
+    .await;
     let client = proxy.client();
 
     // A trap before the response: the proxy's 503 (fail-closed).
@@ -175,18 +180,41 @@ async fn a_trapping_component_gets_its_failure_policy_and_never_a_cut_body_passe
         .await;
     assert!(late.is_err(), "a cut body ended cleanly: {late:?}");
 
+    // A guest that never returns is stopped by its budget of running
+    // time (call_timeout = 50ms here), and the worker it ran on served
+    // other requests meanwhile.
+    let started = std::time::Instant::now();
+    let spun = proxy.client().get("/edge/spin").await;
+    assert_eq!(
+        spun.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        spun.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy
+        .wait_for_log_line("the budget's log line", |l| {
+            l.contains("handler failed") && l.contains("ran past its call_timeout")
+        })
+        .await;
+
     // The proxy serves on, and counts the failures.
     let other = proxy.client().get("/elsewhere").await;
     assert_eq!(other.status, StatusCode::OK);
     let status = proxy.status().await;
     let handler = &status["handlers"][0];
     assert_eq!(handler["name"], "edge", "{status}");
-    assert_eq!(handler["failures"], 2, "{status}");
+    assert_eq!(handler["failures"], 3, "{status}");
     let metrics = proxy.admin().get("/metrics").await.text();
-    assert!(
-        metrics.contains("portier_stage_failures_total{stage=\"edge@handler\",kind=\"trap\"} 2"),
-        "{metrics}"
-    );
+    for (kind, n) in [("trap", 2), ("timeout", 1)] {
+        let series =
+            format!("portier_stage_failures_total{{stage=\"edge@handler\",kind=\"{kind}\"}} {n}");
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
     proxy.assert_alive();
 }
 
