@@ -294,6 +294,8 @@ plugin = "balancer"
 
 #[test]
 fn every_example_manifest_passes_check() {
+    // examples/handler.toml names the test handlers' components.
+    crate::support::test_handler("hello");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = Vec::new();
     // `env/shared/` holds include files, which are not manifests on their own.
@@ -310,6 +312,8 @@ fn every_example_manifest_passes_check() {
     // Guards against walking the wrong directories and checking nothing.
     for expected in [
         "quickstart.toml",
+        "rollout.toml",
+        "handler.toml",
         "env/dev.toml",
         "env/staging.toml",
         "env/prod.toml",
