@@ -29,12 +29,12 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme as WasiScheme;
@@ -46,12 +46,11 @@ use wasmtime_wasi_http::{
 
 use crate::body::{BoxError, ProxyBody};
 use crate::error::Fault;
-use crate::forward::{self, Attempt, Failure};
+use crate::forward::Failure;
 use crate::ingress::Scheme;
 use crate::manifest::{self, ManifestError};
 use crate::metrics::StageMetrics;
 use crate::plugin::health::StageHealth;
-use crate::upstream::endpoint::Outcome;
 use crate::upstream::{Upstream, Upstreams};
 
 /// How often the epoch ticks (the plugins' clock): a handler's running
@@ -162,40 +161,22 @@ async fn egress(up: Arc<Upstream>, request: http::Request<WasiBody>) -> Sent {
         .map_or("/", |p| p.as_str())
         .parse()
         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    let Some(mut index) = up.round_robin(0) else {
-        return Err(HttpError::DestinationUnavailable);
-    };
-    if let Ok(host) = HeaderValue::from_str(up.endpoints[index].state.address.as_str()) {
-        parts.headers.insert(header::HOST, host);
-    }
+    // Host: the endpoint's address (the guest's authority is the upstream's name).
+    parts.headers.remove(header::HOST);
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    let mut req = http::Request::from_parts(parts, ProxyBody::Boxed(body));
-    let mut replayed = false;
-    loop {
-        match forward::attempt(&up, index, req).await {
-            Attempt::Response(resp) => {
-                up.record(index, Outcome::Success);
-                let resp = resp.map(|b| b.map_err(HttpError::from).boxed_unsync());
-                return Ok((resp, Box::new(async { Ok(()) })));
-            }
-            // A pooled connection the endpoint had closed: nothing was sent.
-            Attempt::NotSent(again, Failure::Reset) if !replayed => {
-                replayed = true;
-                req = again;
-                index = up.round_robin(0).unwrap_or(index);
-            }
-            Attempt::NotSent(_, failure) | Attempt::Failed(failure) => {
-                if let Some(outcome) = failure.outcome() {
-                    up.record(index, outcome);
-                }
-                return Err(match failure {
-                    Failure::Connect => HttpError::ConnectionRefused,
-                    Failure::Timeout => HttpError::HttpResponseTimeout,
-                    Failure::Busy | Failure::Local => HttpError::ConnectionLimitReached,
-                    Failure::Reset => HttpError::HttpProtocolError,
-                });
-            }
+    let req = http::Request::from_parts(parts, ProxyBody::Boxed(body));
+    match crate::outbound::exchange(&up, req).await {
+        Ok(resp) => {
+            let resp = resp.map(|b| b.map_err(HttpError::from).boxed_unsync());
+            Ok((resp, Box::new(async { Ok(()) })))
         }
+        Err(None) => Err(HttpError::DestinationUnavailable),
+        Err(Some(failure)) => Err(match failure {
+            Failure::Connect => HttpError::ConnectionRefused,
+            Failure::Timeout => HttpError::HttpResponseTimeout,
+            Failure::Busy | Failure::Local => HttpError::ConnectionLimitReached,
+            Failure::Reset => HttpError::HttpProtocolError,
+        }),
     }
 }
 
@@ -364,17 +345,7 @@ impl Handler {
         store.limiter(|s| &mut s.limits);
         // As for stages: a tick that finds the guest running costs it one
         // tick of budget, and lets the worker's other requests run.
-        store.epoch_deadline_callback(|mut ctx| {
-            let left = &mut ctx.data_mut().ticks_left;
-            if *left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            *left -= 1;
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
+        crate::plugin::charge_running_time(&mut store, |s| &mut s.ticks_left);
         store.set_epoch_deadline(1);
         store
     }

@@ -15,6 +15,7 @@ use crate::body::ProxyBody;
 use crate::forward::{self, Attempt, Failure};
 use crate::plugin::heads::{self, HeaderLimits};
 use crate::upstream::Upstream;
+use crate::upstream::conn::UpstreamBody;
 use crate::upstream::endpoint::Outcome;
 
 /// The largest response body a plugin's request gets back.
@@ -74,48 +75,59 @@ pub async fn send(
     let deadline = request
         .timeout
         .map_or(up.config.timeout, |t| t.min(up.config.timeout));
-    let mut req = build(request, limits)?;
-    let Some(mut index) = up.round_robin(0) else {
-        return Err(OutboundError::Unavailable(format!(
-            "no healthy endpoint in upstream {:?}",
-            up.name
-        )));
-    };
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(up.endpoints[index].state.address.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
+    let req = build(request, limits)?;
     let exchange = async {
-        let mut replayed = false;
-        loop {
-            match forward::attempt(up, index, req).await {
-                Attempt::Response(resp) => {
-                    up.record(index, Outcome::Success);
-                    return read(resp).await;
-                }
-                // A pooled connection the endpoint had closed: nothing was
-                // sent, so once it goes again (to another endpoint if one is up).
-                Attempt::NotSent(again, Failure::Reset) if !replayed => {
-                    replayed = true;
-                    req = again;
-                    index = up.round_robin(0).unwrap_or(index);
-                }
-                Attempt::NotSent(_, failure) | Attempt::Failed(failure) => {
-                    if let Some(outcome) = failure.outcome() {
-                        up.record(index, outcome);
-                    }
-                    return Err(match failure {
-                        Failure::Timeout => OutboundError::Timeout,
-                        f => OutboundError::Unavailable(format!("{f:?}").to_lowercase()),
-                    });
-                }
-            }
+        match exchange(up, req).await {
+            Ok(resp) => read(resp).await,
+            Err(None) => Err(OutboundError::Unavailable(format!(
+                "no healthy endpoint in upstream {:?}",
+                up.name
+            ))),
+            Err(Some(Failure::Timeout)) => Err(OutboundError::Timeout),
+            Err(Some(f)) => Err(OutboundError::Unavailable(format!("{f:?}").to_lowercase())),
         }
     };
     tokio::time::timeout(deadline, exchange)
         .await
         .unwrap_or(Err(OutboundError::Timeout))
+}
+
+/// A request of the host's own (a plugin's `outbound`, a handler's
+/// outgoing request) to a healthy endpoint of `up`, Host set to the
+/// endpoint's address unless the request has one; the response head, its
+/// body streaming. The outcome feeds passive health; a pooled connection
+/// found closed (nothing sent) is replayed once, on another endpoint if one
+/// is up. `Err(None)`: no healthy endpoint.
+pub(crate) async fn exchange(
+    up: &Upstream,
+    mut req: Request<ProxyBody>,
+) -> Result<http::Response<UpstreamBody>, Option<Failure>> {
+    let mut index = up.round_robin(0).ok_or(None)?;
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(up.endpoints[index].state.address.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let mut replayed = false;
+    loop {
+        match forward::attempt(up, index, req).await {
+            Attempt::Response(resp) => {
+                up.record(index, Outcome::Success);
+                return Ok(resp);
+            }
+            Attempt::NotSent(again, Failure::Reset) if !replayed => {
+                replayed = true;
+                req = again;
+                index = up.round_robin(0).unwrap_or(index);
+            }
+            Attempt::NotSent(_, failure) | Attempt::Failed(failure) => {
+                if let Some(outcome) = failure.outcome() {
+                    up.record(index, outcome);
+                }
+                return Err(Some(failure));
+            }
+        }
+    }
 }
 
 /// The request as the host sends it: a valid method and origin-form path,
@@ -142,9 +154,7 @@ fn build(r: OutboundRequest, limits: HeaderLimits) -> Result<Request<ProxyBody>,
     Ok(req)
 }
 
-async fn read(
-    resp: http::Response<crate::upstream::conn::UpstreamBody>,
-) -> Result<OutboundResponse, OutboundError> {
+async fn read(resp: http::Response<UpstreamBody>) -> Result<OutboundResponse, OutboundError> {
     let (parts, body) = resp.into_parts();
     let body = http_body_util::Limited::new(body, MAX_BODY)
         .collect()

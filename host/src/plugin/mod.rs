@@ -327,6 +327,30 @@ impl Runtime {
     }
 }
 
+/// Charge a store's guest for the time it runs, from the ticks `left`
+/// finds in the store's data: past them, the call traps (`Interrupt`).
+///
+/// The callback runs only when a tick arrives while guest code is running,
+/// so counting its calls charges the guest for the time it ran, not for
+/// time spent queued behind other requests after a yield or preempted by
+/// the OS: a busy proxy does not fail healthy plugins.
+pub(crate) fn charge_running_time<T: 'static>(store: &mut Store<T>, left: fn(&mut T) -> &mut u64) {
+    store.epoch_deadline_callback(move |mut ctx| {
+        let left = left(ctx.data_mut());
+        if *left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        *left -= 1;
+        // Let other requests run on this worker, then continue. tokio's
+        // yield_now (not a bare re-poll) lets the worker also poll its I/O
+        // driver, so a spinning guest does not stall the sockets it shares.
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+}
+
 /// Turn an init rejection into a manifest error: the plugin's key (say
 /// `routes[0].upstream`) under the stage's `config`.
 fn init_error(
@@ -764,24 +788,7 @@ impl<W: World> Stage<W> {
         let state = StageState::new(self.shared.clone(), limits).map_err(start)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // This callback runs only when a tick arrives while guest code is
-        // running, so counting its calls charges the plugin for the time it
-        // ran, not for time spent queued behind other requests after a yield
-        // or preempted by the OS: a busy proxy does not fail healthy plugins.
-        store.epoch_deadline_callback(|mut ctx| {
-            let left = &mut ctx.data_mut().ticks_left;
-            if *left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            *left -= 1;
-            // Let other requests run on this worker, then continue. tokio's
-            // yield_now (not a bare re-poll) lets the worker also poll its I/O
-            // driver, so a spinning plugin does not stall the sockets it shares.
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
+        charge_running_time(&mut store, |s| &mut s.ticks_left);
         // `init` does a stage's one-time work (parsing its config, compiling
         // rules), often on a freshly mapped memory: it gets at least
         // INIT_BUDGET, so a busy machine does not refuse a healthy plugin.
