@@ -34,7 +34,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme as WasiScheme;
@@ -50,7 +50,9 @@ use crate::forward::Failure;
 use crate::ingress::Scheme;
 use crate::manifest::{self, ManifestError};
 use crate::metrics::StageMetrics;
+use crate::plugin::StageError;
 use crate::plugin::health::StageHealth;
+use crate::plugin::report::{FailureLog, Report};
 use crate::upstream::{Upstream, Upstreams};
 
 /// How often the epoch ticks (the plugins' clock): a handler's running
@@ -236,8 +238,39 @@ pub struct Handler {
     memory_limit: usize,
     call_timeout: Duration,
     timeout: Duration,
-    health: Arc<StageHealth>,
+    /// Its failures and successes, shared with the bodies it streams.
+    ledger: Arc<Ledger>,
+}
+
+/// What a handler's requests came to: the stage series (`NAME@handler`),
+/// quarantine by failure ratio, and failure lines folded as the stages'
+/// are, so a client making a handler fail on purpose cannot flood the log.
+struct Ledger {
+    name: String,
+    health: StageHealth,
     metrics: StageMetrics,
+    log: FailureLog,
+}
+
+impl Ledger {
+    fn succeeded(&self) {
+        self.health.record_success();
+    }
+
+    /// Count and report a request the handler failed, before its response
+    /// head or (`in_body`) while writing its body.
+    fn failed(&self, e: &HandlerError, in_body: bool) {
+        self.metrics.failed(e.kind());
+        let quarantine = !matches!(e, HandlerError::Busy(_) | HandlerError::Quarantined)
+            && self.health.record_failure().is_some();
+        if let Report::Log { folded } = self.log.failed(&e.to_string()) {
+            tracing::error!(handler = %self.name, error = %e, in_body, repeats_folded = folded, "handler failed");
+        }
+        if quarantine {
+            self.metrics.quarantines.inc();
+            tracing::error!(handler = %self.name, "handler quarantined: most of its recent requests failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for Handler {
@@ -291,8 +324,12 @@ impl Handler {
             memory_limit: spec.memory_limit,
             call_timeout: spec.call_timeout,
             timeout: spec.timeout,
-            health: Arc::new(StageHealth::new(manifest::Quarantine::default())),
-            metrics: StageMetrics::new(&format!("{name}@handler")),
+            ledger: Arc::new(Ledger {
+                name: name.to_owned(),
+                health: StageHealth::new(manifest::Quarantine::default()),
+                metrics: StageMetrics::new(&format!("{name}@handler")),
+                log: FailureLog::default(),
+            }),
         })
     }
 
@@ -303,12 +340,12 @@ impl Handler {
 
     /// Whether it is quarantined right now.
     pub fn quarantined(&self) -> bool {
-        self.health.quarantined()
+        self.ledger.health.quarantined()
     }
 
     /// Its failed requests since it was loaded.
     pub fn failures(&self) -> u64 {
-        self.health.failures()
+        self.ledger.health.failures()
     }
 
     /// A store for one request, with the handler's limits.
@@ -359,9 +396,12 @@ impl Handler {
     ) -> Result<http::Response<ProxyBody>, HandlerError> {
         let started = Instant::now();
         let result = self.respond(req, scheme).await;
-        self.metrics.calls.observe(started.elapsed().as_secs_f64());
+        self.ledger
+            .metrics
+            .calls
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            self.failed(e);
+            self.ledger.failed(e, false);
         }
         result
     }
@@ -371,7 +411,7 @@ impl Handler {
         req: http::Request<ProxyBody>,
         scheme: Scheme,
     ) -> Result<http::Response<ProxyBody>, HandlerError> {
-        if self.health.quarantined() {
+        if self.ledger.health.quarantined() {
             return Err(HandlerError::Quarantined);
         }
         let permit = match self.slots.clone().try_acquire_owned() {
@@ -417,10 +457,11 @@ impl Handler {
             };
             let result = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
-                    Err(HandlerError::Budget(budget))
-                }
-                Ok(Err(e)) => Err(HandlerError::Trap(trap_reason(&e))),
+                // Classified as the stages' traps are: the guest's own frame.
+                Ok(Err(e)) => Err(match crate::plugin::classify(e, budget) {
+                    StageError::Trap { reason, .. } => HandlerError::Trap(reason),
+                    _ => HandlerError::Budget(budget),
+                }),
                 Err(_) => Err(HandlerError::Timeout(timeout)),
             };
             drop(store);
@@ -434,8 +475,7 @@ impl Handler {
                     GuestBody {
                         inner,
                         done: Some(done_rx),
-                        health: self.health.clone(),
-                        metrics: self.metrics.clone(),
+                        ledger: self.ledger.clone(),
                         _task: task,
                     }
                     .boxed_unsync(),
@@ -450,35 +490,6 @@ impl Handler {
             }),
         }
     }
-
-    /// Count and report a request the handler failed.
-    fn failed(&self, e: &HandlerError) {
-        self.metrics.failed(e.kind());
-        if !matches!(e, HandlerError::Busy(_) | HandlerError::Quarantined)
-            && self.health.record_failure().is_some()
-        {
-            self.metrics.quarantines.inc();
-            tracing::error!(handler = %self.name, "handler quarantined: most of its recent requests failed");
-        }
-        tracing::error!(handler = %self.name, error = %e, "handler failed");
-    }
-}
-
-/// The first line of a trap, with the guest's frame when there is one.
-fn trap_reason(e: &wasmtime::Error) -> String {
-    let what = match e.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => e.root_cause().to_string(),
-    };
-    let frame = e.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| {
-        bt.frames()
-            .iter()
-            .find_map(|f| f.func_name().map(str::to_owned))
-    });
-    match frame {
-        Some(f) => format!("{what} (in {f})"),
-        None => what,
-    }
 }
 
 /// A handler's response body. Its end is trusted only once the guest's
@@ -487,8 +498,7 @@ fn trap_reason(e: &wasmtime::Error) -> String {
 struct GuestBody {
     inner: HyperOutgoingBody,
     done: Option<oneshot::Receiver<Result<(), HandlerError>>>,
-    health: Arc<StageHealth>,
-    metrics: StageMetrics,
+    ledger: Arc<Ledger>,
     /// The client going away stops the guest.
     _task: AbortOnDrop,
 }
@@ -512,15 +522,13 @@ impl Body for GuestBody {
         this.done = None;
         match verdict {
             Ok(Ok(())) => {
-                this.health.record_success();
+                this.ledger.succeeded();
                 Poll::Ready(None)
             }
             // An error instead of the end: the client's connection breaks
             // (HTTP/1.1 without the last chunk, HTTP/2 a reset stream).
             Ok(Err(e)) => {
-                this.metrics.failed(e.kind());
-                this.health.record_failure();
-                tracing::error!(error = %e, "handler failed while writing its response body");
+                this.ledger.failed(&e, true);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Err(_) => Poll::Ready(Some(Err("the handler's task was lost".into()))),

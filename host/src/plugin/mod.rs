@@ -995,7 +995,9 @@ fn readable(name: &str) -> String {
     out
 }
 
-fn classify(e: wasmtime::Error, timeout: Duration) -> StageError {
+/// What a failed call was: a timeout (the epoch budget ran out) or a trap,
+/// named by the guest's own frame (the language runtime's skipped).
+pub(crate) fn classify(e: wasmtime::Error, timeout: Duration) -> StageError {
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return StageError::Timeout(timeout);
     }
