@@ -54,8 +54,7 @@ pub struct Pipeline {
     /// The most bytes of a request body a filter asked to read: read
     /// before the request stages run (0: bodies stream untouched).
     body_prefix: usize,
-    /// The candidates of stages that have one, by stage index (empty when
-    /// no stage has one).
+    /// Each stage's candidate, if it has one, by stage index.
     rollouts: Vec<Option<Rollout>>,
     /// The upstreams answered by a handler component.
     handlers: Vec<Arc<Handler>>,
@@ -180,35 +179,37 @@ impl Pipeline {
             handlers.push(Arc::new(h));
         }
         let mut stages = Vec::with_capacity(manifest.stages.len());
-        let mut rollouts = Vec::new();
+        let mut rollouts = Vec::with_capacity(manifest.stages.len());
         for spec in &manifest.stages {
             let load = |spec| {
                 runtime.load_stage(&manifest.file, spec, upstreams.clone(), header_limits, &kv)
             };
-            let Some(candidate) = &spec.candidate else {
-                stages.push(load(spec).await?);
-                continue;
+            let (step, rollout) = match &spec.candidate {
+                None => (load(spec).await?, None),
+                Some(candidate) => {
+                    let tracker = runtime.rollouts().track(
+                        &spec.name,
+                        crate::rollout::digest(candidate),
+                        candidate.rollback,
+                    );
+                    if tracker.state() == crate::rollout::State::Promoted {
+                        // Promoted through the admin API: the candidate is the
+                        // stage's current version, under the stage's name and kv.
+                        let mut promoted = (*candidate.stage).clone();
+                        promoted.name.clone_from(&spec.name);
+                        promoted.kv_name.clone_from(&spec.kv_name);
+                        let rollout = Rollout::promoted(candidate, tracker);
+                        (load(&promoted).await?, Some(rollout))
+                    } else {
+                        let step = load(spec).await?;
+                        let loaded = load(&candidate.stage).await?;
+                        let rollout = Rollout::new(&spec.name, candidate, loaded, tracker);
+                        (step, Some(rollout))
+                    }
+                }
             };
-            let tracker = runtime.rollouts().track(
-                &spec.name,
-                crate::rollout::digest(candidate),
-                candidate.rollback,
-            );
-            if tracker.state() == crate::rollout::State::Promoted {
-                // Promoted through the admin API: the candidate is the
-                // stage's current version, under the stage's name and kv.
-                let mut promoted = (*candidate.stage).clone();
-                promoted.name.clone_from(&spec.name);
-                promoted.kv_name.clone_from(&spec.kv_name);
-                stages.push(load(&promoted).await?);
-                rollouts.resize_with(stages.len(), || None);
-                rollouts[stages.len() - 1] = Some(Rollout::promoted(candidate, tracker));
-                continue;
-            }
-            stages.push(load(spec).await?);
-            let step = load(&candidate.stage).await?;
-            rollouts.resize_with(stages.len(), || None);
-            rollouts[stages.len() - 1] = Some(Rollout::new(&spec.name, candidate, step, tracker));
+            stages.push(step);
+            rollouts.push(rollout);
         }
         check_scopes(&manifest.file, &stages, &rollouts)?;
         let body_prefix = stages
